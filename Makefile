@@ -1,0 +1,35 @@
+# One venv for everything; every target installs what it needs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint fmt clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/guardrail demo
+
+test: $(STAMP)
+	bash scripts/test-deps.sh
+	$(BIN)/ruff check guardrail tests bench
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.judge_bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check guardrail tests bench
+
+fmt: $(STAMP)
+	$(BIN)/ruff format guardrail tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

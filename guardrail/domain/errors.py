@@ -1,0 +1,44 @@
+"""One exception tree for guardrail. Adapters translate library errors into these."""
+
+from __future__ import annotations
+
+
+class GuardrailError(Exception):
+    """Base of every error guardrail raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class ValidationError(GuardrailError):
+    """Input that does not fit: names the field, the value and what is accepted."""
+
+    code = "invalid"
+
+
+class NotFoundError(GuardrailError):
+    code = "not_found"
+
+
+class ConflictError(GuardrailError):
+    """The request is valid but the current state forbids it (e.g. promoting a rolled-back deploy)."""
+
+    code = "conflict"
+
+
+class AdapterError(GuardrailError):
+    """A deploy adapter, metric source or notifier failed talking to the outside world."""
+
+    code = "adapter_failed"
+
+
+class SourceUnavailableError(AdapterError):
+    code = "source_unavailable"
+
+
+class ConfigError(GuardrailError):
+    code = "config_invalid"

@@ -1,0 +1,192 @@
+"""Value objects of the domain: sample windows, tracks, evidence and verdicts.
+
+All times are *data time*: float unix seconds taken from the samples themselves, never the wall
+clock, so an analysis can be replayed or backtested at any speed with the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from guardrail.domain.errors import ValidationError
+
+
+class Track(StrEnum):
+    CANARY = "canary"
+    BASELINE = "baseline"
+
+
+class Decision(StrEnum):
+    FAIL = "fail"
+    PASS = "pass"
+    CONTINUE = "continue"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Direction(StrEnum):
+    """Which way a change is harmful."""
+
+    INCREASE = "increase"
+    DECREASE = "decrease"
+    EITHER = "either"
+
+
+class MetricStatus(StrEnum):
+    FAIL = "fail"  # confidently worse than the allowed change
+    PASS = "pass"  # confidently better than the critical change (non-inferior)
+    CONTINUE = "continue"  # not enough evidence either way yet
+    NO_DATA = "no_data"  # nothing to judge: never read as zero
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Latency histogram of one window: finite upper bounds (seconds, increasing) and per-bucket
+    counts (not cumulative), ``len(counts) == len(bounds) + 1`` with the +Inf bucket last."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValidationError(
+                f"histogram has {len(self.bounds)} bounds and {len(self.counts)} counts; "
+                "counts must have len(bounds) + 1 entries (the +Inf bucket last)",
+                field="latency_histogram.counts",
+            )
+        if any(not math.isfinite(b) or b <= 0 for b in self.bounds):
+            raise ValidationError(
+                "histogram bounds must be finite positive seconds (the +Inf bucket is implicit)",
+                field="latency_histogram.bounds",
+            )
+        if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:], strict=False)):
+            raise ValidationError("histogram bounds must be strictly increasing", field="latency_histogram.bounds")
+        if any(c < 0 for c in self.counts):
+            raise ValidationError("histogram counts must be >= 0", field="latency_histogram.counts")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def count_above(self, threshold: float) -> int:
+        """Requests slower than ``threshold``; ``threshold`` must be one of the bounds."""
+        try:
+            i = self.bounds.index(threshold)
+        except ValueError:
+            raise ValidationError(
+                f"threshold {threshold}s is not a bucket bound of this histogram {self.bounds}",
+                field="latency_histogram.bounds",
+            ) from None
+        return sum(self.counts[i + 1 :])
+
+
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Aggregates of one track over one data-time window ``[start, end)``."""
+
+    track: Track
+    start: float
+    end: float
+    requests: int
+    errors: int
+    latency: Histogram | None = None
+    latencies: tuple[float, ...] = ()
+    gauges: Mapping[str, float] = field(default=_EMPTY)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.start) and math.isfinite(self.end)) or self.end <= self.start:
+            raise ValidationError(
+                f"window end ({self.end}) must be after start ({self.start})", field="end"
+            )
+        if self.requests < 0:
+            raise ValidationError(f"requests must be >= 0, got {self.requests}", field="requests")
+        if self.errors < 0 or self.errors > self.requests:
+            raise ValidationError(
+                f"errors must be between 0 and requests ({self.requests}), got {self.errors}", field="errors"
+            )
+        if self.latency is not None and self.latency.total > self.requests:
+            raise ValidationError(
+                f"histogram holds {self.latency.total} requests, more than requests ({self.requests})",
+                field="latency_histogram.counts",
+            )
+        for name, v in self.gauges.items():
+            if not math.isfinite(v):
+                raise ValidationError(f"gauge {name!r} must be a finite number, got {v}", field=f"gauges.{name}")
+
+    @property
+    def key(self) -> tuple[str, float, float]:
+        return (self.track.value, self.start, self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the judge knows about one metric at one point in data time."""
+
+    metric: str
+    kind: str  # "errors", "latency", "throughput", "gauge", "counter_ratio", ...
+    status: MetricStatus
+    critical: bool
+    estimate: float | None  # ratio canary/baseline (or difference for gauges with ``scale="difference"``)
+    ci_low: float | None  # anytime-valid confidence sequence at level 1 - alpha (this metric's share)
+    ci_high: float | None
+    confidence: float  # 1 - alpha of this metric
+    e_value_fail: float  # e-value against "no harmful change beyond the allowed one"
+    e_value_pass: float  # e-value against "a harmful change at least the critical one"
+    canary_n: float  # requests / events / windows behind the estimate on each track
+    baseline_n: float
+    allowed: float  # the FAIL test's null: change tolerated without failing (ratio)
+    critical_change: float  # the PASS test's margin (ratio)
+    detail: str  # one plain-English sentence
+    canary_value: float | None = None  # e.g. canary error rate, canary p99 seconds
+    baseline_value: float | None = None
+    dispersion: float = 1.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "status": self.status.value,
+            "critical": self.critical,
+            "estimate": self.estimate,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "confidence": self.confidence,
+            "e_value_fail": self.e_value_fail,
+            "e_value_pass": self.e_value_pass,
+            "canary_n": self.canary_n,
+            "baseline_n": self.baseline_n,
+            "allowed": self.allowed,
+            "critical_change": self.critical_change,
+            "canary_value": self.canary_value,
+            "baseline_value": self.baseline_value,
+            "dispersion": self.dispersion,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    decision: Decision
+    decided_at: float | None  # data time of the sample that decided it (None while continuing)
+    evaluated_at: float  # data time up to which data was considered
+    evidence: tuple[Evidence, ...]
+    summary: str
+    mode: str = "concurrent"  # or "pre_post" (weaker: no concurrent baseline)
+    power: str | None = None  # for inconclusive: what more would be needed
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "decision": self.decision.value,
+            "decided_at": self.decided_at,
+            "evaluated_at": self.evaluated_at,
+            "mode": self.mode,
+            "summary": self.summary,
+            "power": self.power,
+            "evidence": [e.to_dict() for e in self.evidence],
+        }
