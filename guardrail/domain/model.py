@@ -10,7 +10,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import MappingProxyType
 
 from guardrail.domain.errors import ValidationError
 
@@ -63,7 +62,9 @@ class Histogram:
                 field="latency_histogram.bounds",
             )
         if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:], strict=False)):
-            raise ValidationError("histogram bounds must be strictly increasing", field="latency_histogram.bounds")
+            raise ValidationError(
+                "histogram bounds must be strictly increasing", field="latency_histogram.bounds"
+            )
         if any(c < 0 for c in self.counts):
             raise ValidationError("histogram counts must be >= 0", field="latency_histogram.counts")
 
@@ -83,9 +84,6 @@ class Histogram:
         return sum(self.counts[i + 1 :])
 
 
-_EMPTY: Mapping[str, float] = MappingProxyType({})
-
-
 @dataclass(frozen=True, slots=True)
 class Sample:
     """Aggregates of one track over one data-time window ``[start, end)``."""
@@ -97,13 +95,11 @@ class Sample:
     errors: int
     latency: Histogram | None = None
     latencies: tuple[float, ...] = ()
-    gauges: Mapping[str, float] = field(default=_EMPTY)
+    gauges: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.start) and math.isfinite(self.end)) or self.end <= self.start:
-            raise ValidationError(
-                f"window end ({self.end}) must be after start ({self.start})", field="end"
-            )
+            raise ValidationError(f"window end ({self.end}) must be after start ({self.start})", field="end")
         if self.requests < 0:
             raise ValidationError(f"requests must be >= 0, got {self.requests}", field="requests")
         if self.errors < 0 or self.errors > self.requests:
@@ -117,7 +113,9 @@ class Sample:
             )
         for name, v in self.gauges.items():
             if not math.isfinite(v):
-                raise ValidationError(f"gauge {name!r} must be a finite number, got {v}", field=f"gauges.{name}")
+                raise ValidationError(
+                    f"gauge {name!r} must be a finite number, got {v}", field=f"gauges.{name}"
+                )
 
     @property
     def key(self) -> tuple[str, float, float]:

@@ -55,20 +55,29 @@ class MetricSpec:
                 f"need 0 <= allowed_change < critical_change, got {self.allowed_change} and {self.critical_change}",
                 field=f"{where}.critical_change",
             )
-        if self.direction is not Direction.INCREASE and self.critical_change >= 1 and self.kind is not MetricKind.GAUGE:
-            if self.direction is Direction.DECREASE:
-                raise ValidationError(
-                    "for direction 'decrease' the critical change is a relative drop and must be < 1",
-                    field=f"{where}.critical_change",
-                )
+        if (
+            self.direction is Direction.DECREASE
+            and self.critical_change >= 1
+            and self.kind is not MetricKind.GAUGE
+        ):
+            raise ValidationError(
+                "for direction 'decrease' the critical change is a relative drop and must be < 1",
+                field=f"{where}.critical_change",
+            )
         if self.alpha_share <= 0:
             raise ValidationError("alpha_share must be > 0", field=f"{where}.alpha_share")
         if self.kind is MetricKind.LATENCY and self.quantile is None and self.threshold_s is None:
-            raise ValidationError("a latency metric needs quantile (e.g. 0.99) or threshold_s", field=f"{where}.quantile")
+            raise ValidationError(
+                "a latency metric needs quantile (e.g. 0.99) or threshold_s", field=f"{where}.quantile"
+            )
         if self.quantile is not None and not 0.5 <= self.quantile < 1:
-            raise ValidationError(f"quantile must be in [0.5, 1), got {self.quantile}", field=f"{where}.quantile")
+            raise ValidationError(
+                f"quantile must be in [0.5, 1), got {self.quantile}", field=f"{where}.quantile"
+            )
         if self.kind is MetricKind.HISTOGRAM_THRESHOLD and self.threshold_s is None:
-            raise ValidationError("histogram_threshold needs threshold_s (a bucket bound)", field=f"{where}.threshold_s")
+            raise ValidationError(
+                "histogram_threshold needs threshold_s (a bucket bound)", field=f"{where}.threshold_s"
+            )
         if self.kind is MetricKind.GAUGE and not self.gauge:
             raise ValidationError("a gauge metric needs the gauge name", field=f"{where}.gauge")
         if self.kind is MetricKind.COUNTER_RATIO and not (self.numerator and self.denominator):
@@ -79,12 +88,31 @@ def default_metrics() -> tuple[MetricSpec, ...]:
     """The lesson's key application metrics: error rate, p95/p99 latency and throughput."""
     return (
         MetricSpec("error_rate", MetricKind.ERRORS, allowed_change=0.0, critical_change=0.5, alpha_share=0.5),
-        MetricSpec("latency_p99", MetricKind.LATENCY, quantile=0.99, allowed_change=0.0, critical_change=0.5,
-                   alpha_share=0.2),
-        MetricSpec("latency_p95", MetricKind.LATENCY, quantile=0.95, allowed_change=0.0, critical_change=0.5,
-                   alpha_share=0.15, critical=False),
-        MetricSpec("throughput", MetricKind.THROUGHPUT, direction=Direction.DECREASE, allowed_change=0.1,
-                   critical_change=0.25, alpha_share=0.15),
+        MetricSpec(
+            "latency_p99",
+            MetricKind.LATENCY,
+            quantile=0.99,
+            allowed_change=0.0,
+            critical_change=0.5,
+            alpha_share=0.2,
+        ),
+        MetricSpec(
+            "latency_p95",
+            MetricKind.LATENCY,
+            quantile=0.95,
+            allowed_change=0.0,
+            critical_change=0.5,
+            alpha_share=0.15,
+            critical=False,
+        ),
+        MetricSpec(
+            "throughput",
+            MetricKind.THROUGHPUT,
+            direction=Direction.DECREASE,
+            allowed_change=0.1,
+            critical_change=0.25,
+            alpha_share=0.15,
+        ),
     )
 
 
@@ -101,7 +129,9 @@ class AnalysisSpec:
         if not 0 < self.alpha < 0.5:
             raise ValidationError(f"alpha must be in (0, 0.5), got {self.alpha}", field="analysis.alpha")
         if not 0 < self.pass_alpha < 0.5:
-            raise ValidationError(f"pass_alpha must be in (0, 0.5), got {self.pass_alpha}", field="analysis.pass_alpha")
+            raise ValidationError(
+                f"pass_alpha must be in (0, 0.5), got {self.pass_alpha}", field="analysis.pass_alpha"
+            )
         if self.warmup_s < 0:
             raise ValidationError("warmup_s must be >= 0", field="analysis.warmup_s")
         if self.max_duration_s <= 0:
