@@ -37,7 +37,6 @@ from guardrail.domain.model import Direction
 # theta = log(rate ratio) from 0.05x to 20x. Fixed points (allowed / critical change) are inserted.
 _BASE_GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.04), 10)
 PRIOR_SCALE = 0.4  # Rayleigh prior on the distance from the null, in log-ratio units (tuned in bench/)
-CS_PRIOR_SCALE = 0.7  # normal prior around "no change" for the two-sided confidence sequence
 MIN_DISPERSION_DF = 8
 
 
@@ -68,11 +67,6 @@ def one_sided_log_prior(
     delta = (grid - theta0) if harmful_up else (theta0 - grid)
     with np.errstate(divide="ignore"):
         lp = np.where(delta > 1e-12, np.log(np.maximum(delta, 1e-300)) - 0.5 * (delta / scale) ** 2, -np.inf)
-    return lp - logsumexp(lp)
-
-
-def two_sided_log_prior(grid: np.ndarray, scale: float = CS_PRIOR_SCALE) -> np.ndarray:
-    lp = -0.5 * (grid / scale) ** 2
     return lp - logsumexp(lp)
 
 
@@ -115,16 +109,6 @@ def dispersion(*accumulators: Pearson) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class CountResult:
-    log_e_fail: float
-    log_e_pass: float
-    ci_low: float | None  # ratio
-    ci_high: float | None
-    estimate: float | None
-    dispersion: float
-
-
-@dataclass(frozen=True, slots=True)
 class Sides:
     """The FAIL and PASS hypotheses of one metric on the log-ratio scale."""
 
@@ -156,68 +140,83 @@ class Sides:
         return (*(t for t, _ in self.fail_nulls() + self.pass_nulls()), 0.0)
 
 
-class _GridTests:
-    """Priors and index bookkeeping shared by the two count tests.
+class Priors:
+    """Every one-sided test on one grid, as two matrices of log prior weights (row k = null theta_k).
 
-    All priors sit in one matrix (FAIL sides, PASS sides, two-sided) so one evaluation is a single
-    vectorised log-sum-exp over the grid.
+    ``up[k]`` mixes the alternatives above theta_k (tests "theta <= theta_k"), ``down[k]`` those below.
+    The FAIL and PASS tests are rows of these, and inverting them row by row gives the confidence
+    sequence reported with the verdict, so the interval and the decision always agree.
     """
 
-    def __init__(self, sides: Sides) -> None:
-        self.sides = sides
-        self.grid = make_grid(sides.points())
-        fails = sides.fail_nulls()
-        passes = sides.pass_nulls()
-        self._fail_idx = [grid_index(self.grid, t0) for t0, _ in fails]
-        self._pass_idx = [grid_index(self.grid, tc) for tc, _ in passes]
-        self._priors = np.vstack(
-            [one_sided_log_prior(self.grid, t0, up) for t0, up in fails]
-            + [one_sided_log_prior(self.grid, tc, not up) for tc, up in passes]
-            + [two_sided_log_prior(self.grid)]
+    def __init__(self, grid: np.ndarray) -> None:
+        self.grid = grid
+        self.up = np.vstack(
+            [
+                one_sided_log_prior(grid, t, True) if k < len(grid) - 1 else np.full(len(grid), -np.inf)
+                for k, t in enumerate(grid)
+            ]
         )
-        self._n_fail = len(fails)
+        self.down = np.vstack(
+            [
+                one_sided_log_prior(grid, t, False) if k > 0 else np.full(len(grid), -np.inf)
+                for k, t in enumerate(grid)
+            ]
+        )
 
-    def _mix(self, ell: np.ndarray) -> np.ndarray:
-        """log of each prior's mixture of exp(ell)."""
-        v = self._priors + ell
-        m = v.max(axis=1)
-        return m + np.log(np.exp(v - m[:, None]).sum(axis=1))
+    @staticmethod
+    def log_e(rows: np.ndarray, ell: np.ndarray) -> np.ndarray:
+        """log e-value of every row's test given the log-likelihood ``ell`` on the grid."""
+        v = rows + ell
+        m = ell.max()
+        with np.errstate(divide="ignore"):
+            return m + np.log(np.exp(v - m).sum(axis=-1)) - ell
 
-    def _sides(
-        self, ell_fail: np.ndarray, ell_pass: np.ndarray | None = None
-    ) -> tuple[list[float], list[float]]:
-        """log e-values of each FAIL side and each PASS side."""
-        mf = self._mix(ell_fail)
-        mp = mf if ell_pass is None else self._mix(ell_pass)
-        ep = ell_fail if ell_pass is None else ell_pass
-        k = self._n_fail
-        fails = [float(mf[j] - ell_fail[i]) for j, i in enumerate(self._fail_idx)]
-        passes = [float(mp[k + j] - ep[i]) for j, i in enumerate(self._pass_idx)]
-        return fails, passes
+    def row(self, theta: float, harmful_up: bool) -> np.ndarray:
+        return (self.up if harmful_up else self.down)[grid_index(self.grid, theta)]
 
-    def _tests(self, ell_fail: np.ndarray, ell_pass: np.ndarray | None = None) -> tuple[float, float]:
-        """(log e FAIL, log e PASS). 'either' averages its two FAIL sides (alpha/2 each) and needs
-        both PASS sides (intersection-union test, the weakest side counts)."""
-        fails, passes = self._sides(ell_fail, ell_pass)
-        log_e_fail = fails[0] if len(fails) == 1 else float(np.logaddexp(fails[0], fails[1]) - math.log(2))
-        return log_e_fail, min(passes)
+    def bounds(
+        self, ell_low: np.ndarray, ell_high: np.ndarray, log_thr_low: float, log_thr_high: float
+    ) -> tuple[float, float]:
+        """(lower, upper) ratio bounds: the ratios no one-sided test rejects at the given thresholds."""
+        g = self.grid
+        keep_low = np.flatnonzero(self.log_e(self.up, ell_low) < log_thr_low)
+        keep_high = np.flatnonzero(self.log_e(self.down, ell_high) < log_thr_high)
+        lo = math.exp(g[keep_low[0]]) if len(keep_low) else math.exp(g[-1])
+        hi = math.exp(g[keep_high[-1]]) if len(keep_high) else math.exp(g[0])
+        if len(keep_low) and keep_low[0] == 0:
+            lo = 0.0
+        if len(keep_high) and keep_high[-1] == len(g) - 1:
+            hi = math.inf
+        return lo, hi
 
-    def _cs(
-        self, ell: np.ndarray, log_threshold: float, mix_two: float | None = None
-    ) -> tuple[float | None, float | None]:
-        two = float(self._mix(ell)[-1]) if mix_two is None else mix_two
-        return _interval(self.grid, ell, two, log_threshold)
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    log_e_fail: float
+    log_e_pass: float
+    ci_low: float | None  # ratio
+    ci_high: float | None
+    estimate: float | None
+    dispersion: float
+    confidence: float = 0.0  # coverage of [ci_low, ci_high]
+
+
+def interval_levels(sides: Sides, alpha: float, pass_alpha: float) -> tuple[float, float, float]:
+    """(alpha of the lower bound, alpha of the upper bound, coverage) so that FAIL <=> the bound on the
+    harmful side clears the allowed change and PASS <=> the other bound clears the critical change."""
+    if sides.direction is Direction.INCREASE:
+        return alpha, pass_alpha, 1 - alpha - pass_alpha
+    if sides.direction is Direction.DECREASE:
+        return pass_alpha, alpha, 1 - alpha - pass_alpha
+    return alpha / 2, alpha / 2, 1 - alpha
 
 
 class CountBank:
     """The log-likelihood grids of every concurrent count metric of one judge, as one matrix.
 
-    One judge evaluation is then a handful of vectorised operations whatever the number of metrics
+    A judge evaluation is then a handful of vectorised operations whatever the number of metrics
     (the per-look cost matters when thousands of deploys are replayed, as in bench/).
-    Rows of the prior tensor: FAIL sides (up to 2), PASS sides (up to 2), the two-sided prior.
     """
-
-    _ROWS = 5
 
     def __init__(self) -> None:
         self._sides: list[Sides] = []
@@ -235,21 +234,21 @@ class CountBank:
 
     def _build(self) -> None:
         grid = make_grid(tuple(p for s in self._sides for p in s.points()))
+        self.priors = Priors(grid)
         m = len(self._sides)
-        priors = np.full((m, self._ROWS, len(grid)), -np.inf)
+        # rows 0-1: FAIL sides, 2-3: PASS sides (unused rows stay -inf)
+        rows = np.full((m, 4, len(grid)), -np.inf)
         self.fail_idx: list[list[int]] = []
         self.pass_idx: list[list[int]] = []
         for r, sides in enumerate(self._sides):
-            fails, passes = sides.fail_nulls(), sides.pass_nulls()
-            for j, (t0, up) in enumerate(fails):
-                priors[r, j] = one_sided_log_prior(grid, t0, up)
-            for j, (tc, up) in enumerate(passes):
-                priors[r, 2 + j] = one_sided_log_prior(grid, tc, not up)
-            priors[r, 4] = two_sided_log_prior(grid)
-            self.fail_idx.append([grid_index(grid, t0) for t0, _ in fails])
-            self.pass_idx.append([grid_index(grid, tc) for tc, _ in passes])
+            for j, (t0, up) in enumerate(sides.fail_nulls()):
+                rows[r, j] = self.priors.row(t0, up)
+            for j, (tc, up) in enumerate(sides.pass_nulls()):
+                rows[r, 2 + j] = self.priors.row(tc, not up)
+            self.fail_idx.append([grid_index(grid, t0) for t0, _ in sides.fail_nulls()])
+            self.pass_idx.append([grid_index(grid, tc) for tc, _ in sides.pass_nulls()])
         self.grid = grid
-        self.priors = priors
+        self.test_rows = rows
         self.ell = np.zeros((m, len(grid)))
 
     def stage(self, row: int, x_c: float, x_b: float, w: float) -> None:
@@ -270,13 +269,13 @@ class CountBank:
         self._version += 1
 
     def mixtures(self, phis: tuple[float, ...]) -> np.ndarray:
-        """log of every prior's mixture of exp(ell / phi): shape (metrics, 5); cached."""
+        """log of every test row's mixture of exp(ell / phi): shape (metrics, 4); cached."""
         if self.grid is None:
             self._build()
         if self._cache is not None and self._cache[0] == self._version and self._cache[1] == phis:
             return self._cache[2]
         ell = self.ell / np.asarray(phis)[:, None]
-        v = self.priors + ell[:, None, :]
+        v = self.test_rows + ell[:, None, :]
         m = ell.max(axis=1)[:, None]
         with np.errstate(divide="ignore"):
             mix = m + np.log(np.exp(v - m[..., None]).sum(axis=2))
@@ -322,7 +321,7 @@ class ConcurrentCountTest:
         return dispersion(self.pearson_canary, self.pearson_baseline)
 
     def evaluate(
-        self, alpha: float, phis: tuple[float, ...] | None = None, *, interval: bool = True
+        self, alpha: float, pass_alpha: float, phis: tuple[float, ...] | None = None, *, interval: bool = True
     ) -> CountResult:
         """``phis``: every bank row's dispersion, when the caller evaluates the whole bank at once."""
         phi = self.dispersion()
@@ -331,28 +330,19 @@ class ConcurrentCountTest:
         ell = bank.ell[self.row] / phi
         fails = [float(mix[j] - ell[i]) for j, i in enumerate(bank.fail_idx[self.row])]
         passes = [float(mix[2 + j] - ell[i]) for j, i in enumerate(bank.pass_idx[self.row])]
-        # 'either': the two FAIL sides at alpha/2 each (their average); PASS needs both sides
-        log_e_fail = fails[0] if len(fails) == 1 else float(np.logaddexp(fails[0], fails[1]) - math.log(2))
         lo = hi = None
+        a_lo, a_hi, level = interval_levels(self.sides, alpha, pass_alpha)
         if interval:
-            lo, hi = _interval(bank.grid, ell, float(mix[4]), math.log(1.0 / alpha))
+            lo, hi = bank.priors.bounds(ell, ell, math.log(1 / a_lo), math.log(1 / a_hi))
         est = None
         if self.exposure_canary > 0 and self.exposure_baseline > 0 and self.x_baseline > 0:
             est = (self.x_canary / self.exposure_canary) / (self.x_baseline / self.exposure_baseline)
-        return CountResult(log_e_fail, min(passes), lo, hi, est, phi)
+        return CountResult(_combine_fail(fails), min(passes), lo, hi, est, phi, level)
 
 
-def _interval(
-    grid: np.ndarray, ell: np.ndarray, log_mix_two: float, log_threshold: float
-) -> tuple[float | None, float | None]:
-    """Confidence sequence: every ratio whose point-null e-value is below the threshold."""
-    inside = np.flatnonzero(ell > log_mix_two - log_threshold)
-    if len(inside) == 0:
-        return None, None
-    lo_i, hi_i = int(inside[0]), int(inside[-1])
-    lo = 0.0 if lo_i == 0 else math.exp(grid[lo_i])
-    hi = math.inf if hi_i == len(grid) - 1 else math.exp(grid[hi_i])
-    return lo, hi
+def _combine_fail(fails: list[float]) -> float:
+    """'either' runs its two FAIL sides at alpha/2 each, i.e. compares their average with 1/alpha."""
+    return fails[0] if len(fails) == 1 else float(np.logaddexp(fails[0], fails[1]) - math.log(2))
 
 
 def poisson_rate_bounds(k: float, exposure: float, alpha: float) -> tuple[float, float]:
@@ -362,11 +352,18 @@ def poisson_rate_bounds(k: float, exposure: float, alpha: float) -> tuple[float,
     return float(lo), float(hi)
 
 
-class PrePostCountTest(_GridTests):
-    """Canary counts after the deploy against the pre-deploy window's rate (no concurrent baseline)."""
+class PrePostCountTest:
+    """Canary counts after the deploy against the pre-deploy window's rate (no concurrent baseline).
+
+    Half of each alpha bounds the pre-deploy rate (exact Poisson bound), half goes to the sequential
+    test, which uses the bound least favourable to its own decision; its e-values are reported
+    halved so that they compare with 1/alpha like every other metric's.
+    """
 
     def __init__(self, sides: Sides) -> None:
-        super().__init__(sides)
+        self.sides = sides
+        self.grid = make_grid(sides.points())
+        self.priors = Priors(self.grid)
         self.x_baseline = 0.0
         self.exposure_baseline = 0.0
         self.x_canary = 0.0
@@ -387,32 +384,40 @@ class PrePostCountTest(_GridTests):
         self.exposure_canary += exposure_c
         self.pearson_canary.add(x_c, exposure_c)
 
-    def _ell(self, rate: float) -> np.ndarray:
-        return self.x_canary * self.grid - self.exposure_canary * rate * self._theta_exp
+    def dispersion(self) -> float:
+        return dispersion(self.pearson_canary, self.pearson_baseline)
+
+    def _ell(self, rate: float, phi: float) -> np.ndarray:
+        return (self.x_canary * self.grid - self.exposure_canary * rate * self._theta_exp) / phi
+
+    def _log_e(self, theta: float, up: bool, ell: np.ndarray) -> float:
+        i = grid_index(self.grid, theta)
+        return logsumexp(self.priors.row(theta, up) + ell) - float(ell[i])
 
     def evaluate(self, alpha: float, pass_alpha: float) -> CountResult:
-        phi = dispersion(self.pearson_canary, self.pearson_baseline)
+        phi = self.dispersion()
         if self.exposure_baseline <= 0:
             return CountResult(0.0, 0.0, None, None, None, phi)
-        # Half of each alpha goes to bounding the pre-deploy rate, half to the sequential test.
-        f_lo, f_hi = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, alpha / 2)
-        p_lo, p_hi = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, pass_alpha / 2)
-        harmful_up = self.sides.direction is not Direction.DECREASE
-        # FAIL: the baseline rate least favourable to failing; PASS: least favourable to passing
-        ell_fail = self._ell(f_hi if harmful_up else f_lo) / phi
-        ell_pass = self._ell(p_lo if harmful_up else p_hi) / phi
-        if self.sides.direction is Direction.EITHER:  # each side against its own worst-case rate
-            up_fail, up_pass = self._sides(ell_fail, ell_pass)
-            down_fail, down_pass = self._sides(self._ell(f_lo) / phi, self._ell(p_hi) / phi)
-            e_fail = float(np.logaddexp(up_fail[0], down_fail[1]) - math.log(2))
-            e_pass = min(up_pass[0], down_pass[1])
-        else:
-            e_fail, e_pass = self._tests(ell_fail, ell_pass)
-        log_thr = math.log(2.0 / alpha)
-        lo, _ = self._cs(self._ell(f_hi) / phi, log_thr)
-        _, hi = self._cs(self._ell(f_lo) / phi, log_thr)
+        rate_lo_f, rate_hi_f = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, alpha / 2)
+        rate_lo_p, rate_hi_p = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, pass_alpha / 2)
+        # An increase is judged against the highest plausible baseline rate, a decrease the lowest.
+        fails = [
+            self._log_e(t0, up, self._ell(rate_hi_f if up else rate_lo_f, phi))
+            for t0, up in self.sides.fail_nulls()
+        ]
+        passes = [
+            self._log_e(tc, not up, self._ell(rate_lo_p if up else rate_hi_p, phi))
+            for tc, up in self.sides.pass_nulls()
+        ]
+        a_lo, a_hi, level = interval_levels(self.sides, alpha, pass_alpha)
+        # the lower ratio bound assumes the highest baseline rate, the upper bound the lowest
+        _, hi_rate = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, a_lo / 2)
+        lo_rate, _ = poisson_rate_bounds(self.x_baseline, self.exposure_baseline, a_hi / 2)
+        lo, hi = self.priors.bounds(
+            self._ell(hi_rate, phi), self._ell(lo_rate, phi), math.log(2 / a_lo), math.log(2 / a_hi)
+        )
         est = None
         if self.exposure_canary > 0 and self.x_baseline > 0:
             est = (self.x_canary / self.exposure_canary) / (self.x_baseline / self.exposure_baseline)
-        # the e-values are halved: the other half of each alpha bounds the pre-deploy rate
-        return CountResult(e_fail - math.log(2), e_pass - math.log(2), lo, hi, est, phi)
+        ln2 = math.log(2)
+        return CountResult(_combine_fail(fails) - ln2, min(passes) - ln2, lo, hi, est, phi, level)

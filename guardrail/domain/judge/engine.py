@@ -120,7 +120,7 @@ class _Metric:
             estimate=r.estimate if r else None,
             ci_low=r.ci_low if r else None,
             ci_high=r.ci_high if r else None,
-            confidence=1 - self.alpha,
+            confidence=r.confidence if r and r.confidence else 1 - self.alpha,
             e_value_fail=math.exp(min(e_fail, 700)),
             e_value_pass=math.exp(min(e_pass, 700)),
             canary_n=cn,
@@ -168,7 +168,7 @@ class _CountMetric(_Metric):
         t = self.test
         if isinstance(t, PrePostCountTest):
             return t.evaluate(self.alpha, self.pass_alpha)
-        return t.evaluate(self.alpha, self.phis, interval=interval)
+        return t.evaluate(self.alpha, self.pass_alpha, self.phis, interval=interval)
 
     def status(self, decisions_allowed: bool) -> MetricStatus:
         if not self.has_data():
@@ -220,7 +220,7 @@ class _CountMetric(_Metric):
 
     def _tail(self, r: CountResult, status: MetricStatus) -> str:
         est = explain.ratio(r.estimate)
-        cs = explain.interval(r.ci_low, r.ci_high, 1 - self.alpha)
+        cs = explain.interval(r.ci_low, r.ci_high, r.confidence)
         word = explain.status_word(status, self.spec.critical_change, self.harmful_up)
         disp = f", dispersion x{r.dispersion:.1f}" if r.dispersion > 1.05 else ""
         return f"(ratio {est}, {cs}{disp}) after {self.canary_n():,.0f} canary requests: {word}"
@@ -520,14 +520,14 @@ class _GaugeMetric(_Metric):
                 self.pre_n,
                 f"no {self.spec.gauge} values paired with the baseline yet: holding",
             )
-        e_fail, e_pass, lo, hi, est = t.evaluate(self.alpha)
+        e_fail, e_pass, lo, hi, est, level = t.evaluate(self.alpha, self.pass_alpha)
         status = self._status(e_fail, e_pass, True, decisions_allowed)
-        r = CountResult(e_fail, e_pass, lo, hi, est, 1.0)
+        r = CountResult(e_fail, e_pass, lo, hi, est, 1.0, level)
         cv = t.sum_canary / t.windows
         bv = t.sum_baseline / t.windows
         detail = (
             f"canary {self.spec.gauge} mean {cv:.4g} vs baseline {bv:.4g} (median paired ratio "
-            f"{explain.ratio(est)}, {explain.interval(lo, hi, 1 - self.alpha)}) over {t.windows} windows: "
+            f"{explain.ratio(est)}, {explain.interval(lo, hi, level)}) over {t.windows} windows: "
             f"{explain.status_word(status, self.spec.critical_change, self.harmful_up)}"
         )
         return self._evidence(

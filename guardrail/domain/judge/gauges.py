@@ -17,10 +17,10 @@ import numpy as np
 from guardrail.domain.judge.counts import (
     PRIOR_SCALE,
     Sides,
+    interval_levels,
     logsumexp,
     make_grid,
     one_sided_log_prior,
-    two_sided_log_prior,
 )
 
 _RHO_LOG = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.05), 10)  # candidate ratios 0.14x .. 7.4x
@@ -41,7 +41,6 @@ class SignTest:
         self._i0 = int(np.searchsorted(self.theta, 0.0))
         self._lp_up = one_sided_log_prior(self.theta, 0.0, True, PRIOR_SCALE * 2)
         self._lp_down = one_sided_log_prior(self.theta, 0.0, False, PRIOR_SCALE * 2)
-        self._lp_two = two_sided_log_prior(self.theta, 1.0)
         self._log_sig = -np.logaddexp(0.0, -self.theta)  # log p
         self._log_1msig = -np.logaddexp(0.0, self.theta)  # log (1 - p)
 
@@ -66,25 +65,37 @@ class SignTest:
         lp = self._lp_up if canary_higher else self._lp_down
         return float(logsumexp(lp + ell - ell[self._i0]))
 
-    def evaluate(self, alpha: float) -> tuple[float, float, float | None, float | None, float | None]:
-        """(log e FAIL, log e PASS, CS low, CS high, estimate) for the median paired ratio."""
+    def _log_e_all(self, lp: np.ndarray) -> np.ndarray:
+        """log e-value at every candidate ratio for the prior ``lp`` on logit p."""
+        ell = self.above[:, None] * self._log_sig + self.below[:, None] * self._log_1msig
+        v = ell + lp
+        m = v.max(axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        return (m[:, 0] + np.log(np.exp(v - m).sum(axis=1))) - ell[:, self._i0]
+
+    def evaluate(
+        self, alpha: float, pass_alpha: float
+    ) -> tuple[float, float, float | None, float | None, float | None, float]:
+        """(log e FAIL, log e PASS, CS low, CS high, estimate, coverage) for the median paired ratio."""
         fails = [self._log_e(t0, up) for t0, up in self.sides.fail_nulls()]
         log_e_fail = float(logsumexp(fails) - math.log(len(fails)))
         log_e_pass = min(self._log_e(tc, not up) for tc, up in self.sides.pass_nulls())
-        thr = math.log(1.0 / alpha)
-        inside = []
-        for k in range(len(self.rho)):
-            ell = self._ell(k)
-            if logsumexp(self._lp_two + ell) - ell[self._i0] < thr:
-                inside.append(k)
-        lo = hi = None
-        if inside:
-            lo = 0.0 if inside[0] == 0 else float(self.rho[inside[0]])
-            hi = math.inf if inside[-1] == len(self.rho) - 1 else float(self.rho[inside[-1]])
+        a_lo, a_hi, level = interval_levels(self.sides, alpha, pass_alpha)
+        keep_lo = np.flatnonzero(self._log_e_all(self._lp_up) < math.log(1 / a_lo))
+        keep_hi = np.flatnonzero(self._log_e_all(self._lp_down) < math.log(1 / a_hi))
+        last = len(self.rho) - 1
+        lo = (
+            (0.0 if keep_lo[0] == 0 else float(self.rho[keep_lo[0]])) if len(keep_lo) else float(self.rho[-1])
+        )
+        hi = (
+            (math.inf if keep_hi[-1] == last else float(self.rho[keep_hi[-1]]))
+            if len(keep_hi)
+            else float(self.rho[0])
+        )
         est = None
         n = self.above + self.below
         if self.windows:
             share_above = np.where(n > 0, self.above / np.maximum(n, 1), 0.5)
             k = int(np.searchsorted(-share_above, -0.5))  # first rho where at most half are above
-            est = float(self.rho[min(k, len(self.rho) - 1)])
-        return log_e_fail, log_e_pass, lo, hi, est
+            est = float(self.rho[min(k, last)])
+        return log_e_fail, log_e_pass, lo, hi, est, level

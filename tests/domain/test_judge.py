@@ -1,0 +1,390 @@
+"""Judge behaviour: decisions, evidence, data handling."""
+
+import math
+
+import numpy as np
+import pytest
+
+from guardrail.domain.errors import ValidationError
+from guardrail.domain.judge import AnalysisSpec, BaselineMode, Judge, MetricKind, MetricSpec
+from guardrail.domain.model import Decision, Direction, Histogram, MetricStatus, Sample, Track
+from tests.domain.traffic import T0, Traffic
+
+
+def run(
+    traffic: Traffic,
+    seed: int,
+    *,
+    spec: AnalysisSpec | None = None,
+    looks: int = 180,
+    history: bool = True,
+    mode: BaselineMode = BaselineMode.CONCURRENT,
+):
+    rng = np.random.default_rng(seed)
+    j = Judge(spec or AnalysisSpec(), start=T0, mode=mode)
+    j.set_weight(T0, traffic.weight)
+    if history:
+        j.add_many(traffic.history(rng))
+    v = j.evaluate()
+    for k in range(looks):
+        c, b = traffic.window(rng, T0 + k * traffic.interval)
+        j.add(c)
+        if mode is BaselineMode.CONCURRENT:
+            j.add(b)
+        v = j.evaluate(c.end)
+        if v.decision in (Decision.FAIL, Decision.PASS):
+            break
+    return j, v
+
+
+def test_doubled_error_rate_fails_with_a_plain_sentence():
+    _, v = run(Traffic(err_ratio=3.0), seed=1)
+    assert v.decision is Decision.FAIL
+    ev = next(e for e in v.evidence if e.metric == "error_rate")
+    assert ev.status is MetricStatus.FAIL
+    assert ev.e_value_fail >= 1 / AnalysisSpec().metric_alpha(AnalysisSpec().metrics[0])
+    assert ev.ci_low > 1.0
+    assert ev.detail.startswith("canary error rate ")
+    assert "CS" in ev.detail and "canary requests: fail" in ev.detail
+    assert v.decided_at is not None and v.decided_at > T0
+
+
+def test_healthy_canary_passes_early_by_non_inferiority():
+    _, v = run(Traffic(), seed=2)
+    assert v.decision is Decision.PASS
+    assert v.decided_at < T0 + 1800
+    for e in v.evidence:
+        assert e.status is MetricStatus.PASS
+        assert e.ci_high is not None and e.ci_low is not None
+
+
+def test_slow_tail_fails_the_p99_metric():
+    _, v = run(Traffic(canary_sigma=0.674), seed=3)
+    assert v.decision is Decision.FAIL
+    p99 = next(e for e in v.evidence if e.metric == "latency_p99")
+    assert p99.status is MetricStatus.FAIL
+    assert "slower than 300 ms" in p99.detail
+
+
+def test_canary_losing_traffic_fails_throughput():
+    _, v = run(Traffic(canary_traffic_factor=0.5), seed=4)
+    assert v.decision is Decision.FAIL
+    thr = next(e for e in v.evidence if e.metric == "throughput")
+    assert thr.status is MetricStatus.FAIL
+    assert thr.estimate < 0.6
+
+
+def test_small_regression_on_low_traffic_is_inconclusive_with_a_power_statement():
+    spec = AnalysisSpec(max_duration_s=600)
+    _, v = run(Traffic(rate=40, err_ratio=1.2), seed=5, spec=spec, looks=60)
+    assert v.decision is Decision.INCONCLUSIVE
+    assert v.power is not None and "more canary requests" in v.power
+
+
+def test_no_latency_data_is_not_zero_and_holds_the_verdict():
+    rng = np.random.default_rng(6)
+    j = Judge(AnalysisSpec(max_duration_s=300), start=T0)
+    j.set_weight(T0, 0.1)
+    v = None
+    for k in range(30):
+        c, b = Traffic().window(rng, T0 + 10 * k)
+        j.add(Sample(Track.CANARY, c.start, c.end, c.requests, c.errors))
+        j.add(Sample(Track.BASELINE, b.start, b.end, b.requests, b.errors))
+        v = j.evaluate(c.end)
+        assert v.decision is not Decision.PASS
+    assert v.decision is Decision.INCONCLUSIVE
+    assert "no data at all for latency_p99" in v.power
+    assert next(e for e in v.evidence if e.metric == "latency_p99").status is MetricStatus.NO_DATA
+
+
+def test_optional_metric_without_data_does_not_block_pass():
+    spec = AnalysisSpec(
+        metrics=(
+            MetricSpec("error_rate", MetricKind.ERRORS),
+            MetricSpec("cpu", MetricKind.GAUGE, gauge="cpu", must_have_data=False, critical=False),
+        )
+    )
+    _, v = run(Traffic(), seed=7, spec=spec)
+    assert v.decision is Decision.PASS
+
+
+def test_duplicates_are_ignored_and_order_does_not_matter():
+    rng = np.random.default_rng(8)
+    history = Traffic().history(rng)  # fixes the latency thresholds before the canary starts
+    windows = [Traffic(err_ratio=1.5).window(rng, T0 + 10 * k) for k in range(60)]
+    a = Judge(AnalysisSpec(), start=T0)
+    b = Judge(AnalysisSpec(), start=T0)
+    for j in (a, b):
+        j.set_weight(T0, 0.1)
+        j.add_many(history)
+    for c, base in windows:
+        a.add(c)
+        a.add(base)
+    for c, base in reversed(windows):
+        b.add(base)
+        b.add(c)
+        b.add(c)  # a retried push
+    assert b.duplicates == 60
+    va, vb = a.evaluate(T0 + 600), b.evaluate(T0 + 600)
+    assert va.decision == vb.decision
+    for ea, eb in zip(va.evidence, vb.evidence, strict=True):
+        assert ea.e_value_fail == pytest.approx(eb.e_value_fail, rel=1e-9)
+        assert ea.canary_n == eb.canary_n
+
+
+def test_warmup_windows_are_ignored():
+    spec = AnalysisSpec(warmup_s=60)
+    rng = np.random.default_rng(9)
+    j = Judge(spec, start=T0)
+    j.set_weight(T0, 0.1)
+    for k in range(12):
+        c, b = Traffic().window(rng, T0 + 10 * k)
+        j.add(c)
+        j.add(b)
+    assert j.windows == 6
+    assert j.ignored == 12
+
+
+def test_traffic_steps_within_one_deploy_do_not_fail_a_healthy_canary():
+    rng = np.random.default_rng(10)
+    t = Traffic()
+    j = Judge(AnalysisSpec(), start=T0)
+    j.set_weight(T0, 0.1)
+    j.set_weight(T0 + 300, 0.5)
+    for k in range(90):
+        w = 0.1 if k < 30 else 0.5
+        c, b = t.window(rng, T0 + 10 * k, weight=w)
+        j.add(c)
+        j.add(b)
+        assert j.decide(c.end) is not Decision.FAIL
+    assert j.weight_at(T0 + 299) == 0.1 and j.weight_at(T0 + 300) == 0.5
+
+
+def test_pre_post_mode_says_it_is_weaker_and_still_catches_a_big_regression():
+    _j, v = run(Traffic(err_ratio=4.0, weight=0.999), seed=11, mode=BaselineMode.PRE_POST)
+    assert v.mode == "pre_post"
+    assert v.decision is Decision.FAIL
+    assert "pre-deploy window" in v.summary
+    assert all(e.metric != "throughput" for e in v.evidence)
+
+
+def test_pre_post_mode_healthy_deploy_does_not_fail():
+    _, v = run(Traffic(weight=0.999), seed=12, mode=BaselineMode.PRE_POST, looks=60)
+    assert v.decision is not Decision.FAIL
+
+
+def _gauge_spec(**kw) -> AnalysisSpec:
+    return AnalysisSpec(
+        metrics=(
+            MetricSpec("cpu", MetricKind.GAUGE, gauge="cpu", allowed_change=0.1, critical_change=0.3, **kw),
+        )
+    )
+
+
+def _gauge_run(spec: AnalysisSpec, canary_factor: float, seed: int, windows: int = 60):
+    rng = np.random.default_rng(seed)
+    j = Judge(spec, start=T0)
+    j.set_weight(T0, 0.1)
+    v = None
+    for k in range(windows):
+        base = 0.4 + 0.05 * rng.standard_normal()
+        j.add(
+            Sample(
+                Track.CANARY,
+                T0 + 10 * k,
+                T0 + 10 * k + 10,
+                200,
+                0,
+                gauges={"cpu": canary_factor * (0.4 + 0.05 * rng.standard_normal())},
+            )
+        )
+        j.add(Sample(Track.BASELINE, T0 + 10 * k, T0 + 10 * k + 10, 1800, 0, gauges={"cpu": base}))
+        v = j.evaluate(T0 + 10 * k + 10)
+        if v.decision in (Decision.FAIL, Decision.PASS):
+            break
+    return v
+
+
+def test_gauge_well_above_baseline_fails_and_equal_gauge_passes():
+    assert _gauge_run(_gauge_spec(), 1.6, seed=13).decision is Decision.FAIL
+    assert _gauge_run(_gauge_spec(), 1.0, seed=14).decision is Decision.PASS
+
+
+def test_gauge_verdict_is_invariant_to_units():
+    spec = _gauge_spec()
+    a = _gauge_run(spec, 1.6, seed=15)
+    rng_scale = 1000.0  # e.g. millicores instead of cores
+
+    rng = np.random.default_rng(15)
+    j = Judge(spec, start=T0)
+    j.set_weight(T0, 0.1)
+    v = None
+    for k in range(60):
+        base = 0.4 + 0.05 * rng.standard_normal()
+        j.add(
+            Sample(
+                Track.CANARY,
+                T0 + 10 * k,
+                T0 + 10 * k + 10,
+                200,
+                0,
+                gauges={"cpu": rng_scale * 1.6 * (0.4 + 0.05 * rng.standard_normal())},
+            )
+        )
+        j.add(
+            Sample(Track.BASELINE, T0 + 10 * k, T0 + 10 * k + 10, 1800, 0, gauges={"cpu": rng_scale * base})
+        )
+        v = j.evaluate(T0 + 10 * k + 10)
+        if v.decision in (Decision.FAIL, Decision.PASS):
+            break
+    assert (v.decision, v.decided_at) == (a.decision, a.decided_at)
+
+
+def _raw_run(factor: float, seed: int, windows: int = 60):
+    rng = np.random.default_rng(seed)
+    spec = AnalysisSpec(metrics=(MetricSpec("latency_p95", MetricKind.LATENCY, quantile=0.95),))
+    j = Judge(spec, start=T0)
+    j.set_weight(T0, 0.5)
+    v = None
+    for k in range(windows):
+        lat_c = tuple(factor * np.exp(np.log(0.1) + 0.5 * rng.standard_normal(100)))
+        lat_b = tuple(np.exp(np.log(0.1) + 0.5 * rng.standard_normal(100)))
+        j.add(Sample(Track.CANARY, T0 + 10 * k, T0 + 10 * k + 10, 100, 0, latencies=lat_c))
+        j.add(Sample(Track.BASELINE, T0 + 10 * k, T0 + 10 * k + 10, 100, 0, latencies=lat_b))
+        v = j.evaluate(T0 + 10 * k + 10)
+        if v.decision in (Decision.FAIL, Decision.PASS):
+            break
+    return v
+
+
+def test_raw_latencies_use_quantile_confidence_sequences():
+    slow = _raw_run(2.0, seed=16)
+    assert slow.decision is Decision.FAIL
+    assert "raw canary latencies" in slow.evidence[0].detail
+    same = _raw_run(1.0, seed=17)
+    assert same.decision is not Decision.FAIL
+
+
+def test_custom_counter_ratio_metric_fails_on_a_regression():
+    spec = AnalysisSpec(
+        metrics=(
+            MetricSpec(
+                "payment_failures",
+                MetricKind.COUNTER_RATIO,
+                numerator="payments_failed",
+                denominator="payments",
+            ),
+        )
+    )
+    rng = np.random.default_rng(18)
+    j = Judge(spec, start=T0)
+    j.set_weight(T0, 0.1)
+    v = None
+    for k in range(120):
+        pc, pb = rng.poisson(50), rng.poisson(450)
+        j.add(
+            Sample(
+                Track.CANARY,
+                T0 + 10 * k,
+                T0 + 10 * k + 10,
+                200,
+                0,
+                gauges={"payments": pc, "payments_failed": rng.binomial(pc, 0.06)},
+            )
+        )
+        j.add(
+            Sample(
+                Track.BASELINE,
+                T0 + 10 * k,
+                T0 + 10 * k + 10,
+                1800,
+                0,
+                gauges={"payments": pb, "payments_failed": rng.binomial(pb, 0.02)},
+            )
+        )
+        v = j.evaluate(T0 + 10 * k + 10)
+        if v.decision is Decision.FAIL:
+            break
+    assert v.decision is Decision.FAIL
+    assert "payments_failed/payments" in v.evidence[0].detail
+
+
+def test_non_critical_failure_blocks_pass_but_does_not_fail():
+    spec = AnalysisSpec(
+        metrics=(
+            MetricSpec("error_rate", MetricKind.ERRORS),
+            MetricSpec("latency_p99", MetricKind.LATENCY, quantile=0.99, critical=False),
+        ),
+        max_duration_s=900,
+    )
+    _, v = run(Traffic(canary_sigma=0.674), seed=19, spec=spec, looks=90)
+    assert v.decision is Decision.INCONCLUSIVE
+    assert next(e for e in v.evidence if e.metric == "latency_p99").status is MetricStatus.FAIL
+
+
+def test_no_decision_before_minimum_canary_requests():
+    spec = AnalysisSpec(min_canary_requests=10_000)
+    _, v = run(Traffic(err_ratio=10), seed=20, spec=spec, looks=20)
+    assert v.decision is Decision.CONTINUE
+
+
+def test_a_fail_is_final():
+    j, v = run(Traffic(err_ratio=5), seed=21)
+    assert v.decision is Decision.FAIL
+    rng = np.random.default_rng(0)
+    for k in range(100):
+        c, b = Traffic().window(rng, T0 + 5000 + 10 * k)
+        j.add(c)
+        j.add(b)
+    assert j.evaluate().decision is Decision.FAIL
+    assert j.evaluate().decided_at == v.decided_at
+
+
+def test_decide_agrees_with_evaluate():
+    for seed, traffic in [(22, Traffic()), (23, Traffic(err_ratio=2)), (24, Traffic(canary_sigma=0.6))]:
+        rng = np.random.default_rng(seed)
+        a, b = Judge(AnalysisSpec(), start=T0), Judge(AnalysisSpec(), start=T0)
+        for j in (a, b):
+            j.set_weight(T0, 0.1)
+        for k in range(120):
+            c, base = traffic.window(rng, T0 + 10 * k)
+            for j in (a, b):
+                j.add(c)
+                j.add(base)
+            assert a.decide(c.end) is b.evaluate(c.end).decision
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"bounds": (0.1, 0.2), "counts": (1, 2)}, "latency_histogram.counts"),
+        ({"bounds": (0.2, 0.1), "counts": (1, 2, 3)}, "latency_histogram.bounds"),
+        ({"bounds": (0.1, math.inf), "counts": (1, 2, 3)}, "latency_histogram.bounds"),
+        ({"bounds": (0.1, 0.2), "counts": (1, -2, 3)}, "latency_histogram.counts"),
+    ],
+)
+def test_bad_histograms_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as err:
+        Histogram(**kwargs)
+    assert err.value.field == field
+
+
+def test_bad_samples_name_the_field():
+    with pytest.raises(ValidationError) as err:
+        Sample(Track.CANARY, 10.0, 5.0, 1, 0)
+    assert err.value.field == "end"
+    with pytest.raises(ValidationError) as err:
+        Sample(Track.CANARY, 0.0, 5.0, 1, 2)
+    assert err.value.field == "errors"
+
+
+def test_spec_validation_names_the_key():
+    with pytest.raises(ValidationError) as err:
+        AnalysisSpec(alpha=0.7)
+    assert err.value.field == "analysis.alpha"
+    with pytest.raises(ValidationError) as err:
+        MetricSpec("x", MetricKind.ERRORS, allowed_change=0.5, critical_change=0.2)
+    assert "critical_change" in err.value.field
+    with pytest.raises(ValidationError):
+        MetricSpec("g", MetricKind.GAUGE)
+    assert MetricSpec("thr", MetricKind.THROUGHPUT, direction=Direction.DECREASE, critical_change=0.3)
