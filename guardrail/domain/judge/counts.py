@@ -177,17 +177,34 @@ class Priors:
     def bounds(
         self, ell_low: np.ndarray, ell_high: np.ndarray, log_thr_low: float, log_thr_high: float
     ) -> tuple[float, float]:
-        """(lower, upper) ratio bounds: the ratios no one-sided test rejects at the given thresholds."""
+        """(lower, upper) ratio bounds: the ratios no one-sided test rejects at the given thresholds,
+        interpolated between grid points where the e-value crosses the threshold."""
         g = self.grid
-        keep_low = np.flatnonzero(self.log_e(self.up, ell_low) < log_thr_low)
-        keep_high = np.flatnonzero(self.log_e(self.down, ell_high) < log_thr_high)
-        lo = math.exp(g[keep_low[0]]) if len(keep_low) else math.exp(g[-1])
-        hi = math.exp(g[keep_high[-1]]) if len(keep_high) else math.exp(g[0])
-        if len(keep_low) and keep_low[0] == 0:
+        e_up = self.log_e(self.up, ell_low) - log_thr_low  # < 0: not rejected
+        e_down = self.log_e(self.down, ell_high) - log_thr_high
+        keep_low = np.flatnonzero(e_up < 0)
+        keep_high = np.flatnonzero(e_down < 0)
+        if len(keep_low) == 0:
+            lo = math.exp(g[-1])
+        elif keep_low[0] == 0:
             lo = 0.0
-        if len(keep_high) and keep_high[-1] == len(g) - 1:
+        else:
+            lo = math.exp(_cross(g, e_up, keep_low[0] - 1, keep_low[0]))
+        if len(keep_high) == 0:
+            hi = math.exp(g[0])
+        elif keep_high[-1] == len(g) - 1:
             hi = math.inf
+        else:
+            hi = math.exp(_cross(g, e_down, keep_high[-1], keep_high[-1] + 1))
         return lo, hi
+
+
+def _cross(g: np.ndarray, e: np.ndarray, i: int, j: int) -> float:
+    """theta where e crosses 0 between grid points i and j (linear in theta)."""
+    ei, ej = float(e[i]), float(e[j])
+    if not (math.isfinite(ei) and math.isfinite(ej)) or ei == ej:
+        return float(g[j])
+    return float(g[i] + (g[j] - g[i]) * ei / (ei - ej))
 
 
 @dataclass(frozen=True, slots=True)

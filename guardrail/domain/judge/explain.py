@@ -27,7 +27,7 @@ def ratio(x: float | None) -> str:
         return "inf"
     if x >= 10:
         return f"{x:.0f}"
-    return f"{x:.2f}".rstrip("0").rstrip(".") if x < 1 else f"{x:.2g}" if x < 1.05 else f"{x:.3g}"
+    return f"{x:.3g}"
 
 
 def seconds(x: float | None) -> str:
