@@ -188,3 +188,65 @@ class Verdict:
             "power": self.power,
             "evidence": [e.to_dict() for e in self.evidence],
         }
+
+
+# --- deploys ---------------------------------------------------------------------------------------
+
+
+class Strategy(StrEnum):
+    CANARY = "canary"
+    BLUE_GREEN = "blue_green"
+    ROLLING = "rolling"
+    ALL_AT_ONCE = "all_at_once"
+
+
+class ChangeType(StrEnum):
+    FEATURE = "feature"
+    BUGFIX = "bugfix"
+    INFRASTRUCTURE = "infrastructure"
+    SECURITY = "security"
+
+
+class DeployState(StrEnum):
+    PENDING = "pending"  # recorded, first step not applied yet
+    ANALYZING = "analyzing"  # a step is live and the judge is watching
+    PAUSED = "paused"  # held for a human (manual pause, or an inconclusive analysis)
+    ROLLING_BACK = "rolling_back"
+    PROMOTED = "promoted"  # terminal: fully rolled out
+    ROLLED_BACK = "rolled_back"  # terminal
+    ROLLBACK_FAILED = "rollback_failed"  # terminal until a human acts: pages on-call
+
+    @property
+    def terminal(self) -> bool:
+        return self in (DeployState.PROMOTED, DeployState.ROLLED_BACK, DeployState.ROLLBACK_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rollout step. ``weight``: canary share of traffic in percent (canary, blue-green);
+    ``servers``: cumulative servers on the new version (rolling; None = all)."""
+
+    weight: float | None = None
+    servers: int | None = None
+    min_duration_s: float = 0.0
+
+    def describe(self) -> str:
+        if self.weight is not None:
+            return f"{self.weight:g}% of traffic"
+        return "all servers" if self.servers is None else f"{self.servers} server(s)"
+
+
+def default_steps(strategy: Strategy, watch_s: float = 1800.0) -> tuple[Step, ...]:
+    """The lesson's defaults: canary 10% -> 50% -> 100%; rolling 1 server, 2 more, the rest;
+    blue-green deploys green, then switches and watches; all-at-once deploys and watches."""
+    if strategy is Strategy.CANARY:
+        return (Step(weight=10, min_duration_s=300), Step(weight=50, min_duration_s=300), Step(weight=100))
+    if strategy is Strategy.ROLLING:
+        return (
+            Step(servers=1, min_duration_s=300),
+            Step(servers=3, min_duration_s=300),
+            Step(servers=None, min_duration_s=watch_s),
+        )
+    if strategy is Strategy.BLUE_GREEN:
+        return (Step(weight=0), Step(weight=100, min_duration_s=watch_s))
+    return (Step(weight=100, min_duration_s=watch_s),)

@@ -1,0 +1,106 @@
+"""What guardrail records about a deploy: the marker CI posted, the timeline, the intent log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from guardrail.domain.model import ChangeType, DeployState, Step, Strategy
+from guardrail.domain.rollout import Command, Rollout
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    name: str = "noop"
+    config: dict[str, Any] = field(default_factory=dict)  # may hold secrets: never logged or returned
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisSettings:
+    alpha: float = 0.01
+    interval_s: float = 60.0
+    max_duration_s: float = 1800.0
+    warmup_s: float = 0.0
+    on_inconclusive: str = "hold"  # hold | rollback
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """The deploy marker CI posts (validated at the edge)."""
+
+    service: str
+    environment: str
+    version: str
+    previous_version: str
+    commit: str
+    strategy: Strategy
+    change_type: ChangeType
+    author: str = ""
+    commit_time: float | None = None
+    description: str = ""
+    changes: tuple[str, ...] = ()
+    db_migrations: bool = False
+    db_migrations_description: str = ""
+    metrics_source: str = "push"  # push | prometheus
+    metrics_overrides: dict[str, Any] = field(default_factory=dict)
+    adapter: AdapterRef = field(default_factory=AdapterRef)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    steps: tuple[Step, ...] = ()
+    started_at: float | None = None  # data time of the deploy; default: when it was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Deploy:
+    id: str
+    marker: Marker
+    rollout: Rollout
+    created_at: float  # wall time
+    updated_at: float
+    data_time: float  # latest data time seen for this deploy (marker time before any data)
+    verdict: dict[str, Any] | None = None  # latest Verdict.to_dict()
+
+    @property
+    def state(self) -> DeployState:
+        return self.rollout.state
+
+
+class EventKind(StrEnum):
+    CREATED = "created"
+    TRANSITION = "transition"
+    VERDICT = "verdict"
+    ACTION_STARTED = "action_started"
+    ACTION_DONE = "action_done"
+    ACTION_FAILED = "action_failed"
+    OVERRIDE = "override"
+    INGEST = "ingest"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    kind: EventKind
+    message: str
+    data_time: float | None
+    wall_time: float
+    details: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0  # assigned by the store, increasing per deploy
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"  # recorded, not started
+    RUNNING = "running"  # handed to the adapter
+    DONE = "done"
+    FAILED = "failed"  # this attempt failed (a rollback is retried as a new attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One adapter action in the intent log: recorded before it is carried out."""
+
+    deploy_id: str
+    command: Command
+    status: ActionStatus = ActionStatus.PENDING
+    attempts: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+    id: int = 0  # assigned by the store

@@ -1,0 +1,135 @@
+"""The ports: what the service needs from the outside world, as Protocols.
+
+Adapters live in ``guardrail.adapters`` and are wired in ``guardrail.main`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from guardrail.domain.model import DeployState, Sample, Step
+from guardrail.domain.records import Action, ActionStatus, Deploy, Marker, TimelineEvent
+from guardrail.domain.rollout import Rollout
+
+
+class Clock(Protocol):
+    def __call__(self) -> float:
+        """Wall time, unix seconds. Used for records and timeouts only, never for analysis."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    ok: bool
+    detail: str  # one line for the timeline
+    output: str = ""  # captured output (truncated by the adapter), secrets redacted
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeployTarget:
+    """What an adapter is told about the deploy (no secrets beyond its own config)."""
+
+    deploy_id: str
+    service: str
+    environment: str
+    version: str
+    previous_version: str
+    commit: str
+    action_key: str  # stable per action: lets the target ignore a repeated call after a crash
+
+
+@runtime_checkable
+class DeployAdapter(Protocol):
+    """Moves traffic and versions. Every method has its own timeout and never raises for a failed
+    action: it returns ``ActionResult(ok=False, ...)`` (exceptions are reserved for bugs)."""
+
+    name: str
+
+    async def apply_step(self, target: DeployTarget, step: Step, index: int, total: int) -> ActionResult:
+        """Put ``step`` in effect: canary weight in percent, or servers on the new version."""
+        ...
+
+    async def finalize(self, target: DeployTarget) -> ActionResult:
+        """Complete the rollout: all traffic on the new version, the old one retired."""
+        ...
+
+    async def rollback(self, target: DeployTarget, reason: str) -> ActionResult:
+        """Send all traffic back to ``previous_version``. Must be safe to repeat."""
+        ...
+
+
+class Store(Protocol):
+    """Durable records. Each method is one transaction."""
+
+    async def create_deploy(
+        self, deploy: Deploy, event: TimelineEvent, idempotency_key: str | None
+    ) -> tuple[Deploy, bool]:
+        """Insert, or return the deploy already recorded under ``idempotency_key`` (created=False)."""
+        ...
+
+    async def get_deploy(self, deploy_id: str) -> Deploy | None: ...
+
+    async def list_deploys(
+        self,
+        *,
+        service: str | None = None,
+        environment: str | None = None,
+        state: DeployState | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[Deploy]:
+        """Newest first; since/until filter on created_at."""
+        ...
+
+    async def active_deploys(self) -> list[Deploy]:
+        """Deploys whose state is not terminal."""
+        ...
+
+    async def save(
+        self,
+        deploy_id: str,
+        *,
+        rollout: Rollout | None = None,
+        data_time: float | None = None,
+        verdict: dict[str, Any] | None = None,
+        events: Sequence[TimelineEvent] = (),
+        new_actions: Sequence[Action] = (),
+    ) -> list[Action]:
+        """Atomically update the deploy, append timeline events and record new actions (intent log).
+        Returns the new actions with their ids."""
+        ...
+
+    async def add_samples(self, deploy_id: str, samples: Sequence[Sample]) -> list[Sample]:
+        """Store samples; a (track, start, end) window already stored is ignored. Returns the new ones."""
+        ...
+
+    async def samples(self, deploy_id: str) -> list[Sample]:
+        """Every stored sample of the deploy, ordered by (end, track)."""
+        ...
+
+    async def events(self, deploy_id: str, *, after_seq: int = 0) -> list[TimelineEvent]: ...
+
+    async def actions(
+        self, deploy_id: str | None = None, *, statuses: Sequence[ActionStatus] = ()
+    ) -> list[Action]:
+        """Actions in id order, optionally only those with the given statuses."""
+        ...
+
+    async def update_action(
+        self,
+        action_id: int,
+        *,
+        status: ActionStatus,
+        attempts: int,
+        result: dict[str, Any],
+        event: TimelineEvent | None = None,
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["ActionResult", "Clock", "DeployAdapter", "DeployTarget", "Marker", "Store"]
