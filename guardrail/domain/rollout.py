@@ -55,6 +55,7 @@ class Rollout:
     pending_step: int | None = None  # step being applied by the adapter
     rollback_attempts: int = 0
     reason: str = ""  # why paused / rolled back
+    history: tuple[tuple[int, float], ...] = ()  # (step, data time it took effect), in order
 
     @property
     def last_step(self) -> int:
@@ -139,7 +140,9 @@ def _action_done(r: Rollout, ev: ActionDone) -> tuple[Rollout, list[Command]]:
         return _rollback(r, f"step {cmd.step} ({r.steps[cmd.step].describe()}) failed: {ev.detail}")
     i = cmd.step if cmd.step is not None else 0
     state = DeployState.PAUSED if r.state is DeployState.PAUSED else DeployState.ANALYZING
-    r = replace(r, state=state, step=i, step_started_at=ev.at, pending_step=None)
+    r = replace(
+        r, state=state, step=i, step_started_at=ev.at, pending_step=None, history=(*r.history, (i, ev.at))
+    )
     if r.traffic_started_at is None and r.carries_traffic(i):
         r = replace(r, traffic_started_at=ev.at)
     if state is DeployState.PAUSED:

@@ -1,0 +1,112 @@
+"""Typed settings, read once: ``guardrail.yaml`` (or ``--config``), then ``GUARDRAIL_*`` environment
+overrides (nested keys with ``__``, e.g. ``GUARDRAIL_SERVER__PORT=9090``). Errors name the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from guardrail.domain.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenConfig(_Strict):
+    name: str  # who: recorded in the audit trail of overrides
+    token: SecretStr
+    scopes: list[Literal["ci", "operator", "read"]]
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"  # used in links (pages, Slack, GitHub statuses)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    wait_max_s: float = Field(3600, gt=0)  # longest long-poll a client may ask for
+
+
+class AnalysisDefaults(_Strict):
+    alpha: float = Field(0.01, gt=0, lt=0.5)
+    pass_alpha: float = Field(0.05, gt=0, lt=0.5)
+    interval_s: float = Field(60, gt=0)
+    max_duration_s: float = Field(1800, gt=0)
+    warmup_s: float = Field(0, ge=0)
+    min_canary_requests: int = Field(50, ge=0)
+    on_inconclusive: Literal["hold", "rollback"] = "hold"
+    watch_s: float = Field(1800, ge=0)  # post-deploy watch of blue-green, rolling and all-at-once
+    stall_after_s: float = Field(600, gt=0)  # wall seconds without data before "analysis stalled"
+
+
+class EngineConfig(_Strict):
+    rollback_backoff_s: float = Field(2.0, gt=0)  # doubled per failed attempt
+    rollback_backoff_max_s: float = Field(60.0, gt=0)
+    tick_s: float = Field(5.0, gt=0)  # how often timers (stalls, retries) are checked
+
+
+class Settings(_Strict):
+    database_url: str = "sqlite+aiosqlite:///guardrail.db"
+    server: ServerConfig = ServerConfig()
+    tokens: list[TokenConfig] = []  # empty: no auth (only for local use; the server warns)
+    analysis: AnalysisDefaults = AnalysisDefaults()
+    engine: EngineConfig = EngineConfig()
+    adapters: dict[str, dict[str, Any]] = {}  # named adapter presets a marker may refer to
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+
+def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        d = d.setdefault(key, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {key} is not a mapping", field=".".join(path))
+    d[path[-1]] = value
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any) and apply GUARDRAIL_* overrides (values parsed as YAML scalars)."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    file = path or env.get("GUARDRAIL_CONFIG")
+    if file:
+        p = Path(file)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist", field="config")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}", field="config") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level", field="config")
+        data = loaded
+    for key, raw in env.items():
+        if (
+            not key.startswith("GUARDRAIL_")
+            or key in ("GUARDRAIL_CONFIG",)
+            or key.startswith("GUARDRAIL_TEST_")
+        ):
+            continue
+        if key.startswith("GUARDRAIL_REQUIRE_"):
+            continue
+        parts = key[len("GUARDRAIL_") :].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, parts, value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"config key {where}: {first['msg']}", field=where) from None

@@ -1,0 +1,1 @@
+"""Use cases: record a deploy, ingest samples, analyse, carry out the rollout, override."""

@@ -1,0 +1,519 @@
+"""The rollout engine: applies events to deploys, persists every transition before its side effect,
+carries out adapter actions, and re-derives verdicts from stored samples.
+
+Concurrency: one asyncio lock per deploy serialises everything that touches it (pushes, overrides,
+adapter results, timers). Pushed samples are analysed as they arrive, on data time, and the adapter
+actions a verdict triggers are carried out before the push is answered, so replaying 30 minutes of
+data in 2 seconds walks through exactly the same steps as real time.
+
+Durability: commands become rows of the intent log (``actions``) in the same transaction as the new
+state. An action is marked running before the adapter is called and done/failed after. On start-up,
+``resume`` carries out every action still pending or running (a crash in the middle of a call
+repeats that call with the same ``action_key``, so a target can recognise it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from guardrail.config import Settings
+from guardrail.domain.errors import NotFoundError, ValidationError
+from guardrail.domain.judge import Judge
+from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
+from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
+from guardrail.domain.rollout import (
+    ActionDone,
+    Command,
+    CommandKind,
+    Override,
+    Rollout,
+    Start,
+    VerdictReached,
+    transition,
+)
+from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
+from guardrail.service.analysis import analysis_spec, apply_weight, build_judge
+from guardrail.telemetry import Telemetry
+
+log = logging.getLogger("guardrail.engine")
+
+ADAPTER_GUARD_S = 900.0  # a last-resort timeout around any adapter call (adapters have their own)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    deploy: Deploy
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        adapter_factory: Callable[[str, dict[str, Any]], DeployAdapter],
+        telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.telemetry = telemetry or Telemetry()
+        self.clock = clock
+        self._adapter_factory = adapter_factory
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._judges: dict[str, Judge] = {}
+        self._adapters: dict[str, DeployAdapter] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._last_verdict: dict[str, tuple[str, float]] = {}
+        self._last_data_wall: dict[str, float] = {}
+        self._stalled: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _lock(self, deploy_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(deploy_id, asyncio.Lock())
+
+    async def _get(self, deploy_id: str) -> Deploy:
+        d = await self.store.get_deploy(deploy_id)
+        if d is None:
+            raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
+        return d
+
+    def _event(self, kind: EventKind, message: str, data_time: float | None, **details: Any) -> TimelineEvent:
+        return TimelineEvent(kind, message, data_time, self.clock(), details)
+
+    def _notify(self, deploy_id: str) -> None:
+        ev = self._changed.pop(deploy_id, None)
+        if ev is not None:
+            ev.set()
+
+    def adapter_for(self, deploy: Deploy) -> DeployAdapter:
+        a = self._adapters.get(deploy.id)
+        if a is None:
+            ref = deploy.marker.adapter
+            config = (
+                {**self.settings.adapters.get(ref.name, {}), **ref.config}
+                if ref.name in self.settings.adapters
+                else ref.config
+            )
+            a = self._adapter_factory(ref.name, config)
+            self._adapters[deploy.id] = a
+        return a
+
+    # --- use cases -----------------------------------------------------------------------------------
+    async def record_deploy(
+        self, marker: Marker, *, idempotency_key: str | None = None
+    ) -> tuple[Deploy, bool]:
+        """Record the marker and start the rollout. A retried request with the same idempotency key
+        returns the deploy recorded the first time."""
+        now = self.clock()
+        steps = marker.steps or default_steps(marker.strategy, self.settings.analysis.watch_s)
+        marker = replace(
+            marker, steps=steps, started_at=marker.started_at if marker.started_at is not None else now
+        )
+        rollout = Rollout(
+            steps=steps,
+            concurrent=marker.strategy is Strategy.CANARY,
+            on_inconclusive=marker.analysis.on_inconclusive,
+        )
+        deploy = Deploy(
+            id=uuid.uuid4().hex[:16],
+            marker=marker,
+            rollout=rollout,
+            created_at=now,
+            updated_at=now,
+            data_time=marker.started_at or now,
+        )
+        analysis_spec(deploy, self.settings.analysis)  # reject bad metric overrides before storing anything
+        self.adapter_for(deploy)  # likewise an unknown adapter or a bad adapter config
+        created_event = self._event(
+            EventKind.CREATED,
+            f"deploy of {marker.service} {marker.version} to {marker.environment} recorded ({marker.strategy.value}, "
+            f"{len(steps)} step(s): {', '.join(s.describe() for s in steps)})",
+            deploy.data_time,
+            version=marker.version,
+            previous_version=marker.previous_version,
+            commit=marker.commit,
+            author=marker.author,
+            change_type=marker.change_type.value,
+        )
+        stored, created = await self.store.create_deploy(deploy, created_event, idempotency_key)
+        if not created:
+            self._adapters.pop(deploy.id, None)
+            return stored, False
+        self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
+        self._last_data_wall[stored.id] = now
+        async with self._lock(stored.id):
+            stored = await self._apply(stored, Start(stored.data_time))
+        await self._refresh_state_gauges()
+        return stored, True
+
+    async def ingest(self, deploy_id: str, samples: Sequence[Sample]) -> IngestResult:
+        """Store pushed samples (duplicates ignored) and analyse on their data time."""
+        async with self._lock(deploy_id):
+            deploy = await self._get(deploy_id)
+            t0 = time.perf_counter()
+            new = await self.store.add_samples(deploy_id, samples)
+            for s in new:
+                self.telemetry.samples.labels(s.track.value).inc()
+            if not new:
+                return IngestResult(0, len(samples), deploy)
+            self._last_data_wall[deploy_id] = self.clock()
+            if deploy_id in self._stalled:
+                self._stalled.discard(deploy_id)
+                self.telemetry.stalled.labels(deploy_id, deploy.marker.service).set(0)
+            data_time = max(deploy.data_time, max(s.end for s in new))
+            deploy = replace(deploy, data_time=data_time)
+            if deploy.state.terminal or deploy.state is DeployState.ROLLING_BACK:
+                await self.store.save(deploy_id, data_time=data_time)
+                return IngestResult(len(new), len(samples) - len(new), deploy)
+            judge = self._judges.get(deploy_id)
+            if judge is not None:
+                judge.add_many(new)
+            deploy = await self._analyse(deploy)
+            self.telemetry.analysis_seconds.observe(time.perf_counter() - t0)
+            return IngestResult(len(new), len(samples) - len(new), deploy)
+
+    async def override(self, deploy_id: str, action: str, *, who: str, why: str) -> Deploy:
+        """Manual promote / promote_full / rollback / pause / resume, audited with who and why."""
+        if not why.strip():
+            raise ValidationError("say why: the reason is recorded in the timeline", field="reason")
+        async with self._lock(deploy_id):
+            deploy = await self._get(deploy_id)
+            ev = self._event(
+                EventKind.OVERRIDE,
+                f"{action} by {who}: {why}",
+                deploy.data_time,
+                action=action,
+                who=who,
+                why=why,
+            )
+            deploy = await self._apply(
+                deploy, Override(action, who, why, deploy.data_time), extra_events=[ev]
+            )
+        await self._refresh_state_gauges()
+        return deploy
+
+    async def wait(self, deploy_id: str, timeout: float) -> Deploy:
+        """Until the deploy reaches a terminal state or ``timeout`` seconds pass (wall time)."""
+        deadline = self.clock() + timeout
+        while True:
+            ev = self._changed.setdefault(deploy_id, asyncio.Event())
+            deploy = await self._get(deploy_id)
+            left = deadline - self.clock()
+            if deploy.state.terminal or left <= 0:
+                return deploy
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout=left)
+
+    # --- analysis ------------------------------------------------------------------------------------
+    async def _judge(self, deploy: Deploy) -> Judge | None:
+        judge = self._judges.get(deploy.id)
+        if judge is None and deploy.rollout.traffic_started_at is not None:
+            judge = build_judge(deploy, self.settings.analysis, await self.store.samples(deploy.id))
+            if judge is not None:
+                self._judges[deploy.id] = judge
+        return judge
+
+    async def _analyse(self, deploy: Deploy) -> Deploy:
+        judge = await self._judge(deploy)
+        if judge is None:
+            await self.store.save(deploy.id, data_time=deploy.data_time)
+            return deploy
+        verdict = judge.evaluate(now=deploy.data_time)
+        self.telemetry.verdicts.labels(verdict.decision.value).inc()
+        vd = verdict.to_dict()
+        self.telemetry.set_evidence(deploy.id, deploy.marker.service, vd["evidence"])  # type: ignore[arg-type]
+        events = []
+        last = self._last_verdict.get(deploy.id)
+        interval = deploy.marker.analysis.interval_s
+        if last is None or last[0] != verdict.decision.value or deploy.data_time - last[1] >= interval:
+            self._last_verdict[deploy.id] = (verdict.decision.value, deploy.data_time)
+            events.append(self._event(EventKind.VERDICT, verdict.summary, deploy.data_time, verdict=vd))
+        return await self._apply(
+            deploy,
+            VerdictReached(verdict.decision, deploy.data_time, verdict.summary),
+            extra_events=events,
+            verdict=vd,
+        )
+
+    # --- the state machine and the intent log --------------------------------------------------------
+    async def _apply(
+        self,
+        deploy: Deploy,
+        event: Start | ActionDone | VerdictReached | Override,
+        *,
+        extra_events: Sequence[TimelineEvent] = (),
+        verdict: dict[str, Any] | None = None,
+    ) -> Deploy:
+        """Transition, persist state + events + commands in one transaction, then carry them out."""
+        before = deploy.rollout
+        after, commands = transition(before, event)
+        events = list(extra_events)
+        if after.state is not before.state:
+            why = f": {after.reason}" if after.reason and after.reason != before.reason else ""
+            events.append(
+                self._event(
+                    EventKind.TRANSITION,
+                    f"{before.state.value} -> {after.state.value}{why}",
+                    deploy.data_time,
+                    before=before.state.value,
+                    after=after.state.value,
+                )
+            )
+        actions = [Action(deploy.id, c) for c in commands]
+        saved = await self.store.save(
+            deploy.id,
+            rollout=after,
+            data_time=deploy.data_time,
+            verdict=verdict,
+            events=events,
+            new_actions=actions,
+        )
+        deploy = replace(
+            deploy,
+            rollout=after,
+            verdict=verdict if verdict is not None else deploy.verdict,
+            updated_at=self.clock(),
+        )
+        if after.state is not before.state:
+            self._on_state_change(deploy, before.state)
+        for action in saved:
+            if action.command.kind is CommandKind.ROLLBACK and after.rollback_attempts > 0:
+                self._schedule_retry(deploy.id, action, after.rollback_attempts)
+            else:
+                deploy = await self._execute(deploy, action)
+        return deploy
+
+    def _on_state_change(self, deploy: Deploy, before: DeployState) -> None:
+        m = deploy.marker
+        if deploy.state.terminal:
+            self.telemetry.deploys_finished.labels(m.service, m.environment, deploy.state.value).inc()
+            self.telemetry.clear_deploy(
+                deploy.id, m.service, [e["metric"] for e in (deploy.verdict or {}).get("evidence", [])]
+            )
+            self._judges.pop(deploy.id, None)
+            self._last_verdict.pop(deploy.id, None)
+            self._last_data_wall.pop(deploy.id, None)
+        if deploy.state is DeployState.ROLLBACK_FAILED:
+            self.telemetry.rollback_failed.labels(deploy.id, m.service).set(1)
+        elif before is DeployState.ROLLBACK_FAILED:
+            self.telemetry.rollback_failed.labels(deploy.id, m.service).set(0)
+        self._notify(deploy.id)
+
+    def _target(self, deploy: Deploy, action: Action) -> DeployTarget:
+        m = deploy.marker
+        return DeployTarget(
+            deploy.id,
+            m.service,
+            m.environment,
+            m.version,
+            m.previous_version,
+            m.commit,
+            action_key=f"{deploy.id}:{action.id}:{action.command.key}",
+        )
+
+    async def _call_adapter(self, deploy: Deploy, action: Action) -> ActionResult:
+        cmd = action.command
+        try:
+            adapter = self.adapter_for(deploy)
+            target = self._target(deploy, action)
+            if cmd.kind is CommandKind.APPLY_STEP:
+                assert cmd.step is not None
+                call = adapter.apply_step(
+                    target, deploy.rollout.steps[cmd.step], cmd.step, len(deploy.rollout.steps)
+                )
+            elif cmd.kind is CommandKind.FINALIZE:
+                call = adapter.finalize(target)
+            else:
+                call = adapter.rollback(target, cmd.reason)
+            return await asyncio.wait_for(call, timeout=ADAPTER_GUARD_S)
+        except TimeoutError:
+            return ActionResult(False, f"no answer from the adapter within {ADAPTER_GUARD_S:.0f} s")
+        except Exception as e:  # an adapter bug must not stop a rollback: it becomes a failed attempt
+            log.exception("adapter %s failed on %s", deploy.marker.adapter.name, cmd.kind.value)
+            return ActionResult(False, f"adapter error: {type(e).__name__}: {e}")
+
+    async def _execute(self, deploy: Deploy, action: Action) -> Deploy:
+        cmd = action.command
+        what = self._describe(deploy, cmd)
+        attempts = action.attempts + 1
+        await self.store.update_action(
+            action.id,
+            status=ActionStatus.RUNNING,
+            attempts=attempts,
+            result={},
+            event=self._event(
+                EventKind.ACTION_STARTED,
+                f"{what}: started (attempt {attempts})",
+                deploy.data_time,
+                action_id=action.id,
+                kind=cmd.kind.value,
+                step=cmd.step,
+            ),
+        )
+        t0 = time.perf_counter()
+        result = await self._call_adapter(deploy, action)
+        seconds = time.perf_counter() - t0
+        status = ActionStatus.DONE if result.ok else ActionStatus.FAILED
+        self.telemetry.adapter_actions.labels(
+            deploy.marker.adapter.name, cmd.kind.value, "ok" if result.ok else "failed"
+        ).inc()
+        await self.store.update_action(
+            action.id,
+            status=status,
+            attempts=attempts,
+            result={
+                "ok": result.ok,
+                "detail": result.detail,
+                "output": result.output,
+                "seconds": round(seconds, 3),
+            },
+            event=self._event(
+                EventKind.ACTION_DONE if result.ok else EventKind.ACTION_FAILED,
+                f"{what}: {'done' if result.ok else 'FAILED'}: {result.detail}",
+                deploy.data_time,
+                action_id=action.id,
+                kind=cmd.kind.value,
+                step=cmd.step,
+                output=result.output,
+                seconds=round(seconds, 3),
+            ),
+        )
+        at = deploy.data_time
+        if result.ok and cmd.kind is CommandKind.APPLY_STEP and cmd.step is not None:
+            judge = self._judges.get(deploy.id)
+            if judge is not None:
+                apply_weight(judge, deploy, cmd.step, at)
+        deploy = await self._apply(deploy, ActionDone(cmd, result.ok, at, result.detail))
+        if result.ok and cmd.kind is CommandKind.APPLY_STEP and deploy.state is DeployState.ANALYZING:
+            deploy = await self._analyse_if_ready(deploy)
+        return deploy
+
+    async def _analyse_if_ready(self, deploy: Deploy) -> Deploy:
+        """After a step change, the data already stored may decide at once (e.g. replays)."""
+        judge = await self._judge(deploy)
+        return deploy if judge is None or judge.windows == 0 else await self._analyse(deploy)
+
+    @staticmethod
+    def _describe(deploy: Deploy, cmd: Command) -> str:
+        m = deploy.marker
+        if cmd.kind is CommandKind.APPLY_STEP and cmd.step is not None:
+            return (
+                f"step {cmd.step + 1}/{len(deploy.rollout.steps)}: {m.version} on "
+                f"{deploy.rollout.steps[cmd.step].describe()}"
+            )
+        if cmd.kind is CommandKind.FINALIZE:
+            return f"promote {m.version} fully"
+        return f"roll back to {m.previous_version}"
+
+    def _schedule_retry(self, deploy_id: str, action: Action, attempt: int) -> None:
+        cfg = self.settings.engine
+        delay = min(cfg.rollback_backoff_s * 2 ** (attempt - 1), cfg.rollback_backoff_max_s)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            async with self._lock(deploy_id):
+                deploy = await self._get(deploy_id)
+                pending = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING,))
+                for a in pending:
+                    if a.id == action.id:
+                        await self._execute(deploy, a)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- start-up, timers, shutdown ------------------------------------------------------------------
+    async def resume(self) -> int:
+        """Carry out every action left pending or running by a previous process. Returns how many."""
+        leftover = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+        for action in leftover:
+            async with self._lock(action.deploy_id):
+                deploy = await self._get(action.deploy_id)
+                if action.status is ActionStatus.RUNNING:
+                    await self.store.update_action(
+                        action.id,
+                        status=ActionStatus.PENDING,
+                        attempts=action.attempts,
+                        result={},
+                        event=self._event(
+                            EventKind.NOTE,
+                            "guardrail restarted during this action: carrying it out "
+                            "again with the same action key",
+                            deploy.data_time,
+                            action_id=action.id,
+                        ),
+                    )
+                await self._execute(deploy, action)
+        await self._refresh_state_gauges()
+        return len(leftover)
+
+    async def tick(self) -> None:
+        """Wall-clock timers: a deploy that receives no data at all cannot advance on data time."""
+        now = self.clock()
+        for deploy in await self.store.active_deploys():
+            if deploy.state is not DeployState.ANALYZING:
+                continue
+            last = self._last_data_wall.setdefault(deploy.id, now)
+            quiet = now - last
+            if quiet >= self.settings.analysis.stall_after_s and deploy.id not in self._stalled:
+                self._stalled.add(deploy.id)
+                self.telemetry.stalled.labels(deploy.id, deploy.marker.service).set(1)
+                async with self._lock(deploy.id):
+                    await self.store.save(
+                        deploy.id,
+                        events=[
+                            self._event(
+                                EventKind.NOTE,
+                                f"analysis stalled: no new data for {quiet:.0f} s (metric source down, or "
+                                "nothing pushed?); holding, no promotion without data",
+                                deploy.data_time,
+                            )
+                        ],
+                    )
+            if quiet >= deploy.marker.analysis.max_duration_s:
+                async with self._lock(deploy.id):
+                    fresh = await self._get(deploy.id)
+                    if fresh.state is DeployState.ANALYZING:
+                        await self._apply(
+                            fresh,
+                            VerdictReached(
+                                Decision.INCONCLUSIVE,
+                                fresh.data_time,
+                                f"no data for {quiet:.0f} s of wall time: nothing to judge",
+                            ),
+                        )
+        await self._refresh_state_gauges()
+
+    async def run_timers(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # keep the timers alive; the error is logged
+                log.exception("timer tick failed")
+            await asyncio.sleep(self.settings.engine.tick_s)
+
+    async def _refresh_state_gauges(self) -> None:
+        counts: dict[DeployState, int] = {}
+        for d in await self.store.active_deploys():
+            counts[d.state] = counts.get(d.state, 0) + 1
+        self.telemetry.set_states(counts)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for a in self._adapters.values():
+            closer = getattr(a, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()

@@ -1,0 +1,94 @@
+"""Prometheus metrics of guardrail itself, on an injected CollectorRegistry."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from guardrail.domain.model import DeployState
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.deploys = Gauge("guardrail_deploys", "Deploys by state.", ["state"], registry=r)
+        self.deploys_finished = Counter(
+            "guardrail_deploys_finished_total",
+            "Deploys that reached a terminal state, by result.",
+            ["service", "environment", "result"],
+            registry=r,
+        )
+        self.deploys_created = Counter(
+            "guardrail_deploys_created_total",
+            "Deploy markers recorded.",
+            ["service", "environment", "strategy"],
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "guardrail_verdicts_total", "Judge evaluations by decision.", ["decision"], registry=r
+        )
+        self.analysis_seconds = Histogram(
+            "guardrail_analysis_seconds",
+            "Wall time of one analysis (ingest to verdict).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.adapter_actions = Counter(
+            "guardrail_adapter_actions_total",
+            "Deploy adapter actions by adapter, kind and result.",
+            ["adapter", "kind", "result"],
+            registry=r,
+        )
+        self.samples = Counter(
+            "guardrail_samples_total", "Sample windows ingested (new, not duplicates).", ["track"], registry=r
+        )
+        self.evidence_ratio = Gauge(
+            "guardrail_evidence_ratio",
+            "Judge estimate and confidence bounds of canary/baseline, active deploys.",
+            ["deploy", "service", "metric", "bound"],
+            registry=r,
+        )
+        self.evidence_e_value = Gauge(
+            "guardrail_evidence_e_value",
+            "Judge e-value against the canary (FAIL test), active deploys.",
+            ["deploy", "service", "metric"],
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "guardrail_analysis_stalled",
+            "1 while an active deploy receives no data.",
+            ["deploy", "service"],
+            registry=r,
+        )
+        self.rollback_failed = Gauge(
+            "guardrail_rollback_failed",
+            "1 for a deploy whose rollback failed.",
+            ["deploy", "service"],
+            registry=r,
+        )
+        for s in DeployState:
+            self.deploys.labels(s.value).set(0)
+
+    def set_states(self, counts: dict[DeployState, int]) -> None:
+        for s in DeployState:
+            self.deploys.labels(s.value).set(counts.get(s, 0))
+
+    def set_evidence(self, deploy_id: str, service: str, evidence: list[dict]) -> None:
+        for e in evidence:
+            for bound in ("estimate", "ci_low", "ci_high"):
+                v = e.get(bound)
+                if v is not None:
+                    self.evidence_ratio.labels(deploy_id, service, e["metric"], bound).set(v)
+            self.evidence_e_value.labels(deploy_id, service, e["metric"]).set(e["e_value_fail"])
+
+    def clear_deploy(self, deploy_id: str, service: str, metrics: list[str]) -> None:
+        for m in metrics:
+            for bound in ("estimate", "ci_low", "ci_high"):
+                with contextlib.suppress(KeyError):
+                    self.evidence_ratio.remove(deploy_id, service, m, bound)
+            with contextlib.suppress(KeyError):
+                self.evidence_e_value.remove(deploy_id, service, m)
+        with contextlib.suppress(KeyError):
+            self.stalled.remove(deploy_id, service)
