@@ -49,13 +49,24 @@ class EngineConfig(_Strict):
     tick_s: float = Field(5.0, gt=0)  # how often timers (stalls, retries) are checked
 
 
+class AdapterPreset(_Strict):
+    """A deploy adapter set up by the operator. Markers refer to it by name; a marker may only set
+    the keys listed in ``marker_keys`` (so a CI token can never choose a command to run or a URL
+    to call)."""
+
+    type: str  # entry-point name: command, webhook, noop, ...
+    config: dict[str, Any] = {}
+    marker_keys: list[str] = []
+
+
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
     tokens: list[TokenConfig] = []  # empty: no auth (only for local use; the server warns)
     analysis: AnalysisDefaults = AnalysisDefaults()
     engine: EngineConfig = EngineConfig()
-    adapters: dict[str, dict[str, Any]] = {}  # named adapter presets a marker may refer to
+    adapters: dict[str, AdapterPreset] = {}  # deploy adapter presets markers refer to by name
+    allow_marker_adapters: bool = False  # let markers configure any adapter themselves (local use only)
 
     @field_validator("database_url")
     @classmethod

@@ -96,16 +96,34 @@ class Engine:
         if ev is not None:
             ev.set()
 
+    def adapter_config(self, deploy: Deploy) -> tuple[str, dict[str, Any]]:
+        """(entry-point name, config) of a deploy's adapter. A marker names an operator preset and may
+        set only the keys the preset allows; only ``noop`` needs no preset, unless the server runs
+        with ``allow_marker_adapters`` (local use)."""
+        ref = deploy.marker.adapter
+        preset = self.settings.adapters.get(ref.name)
+        if preset is not None:
+            extra = set(ref.config) - set(preset.marker_keys)
+            if extra:
+                allowed = preset.marker_keys or "none"
+                raise ValidationError(
+                    f"adapter preset {ref.name!r} does not let a marker set {sorted(extra)}; allowed: {allowed}",
+                    field=f"adapter.config.{sorted(extra)[0]}",
+                )
+            return preset.type, {**preset.config, **ref.config}
+        if ref.name == "noop" or self.settings.allow_marker_adapters:
+            return ref.name, dict(ref.config)
+        known = [*sorted(self.settings.adapters), "noop"]
+        raise ValidationError(
+            f"unknown deploy adapter preset {ref.name!r}; configured presets: {known} (markers cannot configure "
+            "adapters themselves unless the server sets allow_marker_adapters)",
+            field="adapter.name",
+        )
+
     def adapter_for(self, deploy: Deploy) -> DeployAdapter:
         a = self._adapters.get(deploy.id)
         if a is None:
-            ref = deploy.marker.adapter
-            config = (
-                {**self.settings.adapters.get(ref.name, {}), **ref.config}
-                if ref.name in self.settings.adapters
-                else ref.config
-            )
-            a = self._adapter_factory(ref.name, config)
+            a = self._adapter_factory(*self.adapter_config(deploy))
             self._adapters[deploy.id] = a
         return a
 
@@ -302,6 +320,7 @@ class Engine:
                 deploy.id, m.service, [e["metric"] for e in (deploy.verdict or {}).get("evidence", [])]
             )
             self._judges.pop(deploy.id, None)
+            self._close_adapter(deploy.id)
             self._last_verdict.pop(deploy.id, None)
             self._last_data_wall.pop(deploy.id, None)
         if deploy.state is DeployState.ROLLBACK_FAILED:
@@ -309,6 +328,15 @@ class Engine:
         elif before is DeployState.ROLLBACK_FAILED:
             self.telemetry.rollback_failed.labels(deploy.id, m.service).set(0)
         self._notify(deploy.id)
+
+    def _close_adapter(self, deploy_id: str) -> None:
+        """A finished deploy's adapter is closed (a later manual action builds a new one)."""
+        adapter = self._adapters.pop(deploy_id, None)
+        closer = getattr(adapter, "close", None)
+        if closer is not None:
+            task = asyncio.get_running_loop().create_task(closer())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _target(self, deploy: Deploy, action: Action) -> DeployTarget:
         m = deploy.marker
