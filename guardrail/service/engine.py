@@ -88,8 +88,8 @@ class Engine:
             raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
         return d
 
-    def _event(self, kind: EventKind, message: str, data_time: float | None, **details: Any) -> TimelineEvent:
-        return TimelineEvent(kind, message, data_time, self.clock(), details)
+    def _event(self, event_kind: EventKind, message: str, data_time: float | None, **details: Any) -> TimelineEvent:
+        return TimelineEvent(event_kind, message, data_time, self.clock(), details)
 
     def _notify(self, deploy_id: str) -> None:
         ev = self._changed.pop(deploy_id, None)
