@@ -1,0 +1,363 @@
+"""The ``guardrail`` command: run the server, post markers from CI, wait for verdicts, override.
+
+Exit codes of ``guardrail wait``: 0 promoted, 1 rolled back (or rollback failed), 2 error, 3 timeout.
+Server address and token come from ``--url``/``--token`` or ``GUARDRAIL_URL``/``GUARDRAIL_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from guardrail.domain.errors import GuardrailError
+
+EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
+TERMINAL = {"promoted": EXIT_PROMOTED, "rolled_back": EXIT_ROLLED_BACK, "rollback_failed": EXIT_ROLLED_BACK}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        detail = body.get("detail") if isinstance(body, dict) else str(body)
+        field = body.get("field") if isinstance(body, dict) else None
+        super().__init__(f"HTTP {status}: {detail}" + (f" (field: {field})" if field else ""))
+        self.status = status
+
+
+class Client:
+    """A small client of guardrail's API, with a timeout on every call."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        self.base = url.rstrip("/") + "/api/v1"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        self._session = aiohttp.ClientSession(headers=self.headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                method,
+                self.base + path,
+                json=json_body,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ) as r:
+                try:
+                    body = await r.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    body = {"detail": (await r.text())[:300]}
+                if r.status >= 400:
+                    raise ApiError(r.status, body)
+                return body
+        except aiohttp.ClientError as e:
+            raise GuardrailError(f"cannot reach guardrail at {self.base}: {e}") from None
+        except TimeoutError:
+            raise GuardrailError(
+                f"no answer from guardrail at {self.base} within {timeout or self.timeout:.0f} s"
+            ) from None
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def _load_marker(args: argparse.Namespace) -> dict[str, Any]:
+    marker: dict[str, Any] = {}
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        loaded = yaml.safe_load(text)  # YAML is a superset of JSON
+        if not isinstance(loaded, dict):
+            raise GuardrailError(f"{args.file}: a marker file holds one mapping")
+        marker.update(loaded)
+    for key in (
+        "service",
+        "environment",
+        "version",
+        "previous_version",
+        "commit",
+        "commit_time",
+        "author",
+        "change_type",
+        "strategy",
+        "description",
+    ):
+        v = getattr(args, key)
+        if v is not None:
+            marker[key] = v
+    if args.change:
+        marker["changes"] = [*marker.get("changes", []), *args.change]
+    if args.adapter:
+        marker["adapter"] = {
+            "name": args.adapter,
+            **(
+                {"config": marker["adapter"]["config"]}
+                if isinstance(marker.get("adapter"), dict) and "config" in marker["adapter"]
+                else {}
+            ),
+        }
+    if args.db_migrations is not None:
+        marker["db_migrations"] = {"applied": True, "description": args.db_migrations}
+    return marker
+
+
+async def cmd_mark(args: argparse.Namespace, client: Client) -> int:
+    marker = _load_marker(args)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    d = await client.call("POST", "/deploys", json_body=marker, headers=headers)
+    print(d["id"])
+    print(
+        f"{d['service']} {d['version']} -> {d['environment']}: {d['state']}, step {d['step']['description']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _line(d: dict[str, Any]) -> str:
+    step = d.get("step") or {}
+    verdict = (d.get("verdict") or {}).get("decision", "-")
+    return (
+        f"{d['id']}  {d['service']} {d['version']} ({d['environment']}): {d['state']}, "
+        f"step {step.get('index', -1) + 1}/{step.get('total', '?')} {step.get('description', '')}, verdict {verdict}"
+    )
+
+
+async def cmd_wait(args: argparse.Namespace, client: Client) -> int:
+    deadline = time.monotonic() + args.timeout
+    seen_seq = 0
+    d = await client.call("GET", f"/deploys/{args.id}")
+    print(_line(d), file=sys.stderr)
+    while True:
+        events = (await client.call("GET", f"/deploys/{args.id}/events", params={"after": str(seen_seq)}))[
+            "events"
+        ]
+        for e in events:
+            seen_seq = max(seen_seq, e["seq"])
+            if e["kind"] != "verdict" or not e["message"].startswith("CONTINUE"):
+                print(f"  {_ts(e['wall_time'])}  {e['kind']:<14} {e['message'][:200]}", file=sys.stderr)
+        if d["state"] in TERMINAL:
+            print(_line(d), file=sys.stderr)
+            print(d["state"])
+            return TERMINAL[d["state"]]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(f"timed out after {args.timeout:.0f} s; deploy is {d['state']}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        poll = min(left, args.poll)
+        d = await client.call(
+            "GET", f"/deploys/{args.id}/wait", params={"timeout": f"{poll:.0f}"}, timeout=poll + 30
+        )
+
+
+def _ts(t: float | None) -> str:
+    return "--:--:--" if t is None else datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
+async def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    if args.id:
+        d = await client.call("GET", f"/deploys/{args.id}")
+        if args.json:
+            print(json.dumps(d, indent=2))
+            return 0
+        print(_line(d))
+        if d.get("reason"):
+            print(f"  reason: {d['reason']}")
+        for ev in (d.get("verdict") or {}).get("evidence", []):
+            print(f"  {ev['metric']:<12} {ev['detail']}")
+        return 0
+    params = {
+        k: v
+        for k, v in (
+            ("service", args.service),
+            ("environment", args.environment),
+            ("state", args.state),
+            ("limit", str(args.limit)),
+        )
+        if v
+    }
+    deploys = (await client.call("GET", "/deploys", params=params))["deploys"]
+    if args.json:
+        print(json.dumps(deploys, indent=2))
+    for d in deploys if not args.json else []:
+        print(_line(d))
+    return 0
+
+
+async def cmd_override(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.command == "promote" and args.full:
+        body["full"] = True
+    d = await client.call("POST", f"/deploys/{args.id}/{args.command}", json_body=body)
+    print(_line(d))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from guardrail.config import load_settings
+    from guardrail.main import serve
+
+    serve(load_settings(args.config))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from guardrail.adapters.db.migrate import upgrade
+    from guardrail.config import load_settings
+
+    url = args.database_url or load_settings(args.config).database_url
+    asyncio.run(upgrade(url))
+    print(f"database at {url.split('@')[-1]} is up to date")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from guardrail import demo
+
+    return demo.main(args.dir)
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="guardrail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("GUARDRAIL_URL", "http://127.0.0.1:8080"),
+        help="guardrail server (env GUARDRAIL_URL)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("GUARDRAIL_TOKEN"), help="API token (env GUARDRAIL_TOKEN)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG)")
+
+    m = sub.add_parser("mark", help="post a deploy marker; prints the deploy id")
+    m.add_argument("-f", "--file", help="marker as YAML or JSON ('-' for stdin); flags override its fields")
+    for key in (
+        "service",
+        "environment",
+        "version",
+        "previous_version",
+        "commit",
+        "commit_time",
+        "author",
+        "description",
+    ):
+        m.add_argument(f"--{key.replace('_', '-')}", dest=key)
+    m.add_argument(
+        "--change-type", dest="change_type", choices=["feature", "bugfix", "infrastructure", "security"]
+    )
+    m.add_argument("--strategy", choices=["canary", "blue_green", "rolling", "all_at_once"])
+    m.add_argument("--change", action="append", help="one line of the change list (repeatable)")
+    m.add_argument("--adapter", help="deploy adapter preset configured on the server")
+    m.add_argument(
+        "--db-migrations",
+        dest="db_migrations",
+        metavar="DESCRIPTION",
+        help="the deploy includes database migrations: what they do",
+    )
+    m.add_argument(
+        "--idempotency-key",
+        dest="idempotency_key",
+        default=os.environ.get("GITHUB_RUN_ID")
+        and f"gh-{os.environ.get('GITHUB_RUN_ID')}-{os.environ.get('GITHUB_RUN_ATTEMPT', '1')}",
+        help="CI retries with the same key create one deploy (default from GITHUB_RUN_ID)",
+    )
+
+    w = sub.add_parser("wait", help="block until the deploy is promoted (exit 0) or rolled back (exit 1)")
+    w.add_argument("id")
+    w.add_argument("--timeout", type=float, default=3600, help="seconds (exit 3 when reached)")
+    w.add_argument("--poll", type=float, default=60, help="long-poll length in seconds")
+
+    st = sub.add_parser("status", help="one deploy with its evidence, or the recent ones")
+    st.add_argument("id", nargs="?")
+    st.add_argument("--service")
+    st.add_argument("--environment")
+    st.add_argument("--state")
+    st.add_argument("--limit", type=int, default=20)
+    st.add_argument("--json", action="store_true")
+
+    for name, text in (
+        ("promote", "promote to the next step (--full: all the way)"),
+        ("rollback", "roll back now"),
+        ("pause", "hold promotion (rollback stays armed)"),
+        ("resume", "resume a paused deploy"),
+    ):
+        o = sub.add_parser(name, help=text)
+        o.add_argument("id")
+        o.add_argument("--reason", required=True, help="recorded in the timeline with your token's name")
+        if name == "promote":
+            o.add_argument("--full", action="store_true")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply the migrations")
+    up.add_argument("--config")
+    up.add_argument("--database-url")
+
+    d = sub.add_parser("demo", help="run the end-to-end demo on SQLite")
+    d.add_argument("--dir", default=None, help="work directory (default .demo)")
+    return p
+
+
+async def _run_client(args: argparse.Namespace) -> int:
+    async with Client(args.url, args.token) as client:
+        if args.command == "mark":
+            return await cmd_mark(args, client)
+        if args.command == "wait":
+            return await cmd_wait(args, client)
+        if args.command == "status":
+            return await cmd_status(args, client)
+        return await cmd_override(args, client)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "db":
+            return cmd_db(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        return asyncio.run(_run_client(args))
+    except (GuardrailError, ApiError, OSError) as e:
+        print(f"guardrail: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
