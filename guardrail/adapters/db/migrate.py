@@ -1,0 +1,96 @@
+"""Run the Alembic migrations programmatically: no alembic.ini at runtime.
+
+``guardrail db upgrade`` and the service's start-up call :func:`upgrade`. Upgrading is idempotent
+and serialised: PostgreSQL takes a transaction-level advisory lock and SQLite a write lock, so two
+processes starting at once do not both try to create the tables.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from guardrail.adapters.db.engine import WRITE, StoreError, create_engine, parse_url, translate_errors
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_LOCK_ID = 0x6775617264  # "guard": pg_advisory_xact_lock key shared by every guardrail process
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic Config pointing at the packaged migrations, e.g. for
+    ``alembic.command.revision(alembic_config(url), autogenerate=True, message=...)``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    if url is not None:
+        cfg.set_main_option(
+            "sqlalchemy.url", parse_url(url).render_as_string(hide_password=False).replace("%", "%%")
+        )
+    return cfg
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision this version of guardrail knows (the packaged scripts do not change)."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations packaged"
+    return head
+
+
+def _upgrade_sync(conn: Connection, revision: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    try:
+        command.upgrade(cfg, revision)
+    except CommandError as e:  # e.g. the database is at a revision this version does not know
+        raise StoreError(
+            f"cannot migrate the database to {revision}: {e}; is it newer than this guardrail?"
+        ) from None
+
+
+async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate through an existing engine (lets an in-memory SQLite store migrate itself)."""
+    with translate_errors("migrating the database"):
+        async with engine.execution_options(**{WRITE: True}).begin() as conn:
+            await conn.run_sync(_upgrade_sync, revision)
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (default: the newest). Safe to run again."""
+    engine = create_engine(url)
+    try:
+        await upgrade_engine(engine, revision)
+    finally:
+        await engine.dispose()
+
+
+def _current_sync(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+async def current_revision_engine(engine: AsyncEngine) -> str | None:
+    with translate_errors("reading the schema revision"):
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current_sync)
+
+
+async def current_revision(url: str) -> str | None:
+    """The revision the database is at; None for an empty (never migrated) database."""
+    engine = create_engine(url)
+    try:
+        return await current_revision_engine(engine)
+    finally:
+        await engine.dispose()
+
+
+__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade", "upgrade_engine"]

@@ -1,0 +1,1 @@
+"""Revision scripts, one per schema change; never edit one that has shipped."""

@@ -1,0 +1,417 @@
+"""``SqlStore``: the :class:`guardrail.ports.Store` on SQLAlchemy 2 async, SQLite or PostgreSQL.
+
+Every method is one transaction. Driver errors leave as ``guardrail.domain.errors`` (see
+:func:`guardrail.adapters.db.engine.translate_errors`); messages never carry SQL parameters, since
+a marker's adapter config may hold secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from guardrail.adapters.db import codec
+from guardrail.adapters.db import tables as t
+from guardrail.adapters.db.engine import (
+    WRITE,
+    StoreError,
+    create_engine,
+    is_memory,
+    parse_url,
+    translate_errors,
+)
+from guardrail.adapters.db.migrate import current_revision_engine, head_revision, upgrade_engine
+from guardrail.domain.errors import ConfigError, ConflictError, NotFoundError, ValidationError
+from guardrail.domain.model import DeployState, Sample
+from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, TimelineEvent
+from guardrail.domain.rollout import Command, CommandKind, Rollout
+
+TERMINAL_STATES = tuple(s.value for s in DeployState if s.terminal)
+
+
+class SqlStore:
+    """Durable records in SQLite (``sqlite+aiosqlite:///path.db``) or PostgreSQL
+    (``postgresql+asyncpg://user@host/db``). The schema must be migrated first
+    (:func:`guardrail.adapters.db.migrate.upgrade`, or ``SqlStore.open(url, migrate=True)``).
+
+    ``clock`` stamps ``updated_at`` on :meth:`save` and the actions' created/updated times.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        clock: Callable[[], float] = time.time,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        u = parse_url(url)
+        self._engine = create_engine(
+            u, echo=echo, connect_timeout=connect_timeout, statement_timeout=statement_timeout
+        )
+        self._writer = self._engine.execution_options(**{WRITE: True})
+        self._clock = clock
+        self._dialect = u.get_backend_name()
+        # SQLite has one writer at a time: queue this process's writers on a lock rather than on
+        # SQLite's sleeping busy handler (which remains for other processes, e.g. the CLI). An
+        # in-memory database is a single shared connection: readers take turns too.
+        sqlite_ = self._dialect == "sqlite"
+        self._write_turn = asyncio.Lock() if sqlite_ else None
+        self._read_turn = self._write_turn if is_memory(u) else None
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = False, **kw: Any) -> SqlStore:
+        """Connect and check the schema is current (or migrate it to head with ``migrate=True``)."""
+        store = cls(url, **kw)
+        try:
+            if migrate:
+                await upgrade_engine(store._engine)
+            else:
+                at, head = await current_revision_engine(store._engine), head_revision()
+                if at != head:
+                    raise ConfigError(
+                        f"database schema is at revision {at or 'none (empty database)'}, this guardrail "
+                        f"needs {head}: run `guardrail db upgrade`",
+                        field="database_url",
+                    )
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> SqlStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- transactions --------------------------------------------------------------------------
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _turn(lock: asyncio.Lock | None) -> AsyncIterator[None]:
+        if lock is None:
+            yield
+        else:
+            async with lock:
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _write(self, what: str, *, missing: str | None = None) -> AsyncIterator[AsyncConnection]:
+        async with self._turn(self._write_turn):
+            with translate_errors(what, missing=missing):
+                async with self._writer.begin() as conn:
+                    yield conn
+
+    @contextlib.asynccontextmanager
+    async def _read(self, what: str) -> AsyncIterator[AsyncConnection]:
+        async with self._turn(self._read_turn):
+            with translate_errors(what):
+                async with self._engine.connect() as conn:
+                    yield conn
+
+    # --- deploys -------------------------------------------------------------------------------
+
+    async def create_deploy(
+        self, deploy: Deploy, event: TimelineEvent, idempotency_key: str | None
+    ) -> tuple[Deploy, bool]:
+        row = {
+            "id": deploy.id,
+            "service": deploy.marker.service,
+            "environment": deploy.marker.environment,
+            "version": deploy.marker.version,
+            "state": deploy.state.value,
+            "idempotency_key": idempotency_key,
+            "created_at": deploy.created_at,
+            "updated_at": deploy.updated_at,
+            "data_time": deploy.data_time,
+            "marker": codec.marker_to_dict(deploy.marker),
+            "rollout": codec.rollout_to_dict(deploy.rollout),
+            "verdict": deploy.verdict,
+        }
+        try:
+            async with self._write(f"recording deploy {deploy.id}") as conn:
+                if idempotency_key is not None:
+                    existing = await self._deploy_by_key(conn, idempotency_key)
+                    if existing is not None:
+                        return existing, False
+                await conn.execute(insert(t.deploys).values(row))
+                await self._insert_events(conn, deploy.id, (event,))
+        except ConflictError:
+            # Lost a race for the idempotency key (or the id is taken): the winner is committed now.
+            if idempotency_key is not None:
+                async with self._read(f"reading deploy with idempotency key {idempotency_key}") as conn:
+                    existing = await self._deploy_by_key(conn, idempotency_key)
+                if existing is not None:
+                    return existing, False
+            raise ConflictError(f"a deploy with id {deploy.id!r} is already recorded", field="id") from None
+        return deploy, True
+
+    async def get_deploy(self, deploy_id: str) -> Deploy | None:
+        async with self._read(f"reading deploy {deploy_id}") as conn:
+            row = (await conn.execute(select(t.deploys).where(t.deploys.c.id == deploy_id))).first()
+        return None if row is None else _deploy(row)
+
+    async def list_deploys(
+        self,
+        *,
+        service: str | None = None,
+        environment: str | None = None,
+        state: DeployState | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[Deploy]:
+        """Newest first; ``since <= created_at <= until`` (both inclusive)."""
+        if limit < 1:
+            raise ValidationError(f"limit must be at least 1, got {limit}", field="limit")
+        q = select(t.deploys)
+        if service is not None:
+            q = q.where(t.deploys.c.service == service)
+        if environment is not None:
+            q = q.where(t.deploys.c.environment == environment)
+        if state is not None:
+            q = q.where(t.deploys.c.state == DeployState(state).value)
+        if since is not None:
+            q = q.where(t.deploys.c.created_at >= since)
+        if until is not None:
+            q = q.where(t.deploys.c.created_at <= until)
+        q = q.order_by(t.deploys.c.created_at.desc(), t.deploys.c.id.desc()).limit(limit)
+        async with self._read("listing deploys") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_deploy(r) for r in rows]
+
+    async def active_deploys(self) -> list[Deploy]:
+        """Oldest first."""
+        q = (
+            select(t.deploys)
+            .where(t.deploys.c.state.not_in(TERMINAL_STATES))
+            .order_by(t.deploys.c.created_at, t.deploys.c.id)
+        )
+        async with self._read("listing active deploys") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_deploy(r) for r in rows]
+
+    async def save(
+        self,
+        deploy_id: str,
+        *,
+        rollout: Rollout | None = None,
+        data_time: float | None = None,
+        verdict: dict[str, Any] | None = None,
+        events: Sequence[TimelineEvent] = (),
+        new_actions: Sequence[Action] = (),
+    ) -> list[Action]:
+        """One transaction: update what is given (and ``updated_at`` from the clock), append the
+        events, record the actions. Returns the actions with their ids, in the order given."""
+        for a in new_actions:
+            if a.deploy_id != deploy_id:
+                raise ValidationError(
+                    f"action {a.command.key} belongs to deploy {a.deploy_id!r}, not {deploy_id!r}",
+                    field="new_actions",
+                )
+        now = self._clock()
+        values: dict[str, Any] = {"updated_at": now}
+        if rollout is not None:
+            values["rollout"] = codec.rollout_to_dict(rollout)
+            values["state"] = rollout.state.value
+        if data_time is not None:
+            values["data_time"] = data_time
+        if verdict is not None:
+            values["verdict"] = verdict
+        stored: list[Action] = []
+        async with self._write(f"saving deploy {deploy_id}") as conn:
+            res = await conn.execute(update(t.deploys).where(t.deploys.c.id == deploy_id).values(values))
+            if res.rowcount == 0:
+                raise NotFoundError(f"deploy {deploy_id!r} not found", field="deploy_id")
+            await self._insert_events(conn, deploy_id, events)
+            for a in new_actions:
+                res = await conn.execute(insert(t.actions).values(_action_row(a, now)))
+                stored.append(replace(a, id=int(res.inserted_primary_key[0])))
+        return stored
+
+    # --- samples -------------------------------------------------------------------------------
+
+    async def add_samples(self, deploy_id: str, samples: Sequence[Sample]) -> list[Sample]:
+        unique: dict[tuple[str, float, float], Sample] = {}
+        for s in samples:
+            unique.setdefault(s.key, s)  # a window repeated within the call counts once
+        if not unique:
+            return []
+        rows = [
+            {
+                "deploy_id": deploy_id,
+                "track": s.track.value,
+                "start": s.start,
+                "end": s.end,
+                "payload": codec.sample_to_dict(s),
+            }
+            for s in unique.values()
+        ]
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        stmt = (
+            dialect_insert(t.samples)
+            .on_conflict_do_nothing(index_elements=["deploy_id", "track", "start", "end"])
+            .returning(t.samples.c.track, t.samples.c.start, t.samples.c.end)
+        )
+        async with self._write(
+            f"storing samples of deploy {deploy_id}", missing=f"deploy {deploy_id!r} not found"
+        ) as conn:
+            new = {(r.track, r.start, r.end) for r in await conn.execute(stmt, rows)}
+        return [s for k, s in unique.items() if k in new]
+
+    async def samples(self, deploy_id: str) -> list[Sample]:
+        q = (
+            select(t.samples.c.payload)
+            .where(t.samples.c.deploy_id == deploy_id)
+            .order_by(t.samples.c.end, t.samples.c.track, t.samples.c.start, t.samples.c.id)
+        )
+        async with self._read(f"reading samples of deploy {deploy_id}") as conn:
+            payloads = (await conn.execute(q)).scalars().all()
+        return [_decode(codec.sample_from_dict, p, f"a sample of deploy {deploy_id}") for p in payloads]
+
+    # --- timeline and intent log ---------------------------------------------------------------
+
+    async def events(self, deploy_id: str, *, after_seq: int = 0) -> list[TimelineEvent]:
+        q = (
+            select(t.events)
+            .where(t.events.c.deploy_id == deploy_id, t.events.c.id > after_seq)
+            .order_by(t.events.c.id)
+        )
+        async with self._read(f"reading the timeline of deploy {deploy_id}") as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            TimelineEvent(
+                kind=EventKind(r.kind),
+                message=r.message,
+                data_time=r.data_time,
+                wall_time=r.wall_time,
+                details=r.details,
+                seq=r.id,
+            )
+            for r in rows
+        ]
+
+    async def actions(
+        self, deploy_id: str | None = None, *, statuses: Sequence[ActionStatus] = ()
+    ) -> list[Action]:
+        q = select(t.actions).order_by(t.actions.c.id)
+        if deploy_id is not None:
+            q = q.where(t.actions.c.deploy_id == deploy_id)
+        if statuses:
+            q = q.where(t.actions.c.status.in_([ActionStatus(s).value for s in statuses]))
+        async with self._read("reading actions") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_action(r) for r in rows]
+
+    async def update_action(
+        self,
+        action_id: int,
+        *,
+        status: ActionStatus,
+        attempts: int,
+        result: dict[str, Any],
+        event: TimelineEvent | None = None,
+    ) -> None:
+        """Record an action's outcome and, in the same transaction, its timeline event."""
+        async with self._write(f"updating action {action_id}") as conn:
+            deploy_id = (
+                await conn.execute(select(t.actions.c.deploy_id).where(t.actions.c.id == action_id))
+            ).scalar_one_or_none()
+            if deploy_id is None:
+                raise NotFoundError(f"action {action_id} not found", field="action_id")
+            await conn.execute(
+                update(t.actions)
+                .where(t.actions.c.id == action_id)
+                .values(
+                    status=ActionStatus(status).value,
+                    attempts=attempts,
+                    result=result,
+                    updated_at=self._clock(),
+                )
+            )
+            if event is not None:
+                await self._insert_events(conn, deploy_id, (event,))
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _deploy_by_key(conn: AsyncConnection, key: str) -> Deploy | None:
+        row = (await conn.execute(select(t.deploys).where(t.deploys.c.idempotency_key == key))).first()
+        return None if row is None else _deploy(row)
+
+    @staticmethod
+    async def _insert_events(conn: AsyncConnection, deploy_id: str, evs: Sequence[TimelineEvent]) -> None:
+        # One statement per event, in order: the autoincrement id is the event's seq.
+        for e in evs:
+            await conn.execute(
+                insert(t.events).values(
+                    deploy_id=deploy_id,
+                    kind=EventKind(e.kind).value,
+                    message=e.message,
+                    data_time=e.data_time,
+                    wall_time=e.wall_time,
+                    details=e.details,
+                )
+            )
+
+
+def _decode(fn: Callable[[Any], Any], data: Any, what: str) -> Any:
+    try:
+        return fn(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"{what} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _deploy(r: Row[Any]) -> Deploy:
+    what = f"stored deploy {r.id}"
+    return Deploy(
+        id=r.id,
+        marker=_decode(codec.marker_from_dict, r.marker, what),
+        rollout=_decode(codec.rollout_from_dict, r.rollout, what),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        data_time=r.data_time,
+        verdict=r.verdict,
+    )
+
+
+def _action_row(a: Action, now: float) -> dict[str, Any]:
+    return {
+        "deploy_id": a.deploy_id,
+        "key": a.command.key,
+        "kind": a.command.kind.value,
+        "step": a.command.step,
+        "reason": a.command.reason,
+        "status": ActionStatus(a.status).value,
+        "attempts": a.attempts,
+        "result": a.result,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _action(r: Row[Any]) -> Action:
+    return Action(
+        id=r.id,
+        deploy_id=r.deploy_id,
+        command=Command(kind=CommandKind(r.kind), step=r.step, reason=r.reason),
+        status=ActionStatus(r.status),
+        attempts=r.attempts,
+        result=r.result,
+    )
+
+
+__all__ = ["TERMINAL_STATES", "SqlStore", "StoreError"]

@@ -1,0 +1,109 @@
+"""The schema, as SQLAlchemy Core tables. Portable between SQLite and PostgreSQL.
+
+Timestamps are unix seconds in double precision (``Double``: DOUBLE PRECISION on PostgreSQL, REAL
+on SQLite), so sub-second precision survives. JSON columns use ``sqlalchemy.JSON`` (``json`` on
+PostgreSQL, text on SQLite) and the engine's :func:`guardrail.adapters.db.codec.dumps`.
+
+Changing anything here needs a new migration in ``migrations/versions``; the integration tests
+compare a migrated database with this metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+deploys = Table(
+    "deploys",
+    metadata,
+    Column("id", String(), primary_key=True),
+    Column("service", String(), nullable=False),
+    Column("environment", String(), nullable=False),
+    Column("version", String(), nullable=False),
+    Column("state", String(), nullable=False),  # copy of rollout.state, for filtering
+    Column("idempotency_key", String(), nullable=True, unique=True),
+    Column("created_at", Double(), nullable=False),
+    Column("updated_at", Double(), nullable=False),
+    Column("data_time", Double(), nullable=False),
+    Column("marker", JSON(), nullable=False),
+    Column("rollout", JSON(), nullable=False),
+    Column("verdict", JSON(none_as_null=True), nullable=True),
+    Index(None, "service", "environment", "created_at"),
+    Index(None, "state"),
+    Index(None, "created_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),  # the event's seq
+    Column("deploy_id", String(), ForeignKey("deploys.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("message", Text(), nullable=False),
+    Column("data_time", Double(), nullable=True),
+    Column("wall_time", Double(), nullable=False),
+    Column("details", JSON(), nullable=False),
+    Index(None, "deploy_id", "id"),
+    sqlite_autoincrement=True,  # never reuse a seq
+)
+
+samples = Table(
+    "samples",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("deploy_id", String(), ForeignKey("deploys.id", ondelete="CASCADE"), nullable=False),
+    Column("track", String(), nullable=False),
+    Column("start", Double(), nullable=False),
+    Column("end", Double(), nullable=False),
+    Column("payload", JSON(), nullable=False),  # codec.sample_to_dict
+    UniqueConstraint("deploy_id", "track", "start", "end"),
+    sqlite_autoincrement=True,
+)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("deploy_id", String(), ForeignKey("deploys.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(), nullable=False),  # Command.key
+    Column("kind", String(), nullable=False),
+    Column("step", Integer(), nullable=True),
+    Column("reason", Text(), nullable=False),
+    Column("status", String(), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("result", JSON(), nullable=False),
+    Column("created_at", Double(), nullable=False),
+    Column("updated_at", Double(), nullable=False),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    Index(None, "deploy_id", "status"),
+    Index(None, "status"),  # start-up recovery looks for pending/running actions of every deploy
+    sqlite_autoincrement=True,
+)
+
+__all__ = ["actions", "deploys", "events", "metadata", "samples"]
