@@ -88,7 +88,7 @@ def run_guardrail(d: SimData) -> tuple[np.ndarray, np.ndarray]:
             start = T0 + k * LOOK_S
             judge.add(_sample(Track.CANARY, start, LOOK_S, c_req[i][k], c_err[i][k], c_lat[i][k]))
             judge.add(_sample(Track.BASELINE, start, LOOK_S, b_req[i][k], b_err[i][k], b_lat[i][k]))
-            decision = judge.evaluate(now=start + LOOK_S).decision
+            decision = judge.decide(now=start + LOOK_S)  # the decision of evaluate(), without the text
             if decision == Decision.FAIL:
                 fail_s[i] = start + LOOK_S - T0
                 break

@@ -33,7 +33,7 @@ class ServerConfig(_Strict):
 
 class AnalysisDefaults(_Strict):
     alpha: float = Field(0.01, gt=0, lt=0.5)
-    pass_alpha: float = Field(0.05, gt=0, lt=0.5)
+    pass_alpha: float = Field(0.02, gt=0, lt=0.5)
     interval_s: float = Field(60, gt=0)
     max_duration_s: float = Field(1800, gt=0)
     warmup_s: float = Field(0, ge=0)

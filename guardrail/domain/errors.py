@@ -40,5 +40,11 @@ class SourceUnavailableError(AdapterError):
     code = "source_unavailable"
 
 
+class StoreError(GuardrailError):
+    """The database failed or could not be reached (not the caller's fault)."""
+
+    code = "store_failed"
+
+
 class ConfigError(GuardrailError):
     code = "config_invalid"

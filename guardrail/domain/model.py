@@ -41,6 +41,9 @@ class MetricStatus(StrEnum):
     NO_DATA = "no_data"  # nothing to judge: never read as zero
 
 
+_VALID_BOUNDS: set[tuple[float, ...]] = set()
+
+
 @dataclass(frozen=True, slots=True)
 class Histogram:
     """Latency histogram of one window: finite upper bounds (seconds, increasing) and per-bucket
@@ -56,16 +59,19 @@ class Histogram:
                 "counts must have len(bounds) + 1 entries (the +Inf bucket last)",
                 field="latency_histogram.counts",
             )
-        if any(not math.isfinite(b) or b <= 0 for b in self.bounds):
-            raise ValidationError(
-                "histogram bounds must be finite positive seconds (the +Inf bucket is implicit)",
-                field="latency_histogram.bounds",
-            )
-        if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:], strict=False)):
-            raise ValidationError(
-                "histogram bounds must be strictly increasing", field="latency_histogram.bounds"
-            )
-        if any(c < 0 for c in self.counts):
+        if self.bounds not in _VALID_BOUNDS:  # a service sends the same few bound lists every window
+            if any(not math.isfinite(b) or b <= 0 for b in self.bounds):
+                raise ValidationError(
+                    "histogram bounds must be finite positive seconds (the +Inf bucket is implicit)",
+                    field="latency_histogram.bounds",
+                )
+            if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:], strict=False)):
+                raise ValidationError(
+                    "histogram bounds must be strictly increasing", field="latency_histogram.bounds"
+                )
+            if len(_VALID_BOUNDS) < 256:
+                _VALID_BOUNDS.add(self.bounds)
+        if self.counts and min(self.counts) < 0:
             raise ValidationError("histogram counts must be >= 0", field="latency_histogram.counts")
 
     @property

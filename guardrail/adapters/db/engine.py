@@ -20,6 +20,7 @@ from guardrail.domain.errors import (
     ConflictError,
     GuardrailError,
     NotFoundError,
+    StoreError,
     ValidationError,
 )
 
@@ -35,11 +36,6 @@ _DRIVERS = {
 }
 _EXAMPLES = "sqlite+aiosqlite:///path/to/guardrail.db or postgresql+asyncpg://user:password@host:5432/dbname"
 
-
-class StoreError(GuardrailError):
-    """The database failed or could not be reached (not the caller's fault)."""
-
-    code = "store_failed"
 
 
 def parse_url(url: str | URL) -> URL:

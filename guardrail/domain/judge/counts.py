@@ -38,6 +38,7 @@ from guardrail.domain.model import Direction
 _BASE_GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.04), 10)
 PRIOR_SCALE = 0.4  # Rayleigh prior on the distance from the null, in log-ratio units (tuned in bench/)
 MIN_DISPERSION_DF = 8
+DISPERSION_NOISE_SD = 1.5
 
 
 def logsumexp(a: np.ndarray | list[float]) -> float:
@@ -97,6 +98,9 @@ class Pearson:
 
 
 def dispersion(*accumulators: Pearson) -> float:
+    """Pearson dispersion phi >= 1, less a noise allowance of ``DISPERSION_NOISE_SD`` standard
+    deviations (the statistic / df of binomial counts scatters around 1 with sd sqrt(2 / df)), so
+    binomial traffic keeps phi = 1 and pays nothing while bursts (phi of 5 or more) are tempered."""
     stat = 0.0
     df = 0
     for acc in accumulators:
@@ -105,7 +109,8 @@ def dispersion(*accumulators: Pearson) -> float:
         df += d
     if df < MIN_DISPERSION_DF:
         return 1.0
-    return float(min(max(stat / df, 1.0), 100.0))
+    excess = stat / df - 1.0 - DISPERSION_NOISE_SD * math.sqrt(2.0 / df)
+    return float(min(1.0 + max(excess, 0.0), 100.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,16 @@ class Priors:
     The FAIL and PASS tests are rows of these, and inverting them row by row gives the confidence
     sequence reported with the verdict, so the interval and the decision always agree.
     """
+
+    _cache: dict[bytes, Priors] = {}  # noqa: RUF012 - grids are few and immutable: share their priors
+
+    @classmethod
+    def for_grid(cls, grid: np.ndarray) -> Priors:
+        key = grid.tobytes()
+        p = cls._cache.get(key)
+        if p is None:
+            p = cls._cache[key] = cls(grid)
+        return p
 
     def __init__(self, grid: np.ndarray) -> None:
         self.grid = grid
@@ -251,7 +266,7 @@ class CountBank:
 
     def _build(self) -> None:
         grid = make_grid(tuple(p for s in self._sides for p in s.points()))
-        self.priors = Priors(grid)
+        self.priors = Priors.for_grid(grid)
         m = len(self._sides)
         # rows 0-1: FAIL sides, 2-3: PASS sides (unused rows stay -inf)
         rows = np.full((m, 4, len(grid)), -np.inf)
@@ -282,7 +297,11 @@ class CountBank:
         self._staged.clear()
         z = self.grid[None, :] + logit_w[:, None]
         # log pi = -log(1 + e^-z) and log(1 - pi) = log pi - z
-        np.subtract.at(self.ell, rows, (x_c + x_b)[:, None] * np.logaddexp(0.0, -z) + x_b[:, None] * z)
+        delta = (x_c + x_b)[:, None] * np.logaddexp(0.0, -z) + x_b[:, None] * z
+        if len(set(rows.tolist())) == len(rows):
+            self.ell[rows] -= delta
+        else:  # a row staged twice before a flush
+            np.subtract.at(self.ell, rows, delta)
         self._version += 1
 
     def mixtures(self, phis: tuple[float, ...]) -> np.ndarray:
@@ -341,7 +360,7 @@ class ConcurrentCountTest:
         self, alpha: float, pass_alpha: float, phis: tuple[float, ...] | None = None, *, interval: bool = True
     ) -> CountResult:
         """``phis``: every bank row's dispersion, when the caller evaluates the whole bank at once."""
-        phi = self.dispersion()
+        phi = phis[self.row] if phis is not None else self.dispersion()
         bank = self.bank
         mix = bank.mixtures(phis if phis is not None else (phi,))[self.row]
         ell = bank.ell[self.row] / phi
@@ -380,7 +399,7 @@ class PrePostCountTest:
     def __init__(self, sides: Sides) -> None:
         self.sides = sides
         self.grid = make_grid(sides.points())
-        self.priors = Priors(self.grid)
+        self.priors = Priors.for_grid(self.grid)
         self.x_baseline = 0.0
         self.exposure_baseline = 0.0
         self.x_canary = 0.0

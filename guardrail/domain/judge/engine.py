@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from guardrail.domain.errors import ValidationError
 from guardrail.domain.judge import explain
@@ -39,7 +41,7 @@ _PRE_POST_NOTE = (
 )
 
 
-def _histogram_quantile(bounds: tuple[float, ...], counts: list[float], q: float) -> float | None:
+def _histogram_quantile(bounds: tuple[float, ...], counts: Sequence[float], q: float) -> float | None:
     """Prometheus-style quantile: linear interpolation inside the bucket holding rank q."""
     total = sum(counts)
     if total <= 0:
@@ -354,10 +356,9 @@ class _LatencyMetric(_CountMetric):
     def _add_display(self, track: Track, h: Histogram) -> None:
         cur = self._hist[track]
         if cur is None or cur[0] != h.bounds:
-            self._hist[track] = (h.bounds, list(h.counts))
+            self._hist[track] = (h.bounds, np.array(h.counts, dtype=float))
             return
-        for i, v in enumerate(h.counts):
-            cur[1][i] += v
+        cur[1].__iadd__(h.counts)  # in place: the tuple holds the array
 
     # feeding --------------------------------------------------------------------------------
     def history(self, b: Sample) -> None:

@@ -94,7 +94,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
             quantile=0.99,
             allowed_change=0.0,
             critical_change=0.5,
-            alpha_share=0.2,
+            alpha_share=0.3,
         ),
         MetricSpec(
             "latency_p95",
@@ -102,7 +102,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
             quantile=0.95,
             allowed_change=0.0,
             critical_change=0.5,
-            alpha_share=0.15,
+            alpha_share=0.1,
             critical=False,
         ),
         MetricSpec(
@@ -111,7 +111,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
             direction=Direction.DECREASE,
             allowed_change=0.1,
             critical_change=0.25,
-            alpha_share=0.15,
+            alpha_share=0.1,
         ),
     )
 
@@ -119,7 +119,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
 @dataclass(frozen=True, slots=True)
 class AnalysisSpec:
     alpha: float = 0.01  # false-rollback budget of the whole deploy, split across metrics by alpha_share
-    pass_alpha: float = 0.05  # error budget of an early PASS (promoting a deploy that is critically worse)
+    pass_alpha: float = 0.02  # error budget of an early PASS (promoting a deploy that is critically worse)
     warmup_s: float = 0.0  # ignore canary data (and the matching baseline) in the first N seconds
     max_duration_s: float = 1800.0  # analysis window: at its end, no decision means inconclusive
     min_canary_requests: int = 50  # no decision of any kind before this many canary requests
