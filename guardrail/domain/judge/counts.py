@@ -36,7 +36,7 @@ from guardrail.domain.model import Direction
 
 # theta = log(rate ratio) from 0.05x to 20x. Fixed points (allowed / critical change) are inserted.
 _BASE_GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.04), 10)
-PRIOR_SCALE = 0.4  # Rayleigh prior on the distance from the null, in log-ratio units (tuned in bench/)
+PRIOR_SCALE = 0.5  # Rayleigh prior on the distance from the null, in log-ratio units (tuned in bench/)
 MIN_DISPERSION_DF = 8
 DISPERSION_NOISE_SD = 1.5
 
@@ -62,9 +62,10 @@ def grid_index(grid: np.ndarray, theta: float) -> int:
 
 
 def one_sided_log_prior(
-    grid: np.ndarray, theta0: float, harmful_up: bool, scale: float = PRIOR_SCALE
+    grid: np.ndarray, theta0: float, harmful_up: bool, scale: float | None = None
 ) -> np.ndarray:
     """Log weights of a Rayleigh prior on the distance from theta0 towards one side, normalised."""
+    scale = PRIOR_SCALE if scale is None else scale
     delta = (grid - theta0) if harmful_up else (theta0 - grid)
     with np.errstate(divide="ignore"):
         lp = np.where(delta > 1e-12, np.log(np.maximum(delta, 1e-300)) - 0.5 * (delta / scale) ** 2, -np.inf)

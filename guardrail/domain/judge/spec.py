@@ -94,7 +94,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
             quantile=0.99,
             allowed_change=0.0,
             critical_change=0.5,
-            alpha_share=0.3,
+            alpha_share=0.4,
         ),
         MetricSpec(
             "latency_p95",
@@ -111,7 +111,7 @@ def default_metrics() -> tuple[MetricSpec, ...]:
             direction=Direction.DECREASE,
             allowed_change=0.1,
             critical_change=0.25,
-            alpha_share=0.1,
+            alpha_share=0.05,
         ),
     )
 
@@ -143,7 +143,10 @@ class AnalysisSpec:
             raise ValidationError("at least one metric is needed", field="analysis.metrics")
 
     def metric_alpha(self, spec: MetricSpec) -> float:
-        total = sum(m.alpha_share for m in self.metrics)
+        """The metric's share of the false-rollback budget. Only critical metrics can roll a deploy
+        back, so the shares are normalised over them; a non-critical metric's FAIL only holds a
+        deploy, and it gets the same rate per unit of share."""
+        total = sum(m.alpha_share for m in self.metrics if m.critical) or sum(m.alpha_share for m in self.metrics)
         return self.alpha * spec.alpha_share / total
 
     def metric_pass_alpha(self, spec: MetricSpec) -> float:
