@@ -1,0 +1,99 @@
+"""The aiohttp application: routes from the table, auth by scope, every error as JSON.
+
+``create_app`` only wires; the composition root (``guardrail.main``) adds start-up and cleanup
+hooks (migrations, ``engine.resume``, timers) and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from aiohttp import web
+
+from guardrail.adapters.http.auth import Authenticator
+from guardrail.adapters.http.errors import (
+    from_guardrail_error,
+    from_http_exception,
+    internal_error,
+)
+from guardrail.adapters.http.openapi import build_openapi
+from guardrail.adapters.http.routes import (
+    ENGINE,
+    OPENAPI,
+    PRINCIPAL,
+    ROUTES,
+    SETTINGS,
+    TELEMETRY,
+    Handler,
+    Route,
+)
+from guardrail.config import Settings
+from guardrail.domain.errors import GuardrailError
+from guardrail.service.engine import Engine
+from guardrail.telemetry import Telemetry
+
+log = logging.getLogger("guardrail.http")
+
+AUTH = web.AppKey("guardrail.auth", Authenticator)
+ROUTE_OF = web.AppKey("guardrail.route_of", dict)
+
+
+def _version() -> str:
+    try:
+        return package_version("guardrail")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error", "detail", "field"}``; unexpected ones are logged, not shown."""
+    try:
+        return await handler(request)
+    except GuardrailError as e:
+        return from_guardrail_error(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return from_http_exception(request, e, max_body_bytes=request.app[SETTINGS].server.max_body_bytes)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return internal_error()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate and check the route's scope before the handler reads anything."""
+    match = request.match_info
+    if match.http_exception is None:  # unknown routes fall through to their 404 / 405
+        route: Route | None = request.app[ROUTE_OF].get(match.handler)
+        scope = route.scope if route is not None else "read"  # a route missing from the table is not open
+        if scope is not None:
+            auth = request.app[AUTH]
+            principal = auth.authenticate(request.headers.get("Authorization"))
+            auth.authorize(principal, scope)
+            request[PRINCIPAL] = principal
+        else:
+            request[PRINCIPAL] = None
+    return await handler(request)
+
+
+def create_app(*, engine: Engine, settings: Settings, telemetry: Telemetry) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[ENGINE] = engine
+    app[SETTINGS] = settings
+    app[TELEMETRY] = telemetry
+    app[AUTH] = Authenticator(settings.tokens)
+    app[ROUTE_OF] = {r.handler: r for r in ROUTES}
+    app[OPENAPI] = build_openapi(ROUTES, version=_version(), server_url=settings.server.public_url)
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
+    return app  # with no tokens configured auth is off: the composition root warns about it
