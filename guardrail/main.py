@@ -1,0 +1,66 @@
+"""Composition root: the only place that wires concrete adapters to the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from guardrail.adapters.db.migrate import upgrade
+from guardrail.adapters.db.store import SqlStore
+from guardrail.adapters.http.app import create_app
+from guardrail.config import Settings
+from guardrail.plugins import load_deploy_adapter
+from guardrail.ports import DeployAdapter
+from guardrail.service.engine import Engine
+from guardrail.telemetry import Telemetry
+
+log = logging.getLogger("guardrail")
+
+
+async def build_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    adapter_factory: Callable[[str, dict[str, Any]], DeployAdapter] = load_deploy_adapter,
+    telemetry: Telemetry | None = None,
+) -> web.Application:
+    """Migrate the database, open the store, build the engine and the HTTP app. Start-up resumes any
+    adapter action a previous process left unfinished; the timers run while the app runs."""
+    await upgrade(settings.database_url)
+    store = SqlStore(settings.database_url, clock=clock)
+    telemetry = telemetry or Telemetry()
+    engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock)
+    app = create_app(engine=engine, settings=settings, telemetry=telemetry)
+    if not settings.tokens:
+        log.warning("no API tokens configured: authentication is OFF (fine on a laptop, not in production)")
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        resumed = await engine.resume()
+        if resumed:
+            log.info("resumed %d unfinished adapter action(s)", resumed)
+        timers = asyncio.get_running_loop().create_task(engine.run_timers())
+        yield
+        timers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timers
+        await engine.close()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app["engine"] = engine
+    return app
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def factory() -> web.Application:
+        return await build_app(settings)
+
+    web.run_app(factory(), host=settings.server.host, port=settings.server.port, print=None)
