@@ -23,7 +23,7 @@ from aiohttp import web
 
 from guardrail.config import Settings, TokenConfig
 from guardrail.main import build_app
-from guardrail.testing import SyntheticTraffic
+from guardrail.testing import SyntheticTraffic, sample_json
 
 CI_TOKEN = "demo-ci-token"
 OPS_TOKEN = "demo-operator-token"
@@ -113,7 +113,7 @@ class Demo:
                 raise RuntimeError(f"marker rejected: {r.status} {body}")
         deploy_id = body["id"]
         _say(f"marker posted: deploy {deploy_id}, state {body['state']}, step {body['step']['description']}")
-        history = [_sample_json(s) for s in traffic.history(rng, minutes=10, end=started_at)]
+        history = [sample_json(s) for s in traffic.history(rng, minutes=10, end=started_at)]
         await self._push(http, deploy_id, history)
         t = started_at
         state, step = body["state"], body["step"]["index"]
@@ -122,7 +122,7 @@ class Demo:
             if w >= 1.0:
                 break
             c, b = traffic.window(rng, t, weight=w if w > 0 else None)
-            body = await self._push(http, deploy_id, [_sample_json(c), _sample_json(b)])
+            body = await self._push(http, deploy_id, [sample_json(c), sample_json(b)])
             t += traffic.interval
             d = body["deploy"]
             if d["state"] != state or d["step"]["index"] != step:
@@ -157,14 +157,6 @@ class Demo:
         _say(f"-- verdict: {verdict.get('decision', 'none')} --")
         for ev in verdict.get("evidence", []):
             _say(f"  {ev['metric']:<12} {ev['detail']}")
-
-
-def _sample_json(s: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"track": s.track.value, "start": s.start, "end": s.end, "requests": s.requests,
-                           "errors": s.errors}
-    if s.latency is not None:
-        out["latency_histogram"] = {"bounds": list(s.latency.bounds), "counts": list(s.latency.counts)}
-    return out
 
 
 async def run(workdir: Path) -> int:

@@ -63,6 +63,19 @@ class SyntheticTraffic:
         return out
 
 
+def sample_json(s: Sample) -> dict[str, object]:
+    """A sample as the push API takes it (``POST /api/v1/deploys/{id}/samples``)."""
+    out: dict[str, object] = {"track": s.track.value, "start": s.start, "end": s.end, "requests": s.requests,
+                              "errors": s.errors}
+    if s.latency is not None:
+        out["latency_histogram"] = {"bounds": list(s.latency.bounds), "counts": list(s.latency.counts)}
+    if s.latencies:
+        out["latencies"] = list(s.latencies)
+    if s.gauges:
+        out["gauges"] = dict(s.gauges)
+    return out
+
+
 @dataclass
 class RecordingDeployAdapter:
     """A deploy adapter that records every call and fails on demand (drills and tests)."""
