@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from guardrail.config import Settings
-from guardrail.domain.errors import NotFoundError, ValidationError
+from guardrail.domain.errors import ConflictError, NotFoundError, ValidationError
 from guardrail.domain.judge import Judge
 from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
@@ -167,6 +167,14 @@ class Engine:
         stored, created = await self.store.create_deploy(deploy, created_event, idempotency_key)
         if not created:
             self._adapters.pop(deploy.id, None)
+            old = stored.marker
+            if (old.service, old.environment, old.version, old.commit) != (
+                marker.service, marker.environment, marker.version, marker.commit):
+                raise ConflictError(
+                    f"idempotency key {idempotency_key!r} was used for {old.service} {old.version} "
+                    f"({old.environment}, commit {old.commit}), not for this marker; use a new key",
+                    field="Idempotency-Key",
+                )
             return stored, False
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
         self._last_data_wall[stored.id] = now
