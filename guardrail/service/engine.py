@@ -229,6 +229,21 @@ class Engine:
         await self._refresh_state_gauges()
         return deploy
 
+    async def get_deploy(self, deploy_id: str) -> Deploy:
+        return await self._get(deploy_id)
+
+    async def list_deploys(self, **filters: Any) -> list[Deploy]:
+        """Newest first; filters: service, environment, state, since, until (created_at), limit."""
+        return await self.store.list_deploys(**filters)
+
+    async def events(self, deploy_id: str, *, after_seq: int = 0) -> list[TimelineEvent]:
+        await self._get(deploy_id)
+        return await self.store.events(deploy_id, after_seq=after_seq)
+
+    async def ready(self) -> None:
+        """Raises when the database cannot be read."""
+        await self.store.list_deploys(limit=1)
+
     async def wait(self, deploy_id: str, timeout: float) -> Deploy:
         """Until the deploy reaches a terminal state or ``timeout`` seconds pass (wall time)."""
         deadline = self.clock() + timeout

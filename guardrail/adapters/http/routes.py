@@ -36,7 +36,7 @@ from guardrail.adapters.http.schemas import (
     WaitQuery,
 )
 from guardrail.config import Settings
-from guardrail.domain.errors import ConflictError, NotFoundError, ValidationError
+from guardrail.domain.errors import ConflictError, ValidationError
 from guardrail.domain.model import Sample
 from guardrail.domain.records import Deploy
 from guardrail.service.engine import Engine
@@ -101,11 +101,7 @@ def _who(request: web.Request) -> str:
 
 
 async def _existing(request: web.Request) -> Deploy:
-    deploy_id = request.match_info["id"]
-    deploy = await _engine(request).store.get_deploy(deploy_id)
-    if deploy is None:
-        raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
-    return deploy
+    return await _engine(request).get_deploy(request.match_info["id"])
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -136,7 +132,7 @@ async def create_deploy(request: web.Request) -> web.Response:
     deploy, created = await engine.record_deploy(marker, idempotency_key=key)
     if created:
         # as stored, so that a replay (read from the store) answers with the very same body
-        deploy = await engine.store.get_deploy(deploy.id) or deploy
+        deploy = await engine.get_deploy(deploy.id)
     else:
         differs = [f for f in _IDENTITY if getattr(deploy.marker, f) != getattr(marker, f)]
         if differs:
@@ -151,7 +147,7 @@ async def create_deploy(request: web.Request) -> web.Response:
 
 async def list_deploys(request: web.Request) -> web.Response:
     q = read_query(request, ListQuery)
-    deploys = await _engine(request).store.list_deploys(
+    deploys = await _engine(request).list_deploys(
         service=q.service,
         environment=q.environment,
         state=q.state,
@@ -168,8 +164,7 @@ async def get_deploy(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     q = read_query(request, EventsQuery)
-    deploy = await _existing(request)
-    events = await _engine(request).store.events(deploy.id, after_seq=q.after)
+    events = await _engine(request).events(request.match_info["id"], after_seq=q.after)
     return _json(EventList(events=[EventOut.of(e) for e in events]))
 
 
@@ -229,7 +224,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        await asyncio.wait_for(_engine(request).store.list_deploys(limit=1), timeout=READY_TIMEOUT_S)
+        await asyncio.wait_for(_engine(request).ready(), timeout=READY_TIMEOUT_S)
     except Exception as e:
         # the exception text may hold a database URL: log the type only, and only here
         log.warning("readiness check failed: database unreachable (%s)", type(e).__name__)
