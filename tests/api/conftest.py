@@ -4,7 +4,6 @@ entry-point deploy adapters, and the aiohttp test server."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from aiohttp.test_utils import TestClient
 from guardrail.adapters.db import SqlStore, upgrade
 from guardrail.adapters.http import create_app
 from guardrail.config import Settings
-from guardrail.domain.records import EventKind, TimelineEvent
 from guardrail.plugins import load_deploy_adapter
 from guardrail.service.engine import Engine
 from guardrail.telemetry import Telemetry
@@ -65,22 +63,6 @@ class Api:
         return out
 
 
-class _EngineWithEventFix(Engine):
-    """Core bug workaround: ``Engine._event(kind, message, data_time, **details)`` collides with the
-    detail ``kind=`` that ``_execute`` passes, so every adapter action raises TypeError. Making the
-    parameters positional-only lets ``kind`` land in ``details``. Used only while the bug is there."""
-
-    def _event(
-        self, kind: EventKind, message: str, data_time: float | None, /, **details: Any
-    ) -> TimelineEvent:
-        return TimelineEvent(kind, message, data_time, self.clock(), details)
-
-
-def _engine_class() -> type[Engine]:
-    p = inspect.signature(Engine._event).parameters.get("kind")
-    return Engine if p is None or p.kind is inspect.Parameter.POSITIONAL_ONLY else _EngineWithEventFix
-
-
 def make_settings(**overrides: Any) -> Settings:
     data: dict[str, Any] = {
         "tokens": [{"name": n, "token": t, "scopes": [scope]} for scope, (n, t) in TOKENS.items()],
@@ -115,7 +97,7 @@ async def store(tmp_path: Path, migrated_db: Path) -> AsyncIterator[SqlStore]:
 @pytest.fixture
 async def api(aiohttp_client: Any, store: SqlStore, settings: Settings) -> AsyncIterator[Api]:
     telemetry = Telemetry()
-    engine = _engine_class()(
+    engine = Engine(
         store=store, settings=settings, adapter_factory=load_deploy_adapter, telemetry=telemetry
     )
     app = create_app(engine=engine, settings=settings, telemetry=telemetry)
