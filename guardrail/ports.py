@@ -61,6 +61,33 @@ class DeployAdapter(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SourceQuery:
+    """Which data a metric source should turn into per-window samples."""
+
+    service: str
+    environment: str
+    canary_version: str
+    baseline_version: str
+    start: float  # data time, unix seconds; windows are [start + k*interval_s, start + (k+1)*interval_s)
+    end: float
+    interval_s: float
+    overrides: dict[str, Any] = field(default_factory=dict)  # per-deploy query overrides (marker.metrics)
+
+
+class MetricSource(Protocol):
+    """Where analysis data comes from when it is pulled (Prometheus) rather than pushed."""
+
+    name: str
+
+    async def fetch(self, query: SourceQuery) -> list[Sample]:
+        """Per-window samples of both tracks for every complete window in [start, end). A window
+        with no data for a track yields no sample for it (no data is not zero). Raises
+        ``SourceUnavailableError`` when the source cannot be reached, ``ValidationError`` naming
+        the query when the source rejects it."""
+        ...
+
+
 class Store(Protocol):
     """Durable records. Each method is one transaction."""
 
@@ -132,4 +159,4 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["ActionResult", "Clock", "DeployAdapter", "DeployTarget", "Marker", "Store"]
+__all__ = ["ActionResult", "Clock", "DeployAdapter", "DeployTarget", "Marker", "MetricSource", "SourceQuery", "Store"]
