@@ -62,6 +62,11 @@ class Telemetry:
             ["deploy", "service"],
             registry=r,
         )
+        self.step_started = Gauge(
+            "guardrail_deploy_step_started_timestamp_seconds",
+            "Wall time the current step of an active deploy took effect (for 'deploy stuck' alerts).",
+            ["deploy", "service"], registry=r,
+        )
         self.rollback_failed = Gauge(
             "guardrail_rollback_failed",
             "1 for a deploy whose rollback failed.",
@@ -92,3 +97,5 @@ class Telemetry:
                 self.evidence_e_value.remove(deploy_id, service, m)
         with contextlib.suppress(KeyError):
             self.stalled.remove(deploy_id, service)
+        with contextlib.suppress(KeyError):
+            self.step_started.remove(deploy_id, service)

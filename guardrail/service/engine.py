@@ -442,6 +442,7 @@ class Engine:
         )
         at = deploy.data_time
         if result.ok and cmd.kind is CommandKind.APPLY_STEP and cmd.step is not None:
+            self.telemetry.step_started.labels(deploy.id, deploy.marker.service).set(self.clock())
             judge = self._judges.get(deploy.id)
             if judge is not None:
                 apply_weight(judge, deploy, cmd.step, at)

@@ -232,3 +232,17 @@ async def test_bad_metric_override_is_rejected_before_anything_is_stored(store):
         await engine.record_deploy(marker(metrics_overrides={"overrides": {"latency_p99": {"critical_change": "x"}}}))
     assert "latency_p99" in err.value.field
     assert await store.list_deploys() == []
+
+
+async def test_step_start_gauge_follows_an_active_deploy(store):
+    """guardrail_deploy_step_started_timestamp_seconds feeds the GuardrailDeployStuck alert."""
+    adapter = RecordingDeployAdapter()
+    clock = ManualClock(T0 + 5)
+    engine = make_engine(store, adapter, clock)
+    d, _ = await engine.record_deploy(marker())
+    value = engine.telemetry.registry.get_sample_value(
+        "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"})
+    assert value == T0 + 5
+    await engine.override(d.id, "rollback", who="bob", why="drill")
+    assert engine.telemetry.registry.get_sample_value(
+        "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}) is None
