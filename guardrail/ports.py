@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from guardrail.domain.model import DeployState, Sample, Step
+from guardrail.domain.notifications import Notice
 from guardrail.domain.records import Action, ActionStatus, Deploy, Marker, TimelineEvent
 from guardrail.domain.rollout import Rollout
 
@@ -88,6 +89,25 @@ class MetricSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyResult:
+    ok: bool
+    retryable: bool  # a 429, a 5xx, a timeout or a refused connection: try again later
+    detail: str  # one line for the record (never a secret)
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers a notice to one system (Alertmanager, PagerDuty, Slack, a webhook). Never raises for
+    a failed delivery: returns ``NotifyResult(ok=False, retryable=...)``. Each call has a timeout."""
+
+    name: str
+
+    async def send(self, notice: Notice) -> NotifyResult: ...
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """Durable records. Each method is one transaction."""
 
@@ -159,4 +179,15 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["ActionResult", "Clock", "DeployAdapter", "DeployTarget", "Marker", "MetricSource", "SourceQuery", "Store"]
+__all__ = [
+    "ActionResult",
+    "Clock",
+    "DeployAdapter",
+    "DeployTarget",
+    "Marker",
+    "MetricSource",
+    "Notifier",
+    "NotifyResult",
+    "SourceQuery",
+    "Store",
+]
