@@ -59,6 +59,47 @@ class AdapterPreset(_Strict):
     marker_keys: list[str] = []
 
 
+class PrometheusQueries(_Strict):
+    """Where a service's canary and baseline series are (see guardrail.adapters.sources.prometheus).
+    Templates are PromQL; ``$service``, ``$environment``, ``$canary_version`` and
+    ``$baseline_version`` are substituted quoted; in ``requests``, ``latency_buckets`` and ``gauges``
+    ``$selector`` becomes the selector plus the track matcher (a bare metric name gets it appended),
+    ``$track_label`` the track label and ``$interval`` the window (e.g. ``60s``). Unset templates take
+    the defaults of ``convention``."""
+
+    convention: Literal["classic", "otel"] = "classic"
+    selector: str | None = None  # classic: {service="$service"}; otel: {job="$service"}
+    track_label: str = "auto"  # auto: the first of track, guardrail_track, version, service_version with series
+    requests: str | None = None  # request counter with a status-code label
+    code_label: str | None = None  # classic: code; otel: http_response_status_code
+    error_codes: str = "5.."  # RE2 regex over the code label
+    latency_buckets: str | None = None  # cumulative `le` buckets in seconds; "" disables latency
+    gauges: dict[str, str] = {}  # name -> PromQL with one series per track, e.g. max by ($track_label)(...)
+    gap_lookback_s: float = Field(600, gt=0)  # how far back a counter's last value is looked up over a gap
+
+
+class PrometheusConfig(_Strict):
+    """Pulling analysis data from Prometheus (deploys whose marker says ``metrics.source: prometheus``)."""
+
+    url: str | None = None  # unset: no pulling
+    timeout_s: float = Field(10, gt=0)  # per HTTP call
+    retries: int = Field(3, ge=0, le=10)  # on 5xx, timeouts and connection errors, backoff doubling
+    backoff_s: float = Field(0.25, gt=0)
+    method: Literal["auto", "GET", "POST"] = "auto"  # auto: POST for long queries
+    scrape_delay_s: float = Field(15, ge=0)  # a window is pulled once now - scrape_delay_s is past its end
+    history_s: float = Field(600, ge=0)  # pre-deploy baseline history pulled before marker.started_at
+    poll_s: float = Field(1.0, gt=0)  # how often the poller looks for complete windows
+    queries: PrometheusQueries = PrometheusQueries()
+    services: dict[str, PrometheusQueries] = {}  # per-service templates, instead of ``queries``
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9090")
+        return v
+
+
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
@@ -67,6 +108,7 @@ class Settings(_Strict):
     engine: EngineConfig = EngineConfig()
     adapters: dict[str, AdapterPreset] = {}  # deploy adapter presets markers refer to by name
     allow_marker_adapters: bool = False  # let markers configure any adapter themselves (local use only)
+    prometheus: PrometheusConfig = PrometheusConfig()  # metric source for deploys that pull
 
     @field_validator("database_url")
     @classmethod

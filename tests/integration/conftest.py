@@ -141,3 +141,251 @@ async def store(store_url: str) -> AsyncIterator[SqlStore]:
 # ===================================================================================================
 # (other servers: add a section below)
 # ===================================================================================================
+
+
+# ===================================================================================================
+# Prometheus: the real `prometheus` binary (Debian package `prometheus`) scraping real sample
+# service processes (examples/app), all on free loopback ports with temp data dirs
+# ===================================================================================================
+#
+# Missing binary: the Prometheus tests skip with the reason, except when CI=true or
+# GUARDRAIL_REQUIRE_INTEGRATION=1, where they fail (scripts/test-deps.sh installs the package).
+# Everything is synchronous on purpose (subprocesses and blocking polls): the fixtures can have any
+# scope and do not depend on the test's event loop.
+
+import json as _json  # noqa: E402
+import signal as _signal  # noqa: E402
+import socket as _socket  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+import time as _time  # noqa: E402
+import urllib.error as _urlerror  # noqa: E402
+import urllib.request as _urlrequest  # noqa: E402
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from dataclasses import field as _field  # noqa: E402
+from urllib.parse import urlencode as _urlencode  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRAPE_INTERVAL_S = 1.0
+
+
+def _require_or_skip(why: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1" or os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why} (required here: CI=true or {REQUIRE_ENV}=1)", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {why}")
+
+
+def free_port() -> int:
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with _urlrequest.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except _urlerror.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait_until(ok: Callable[[], bool], timeout: float, what: str, proc: _subprocess.Popen | None = None) -> None:
+    deadline = _time.monotonic() + timeout
+    while _time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            if ok():
+                return
+        except OSError:
+            pass
+        _time.sleep(0.05)
+    raise TimeoutError(f"{what}: not ready within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binaries() -> tuple[str, str]:
+    """Paths of ``prometheus`` and ``promtool``."""
+    prom, tool = shutil.which("prometheus"), shutil.which("promtool")
+    if not prom or not tool:
+        _require_or_skip(
+            "the `prometheus`/`promtool` binaries are not installed (Debian package `prometheus`; "
+            "`make test` installs it via scripts/test-deps.sh)"
+        )
+    assert prom and tool
+    return prom, tool
+
+
+@_dataclass
+class SampleApp:
+    """One process of the sample service (examples/app/service.py) on a fixed loopback port."""
+
+    track: str
+    version: str
+    port: int = _field(default_factory=free_port)
+    service: str = "checkout"
+    args: tuple[str, ...] = ()
+    proc: _subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def work_url(self) -> str:
+        return self.base_url + "/work"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> SampleApp:
+        cmd = [_sys.executable, "-m", "examples.app.service", "--port", str(self.port), "--track", self.track,
+               "--version", self.version, "--service", self.service, *self.args]
+        self.proc = _subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=_subprocess.DEVNULL, stderr=_subprocess.PIPE)
+        _wait_until(lambda: http_get(self.base_url + "/healthz")[0] == 200, 15, f"sample app {self.track}", self.proc)
+        return self
+
+    def stop(self, sig: int = _signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except _subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """A crash and a restart on the same port: its counters start again from zero."""
+        self.stop(_signal.SIGKILL)
+        self.start()
+
+    def regress(self, **behaviour: float) -> dict:
+        req = _urlrequest.Request(self.base_url + "/admin/regression", data=_json.dumps(behaviour).encode(),
+                                  headers={"Content-Type": "application/json"}, method="POST")
+        with _urlrequest.urlopen(req, timeout=5) as r:
+            return _json.loads(r.read())
+
+
+@_dataclass
+class PrometheusServer:
+    """A real Prometheus on a free loopback port, scraping ``targets`` every second (job ``checkout``)."""
+
+    binary: str
+    data_dir: Path
+    targets: list[str]
+    port: int = _field(default_factory=free_port)
+    job: str = "checkout"
+    proc: _subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _config(self) -> Path:
+        cfg = {
+            "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S:g}s", "scrape_timeout": "900ms",
+                       "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": self.job, "static_configs": [{"targets": self.targets}]}
+            ] if self.targets else [],
+        }
+        path = self.data_dir.parent / f"prometheus-{self.port}.yml"
+        path.write_text(_json.dumps(cfg))  # JSON is YAML
+        return path
+
+    def start(self) -> PrometheusServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"prometheus-{self.port}.log"
+        log = self.log_path.open("ab")
+        self.proc = _subprocess.Popen(
+            [self.binary, f"--config.file={self._config()}", f"--storage.tsdb.path={self.data_dir}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=100y",
+             "--log.level=warn"],
+            stdout=log, stderr=log,
+        )
+        log.close()
+        _wait_until(lambda: http_get(self.url + "/-/ready")[0] == 200, 30, "prometheus", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except _subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def query(self, promql: str) -> list[dict]:
+        status, body = http_get(self.url + "/api/v1/query?" + _urlencode({"query": promql}))
+        assert status == 200, body
+        return _json.loads(body)["data"]["result"]
+
+    def wait_for(self, promql: str, want: float, timeout: float = 10.0) -> None:
+        """Until the instant value of ``promql`` (one series) equals ``want``."""
+        def ok() -> bool:
+            r = self.query(promql)
+            return bool(r) and float(r[0]["value"][1]) == want
+
+        _wait_until(ok, timeout, f"prometheus: {promql} == {want}", self.proc)
+
+
+@_dataclass
+class ScrapedPair:
+    baseline: SampleApp
+    canary: SampleApp
+    prometheus: PrometheusServer
+
+
+def start_scraped_pair(binary: str, tmp: Path, *, app_args: tuple[str, ...] = ()) -> ScrapedPair:
+    baseline = SampleApp("baseline", "1.4.1", args=("--seed", "1", *app_args))
+    canary = SampleApp("canary", "1.4.2", args=("--seed", "2", *app_args))
+    started: list[SampleApp] = []
+    try:
+        for app in (baseline, canary):
+            app.start()
+            started.append(app)
+        prom = PrometheusServer(binary, tmp / "tsdb", [baseline.target, canary.target]).start()
+    except Exception:
+        for app in started:
+            app.stop()
+        raise
+    return ScrapedPair(baseline, canary, prom)
+
+
+def stop_scraped_pair(pair: ScrapedPair) -> None:
+    pair.prometheus.stop()
+    pair.baseline.stop()
+    pair.canary.stop()
+
+
+@pytest.fixture(scope="module")
+def scraped_pair(prometheus_binaries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedPair]:
+    """A baseline (1.4.1) and a canary (1.4.2) process of the sample service, both also exposing the
+    OpenTelemetry names, scraped every second by a real Prometheus. Shared by a module's tests."""
+    pair = start_scraped_pair(prometheus_binaries[0], tmp_path_factory.mktemp("prom"), app_args=("--otel-names",))
+    yield pair
+    stop_scraped_pair(pair)
+
+
+@pytest.fixture
+def fresh_scraped_pair(prometheus_binaries: tuple[str, str], tmp_path: Path) -> Iterator[ScrapedPair]:
+    """Like ``scraped_pair``, for one test (it may regress, restart or stop things)."""
+    pair = start_scraped_pair(prometheus_binaries[0], tmp_path)
+    yield pair
+    stop_scraped_pair(pair)
+
+
+def backfill(promtool: str, openmetrics: str, data_dir: Path) -> None:
+    """Write ``openmetrics`` (text ending with ``# EOF``) as TSDB blocks into ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = data_dir.parent / "backfill.om"
+    src.write_text(openmetrics)
+    out = _subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(src), str(data_dir)],
+                          capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"promtool failed ({out.returncode}): {out.stderr[-2000:]}")

@@ -1,0 +1,526 @@
+"""Pull per-window canary and baseline aggregates from Prometheus (``MetricSource``).
+
+What is queried
+---------------
+Raw counters, per series, at the window boundaries: ``query_range`` of the request counter and of
+the cumulative latency buckets with ``step = interval_s`` from ``start`` to the last complete
+window end. Each series is differenced point to point; a decrease is a counter reset (the process
+restarted), and then the new value is the increase. A series that has no point at a window start
+(it is new, or the target missed scrapes) is compared with its last value before the gap (one
+instant ``last_over_time`` query at the query's start, when needed); a series never seen before
+counts from zero. Increases are then summed per track: requests, errors (status code matching
+``error_codes``, default ``5..``) and per-bucket latency counts (cumulative ``le`` buckets
+differenced, +Inf last). Gauges are evaluated at each window end. No Prometheus-side ``rate``,
+``increase`` or ``histogram_quantile``: the judge needs counts, not extrapolated ratios.
+
+A window in which no request series of a track has a point yields no sample for that track: no
+data is not zero (a stopped target, or Prometheus' staleness, stays visible as a hole).
+
+Conventions (``PrometheusQueries.convention``)
+----------------------------------------------
+- ``classic``: ``http_requests_total{code}`` and ``http_request_duration_seconds_bucket``,
+  selector ``{service="$service"}``.
+- ``otel``: what OpenTelemetry exporters produce, ``http_server_request_duration_seconds_count``
+  (requests) and ``_bucket`` with ``http_response_status_code``, selector ``{job="$service"}``.
+
+The track comes from a label: ``track_label: track`` (values ``canary``/``baseline``) or a label
+holding versions (named ``version`` or ``*_version``: canary = the deploy's version, baseline = the
+previous one). ``auto`` (default) takes the first of ``track``, ``guardrail_track``, ``version``,
+``service_version`` that has series, and remembers it per service.
+
+Per-deploy overrides: ``SourceQuery.overrides["prometheus"]`` with any ``PrometheusQueries`` key,
+e.g. ``{"prometheus": {"selector": "{job=\\"checkout\\", env=\\"$environment\\"}", "track_label": "version"}}``.
+
+HTTP
+----
+Every call has a timeout (``timeout_s``, also sent as Prometheus' own ``timeout``). Connection
+errors, timeouts and 5xx are retried ``retries`` times with exponential backoff, then raise
+``SourceUnavailableError``; 400 and 422 (a bad query) raise ``ValidationError`` naming the query
+and Prometheus' error, at once. Queries longer than 1500 characters go by POST (form-encoded);
+``method: POST`` sends every query that way. Long ranges are split to stay under Prometheus' 11,000
+points per series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from string import Template
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pydantic
+
+from guardrail.config import PrometheusQueries
+from guardrail.domain.errors import SourceUnavailableError, ValidationError
+from guardrail.domain.model import Histogram, Sample, Track
+from guardrail.ports import SourceQuery
+
+log = logging.getLogger("guardrail.sources.prometheus")
+
+POST_ABOVE_CHARS = 1500
+MAX_POINTS = 10_000  # per series and query_range call (Prometheus refuses more than 11,000)
+AUTO_TRACK_LABELS = ("track", "guardrail_track", "version", "service_version")
+
+CONVENTIONS: dict[str, dict[str, str]] = {
+    "classic": {
+        "selector": '{service="$service"}',
+        "requests": "http_requests_total",
+        "code_label": "code",
+        "latency_buckets": "http_request_duration_seconds_bucket",
+    },
+    "otel": {
+        "selector": '{job="$service"}',
+        "requests": "http_server_request_duration_seconds_count",
+        "code_label": "http_response_status_code",
+        "latency_buckets": "http_server_request_duration_seconds_bucket",
+    },
+}
+
+SeriesKey = tuple[tuple[str, str], ...]
+
+
+def promql_string(value: str) -> str:
+    """A PromQL double-quoted string literal of ``value``."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _duration(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _num(t: float) -> str:
+    return f"{t:.3f}"
+
+
+def holds_versions(label: str) -> bool:
+    return label == "version" or label.endswith("_version")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedQueries:
+    """One deploy's templates, defaults of the convention filled in."""
+
+    selector: str
+    track_label: str  # "auto" or a label name
+    requests: str
+    code_label: str
+    error_codes: re.Pattern[str]
+    latency_buckets: str | None
+    gauges: Mapping[str, str]
+    gap_lookback_s: float
+
+    @classmethod
+    def of(cls, q: PrometheusQueries) -> ResolvedQueries:
+        d = CONVENTIONS[q.convention]
+        try:
+            errors = re.compile(q.error_codes)
+        except re.error as e:
+            raise ValidationError(
+                f"prometheus.queries.error_codes {q.error_codes!r} is not a regular expression: {e}",
+                field="prometheus.queries.error_codes",
+            ) from None
+        buckets = d["latency_buckets"] if q.latency_buckets is None else q.latency_buckets
+        return cls(
+            selector=q.selector if q.selector is not None else d["selector"],
+            track_label=q.track_label,
+            requests=q.requests or d["requests"],
+            code_label=q.code_label or d["code_label"],
+            error_codes=errors,
+            latency_buckets=buckets or None,
+            gauges=dict(q.gauges),
+            gap_lookback_s=q.gap_lookback_s,
+        )
+
+
+@dataclass(slots=True)
+class _Windows:
+    """Per-track sums over the windows of one fetch."""
+
+    requests: dict[tuple[Track, int], float] = field(default_factory=lambda: defaultdict(float))
+    errors: dict[tuple[Track, int], float] = field(default_factory=lambda: defaultdict(float))
+    buckets: dict[tuple[Track, int], dict[float, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
+    gauges: dict[tuple[Track, int], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+
+
+class PrometheusMetricSource:
+    """``MetricSource`` over Prometheus' HTTP API. ``session`` is injected (one is created, and
+    closed by ``close()``, when omitted)."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.25,
+        method: str = "auto",
+        queries: PrometheusQueries | None = None,
+        services: Mapping[str, PrometheusQueries] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not (url.startswith("http://") or url.startswith("https://")):
+            raise ValidationError(f"Prometheus URL must start with http:// or https://, got {url!r}", field="prometheus.url")
+        if method not in ("auto", "GET", "POST"):
+            raise ValidationError(f"method must be auto, GET or POST, got {method!r}", field="prometheus.method")
+        if timeout_s <= 0 or retries < 0 or backoff_s <= 0:
+            raise ValidationError("need timeout_s > 0, retries >= 0 and backoff_s > 0", field="prometheus.timeout_s")
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.method = method
+        self.queries = queries or PrometheusQueries()
+        self.services = dict(services or {})
+        for q in [self.queries, *self.services.values()]:
+            ResolvedQueries.of(q)  # fail fast on a bad regex
+        self._session = session
+        self._own_session = session is None
+        self._track_labels: dict[tuple[str, str, str], str] = {}  # (service, environment, selector) -> label
+
+    @classmethod
+    def from_settings(cls, cfg: Any, *, session: aiohttp.ClientSession | None = None) -> PrometheusMetricSource:
+        """From ``guardrail.config.PrometheusConfig``."""
+        return cls(
+            cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s, method=cfg.method,
+            queries=cfg.queries, services=cfg.services, session=session,
+        )
+
+    # --- HTTP ----------------------------------------------------------------------------------------
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._own_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def _call(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """One API call with retries; returns ``data`` of a success envelope."""
+        query = params.get("query", "")
+        params = {**params, "timeout": _duration(self.timeout_s)}
+        body = urlencode(params)
+        post = self.method == "POST" or (self.method == "auto" and len(body) > POST_ABOVE_CHARS)
+        url = self.url + path
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                async with self._get_session().request(
+                    "POST" if post else "GET",
+                    url,
+                    data=body if post else None,
+                    params=None if post else params,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"} if post else None,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                    allow_redirects=False,
+                ) as r:
+                    text = await r.text()
+                    status = r.status
+            except TimeoutError:
+                problem = f"no answer from Prometheus at {self.url} within {self.timeout_s:g} s"
+                continue
+            except aiohttp.ClientError as e:
+                problem = f"cannot reach Prometheus at {self.url}: {type(e).__name__}: {e}"
+                continue
+            envelope = _json(text)
+            error = f"{envelope.get('errorType', '')}: {envelope.get('error', '')}" if envelope else text[:300]
+            if status in (400, 422):
+                raise ValidationError(
+                    f"Prometheus rejected the query {query!r} (HTTP {status}): {error}", field="prometheus.query"
+                )
+            if status >= 500 or status == 429:
+                problem = f"Prometheus at {self.url} answered HTTP {status}: {error.strip(': ')}"
+                continue
+            if status != 200 or envelope is None or envelope.get("status") != "success":
+                raise SourceUnavailableError(
+                    f"Prometheus at {self.url} answered HTTP {status} to {path}: {error.strip(': ')[:300]} "
+                    "(is the URL right?)"
+                )
+            for w in envelope.get("warnings") or ():
+                log.warning("Prometheus warning for %r: %s", query, w)
+            return envelope.get("data") or {}
+        tries = self.retries + 1
+        raise SourceUnavailableError(f"{problem} (after {tries} attempt{'s' if tries > 1 else ''})")
+
+    async def instant(self, query: str, time: float | None = None) -> list[dict[str, Any]]:
+        """``/api/v1/query``: the vector's elements ``{"metric": {...}, "value": [t, "v"]}``."""
+        params = {"query": query}
+        if time is not None:
+            params["time"] = _num(time)
+        data = await self._call("/api/v1/query", params)
+        return _result(data, query, ("vector",))
+
+    async def range(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """``/api/v1/query_range``: ``{"metric": {...}, "values": [[t, "v"], ...]}`` per series;
+        split in several calls when the range has more than ``MAX_POINTS`` steps."""
+        n = math.floor((end - start) / step + 1e-9)
+        if n <= MAX_POINTS:
+            data = await self._call(
+                "/api/v1/query_range", {"query": query, "start": _num(start), "end": _num(start + n * step),
+                                        "step": _step(step)},
+            )
+            return _result(data, query, ("matrix",))
+        merged: dict[SeriesKey, dict[str, Any]] = {}
+        for k0 in range(0, n + 1, MAX_POINTS + 1):
+            k1 = min(n, k0 + MAX_POINTS)
+            for s in await self.range(query, start + k0 * step, start + k1 * step, step):
+                key = _key(s["metric"])
+                if key in merged:
+                    merged[key]["values"].extend(s["values"])
+                else:
+                    merged[key] = {"metric": s["metric"], "values": list(s["values"])}
+        return list(merged.values())
+
+    # --- fetch ---------------------------------------------------------------------------------------
+    def resolve(self, query: SourceQuery) -> ResolvedQueries:
+        """The templates of this service with the deploy's overrides applied."""
+        base = self.services.get(query.service, self.queries)
+        raw = (query.overrides or {}).get("prometheus") or {}
+        if not isinstance(raw, Mapping):
+            raise ValidationError("metrics.prometheus must be an object", field="metrics.prometheus")
+        if raw:
+            try:
+                base = PrometheusQueries.model_validate({**base.model_dump(exclude_unset=True), **raw})
+            except pydantic.ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise ValidationError(
+                    f"metrics.prometheus.{where}: {first['msg']}", field=f"metrics.prometheus.{where}"
+                ) from None
+        return ResolvedQueries.of(base)
+
+    async def fetch(self, query: SourceQuery) -> list[Sample]:
+        q = self.resolve(query)
+        if query.interval_s <= 0:
+            raise ValidationError("interval_s must be > 0", field="interval_s")
+        n = math.floor((query.end - query.start) / query.interval_s + 1e-9)
+        if n <= 0:
+            return []
+        label, series = await self._request_series(query, q, n)
+        if not series:
+            return []
+        values = self._track_values(query, label)
+        acc = _Windows()
+        code_re = q.error_codes
+        gap_values = await self._gap_values(query, q, label, series, q.requests, n)
+        for s in series:
+            track = values.get(s["metric"].get(label, ""))
+            if track is None:
+                continue
+            is_error = bool(code_re.fullmatch(s["metric"].get(q.code_label, "")))
+            for k, inc in _increases(s, query.start, query.interval_s, n, gap_values.get(_key(s["metric"]))):
+                acc.requests[track, k] += inc
+                if is_error:
+                    acc.errors[track, k] += inc
+        if q.latency_buckets:
+            hq = self._template(q.latency_buckets, query, q, label)
+            buckets = await self.range(hq, query.start, query.start + n * query.interval_s, query.interval_s)
+            gaps = await self._gap_values(query, q, label, buckets, q.latency_buckets, n)
+            for s in buckets:
+                track = values.get(s["metric"].get(label, ""))
+                le = _float(s["metric"].get("le"))
+                if track is None or le is None:
+                    continue
+                for k, inc in _increases(s, query.start, query.interval_s, n, gaps.get(_key(s["metric"]))):
+                    acc.buckets[track, k][le] += inc
+        for name, template in q.gauges.items():
+            gq = self._template(template, query, q, label)
+            for s in await self.range(gq, query.start + query.interval_s, query.start + n * query.interval_s,
+                                      query.interval_s):
+                track = values.get(s["metric"].get(label, ""))
+                if track is None:
+                    continue
+                for t, v in s["values"]:
+                    k = round((float(t) - query.start) / query.interval_s) - 1
+                    x = _float(v)
+                    if 0 <= k < n and x is not None:
+                        acc.gauges[track, k][name] = x
+        return _samples(acc, query.start, query.interval_s)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _track_values(self, query: SourceQuery, label: str) -> dict[str, Track]:
+        if not holds_versions(label):
+            return {"canary": Track.CANARY, "baseline": Track.BASELINE}
+        if query.canary_version == query.baseline_version:
+            raise ValidationError(
+                f"canary and baseline are both version {query.canary_version!r}: the {label!r} label cannot tell "
+                "them apart; use a track label",
+                field="metrics.prometheus.track_label",
+            )
+        return {query.canary_version: Track.CANARY, query.baseline_version: Track.BASELINE}
+
+    def _selector(self, query: SourceQuery, q: ResolvedQueries, label: str) -> str:
+        sel = self._substitute(q.selector, query).strip()
+        if not (sel.startswith("{") and sel.endswith("}")):
+            raise ValidationError(
+                f"selector {q.selector!r} must be label matchers in braces, e.g. {{service=\"$service\"}}",
+                field="metrics.prometheus.selector",
+            )
+        inner = sel[1:-1].strip().rstrip(",")
+        values = sorted(self._track_values(query, label))
+        matcher = f"{label}=~{promql_string('|'.join(re.escape(v) for v in values))}"
+        return "{" + (f"{inner}, {matcher}" if inner else matcher) + "}"
+
+    @staticmethod
+    def _substitute(template: str, query: SourceQuery, **extra: str) -> str:
+        quoted = {
+            "service": query.service, "environment": query.environment,
+            "canary_version": query.canary_version, "baseline_version": query.baseline_version,
+        }
+        # values go inside the template's quotes: escape them for a PromQL string
+        escaped = {k: promql_string(v)[1:-1] for k, v in quoted.items()}
+        return Template(template).safe_substitute(escaped, **extra)
+
+    def _template(self, template: str, query: SourceQuery, q: ResolvedQueries, label: str) -> str:
+        if "$selector" not in template and "${selector}" not in template:
+            template = template + "$selector"
+        return self._substitute(
+            template, query, selector=self._selector(query, q, label), track_label=label,
+            interval=_duration(query.interval_s),
+        )
+
+    async def _request_series(
+        self, query: SourceQuery, q: ResolvedQueries, n: int
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The request counter series and the track label they were found with."""
+        if q.track_label != "auto":
+            candidates: Sequence[str] = (q.track_label,)
+        else:
+            cache_key = (query.service, query.environment, q.selector)
+            known = self._track_labels.get(cache_key)
+            candidates = (known,) if known else AUTO_TRACK_LABELS
+        end = query.start + n * query.interval_s
+        for label in candidates:
+            if holds_versions(label) and query.canary_version == query.baseline_version and len(candidates) > 1:
+                continue
+            rq = self._template(q.requests, query, q, label)
+            series = await self.range(rq, query.start, end, query.interval_s)
+            if series:
+                if q.track_label == "auto":
+                    self._track_labels[(query.service, query.environment, q.selector)] = label
+                return label, series
+        return candidates[0], []
+
+    async def _gap_values(
+        self, query: SourceQuery, q: ResolvedQueries, label: str, series: list[dict[str, Any]], template: str,
+        n: int,
+    ) -> dict[SeriesKey, float]:
+        """Last value before ``query.start`` of the series that have no point at ``start``."""
+        missing = [s for s in series if not s["values"] or abs(float(s["values"][0][0]) - query.start) > 1e-3]
+        if not missing:
+            return {}
+        inner = self._template(template, query, q, label)
+        lq = f"last_over_time({inner}[{_duration(q.gap_lookback_s)}])"
+        out: dict[SeriesKey, float] = {}
+        for s in await self.instant(lq, query.start):
+            v = _float(s["value"][1])
+            if v is not None:
+                out[_key(s["metric"])] = v
+        return out
+
+
+# --- pure helpers ------------------------------------------------------------------------------------
+
+
+def _json(text: str) -> dict[str, Any] | None:
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return None
+    return v if isinstance(v, dict) else None
+
+
+def _result(data: Mapping[str, Any], query: str, types: tuple[str, ...]) -> list[dict[str, Any]]:
+    if data.get("resultType") not in types:
+        raise ValidationError(
+            f"the query {query!r} returned a {data.get('resultType')}, expected {' or '.join(types)} "
+            "(a template must select series)",
+            field="prometheus.query",
+        )
+    return list(data.get("result") or [])
+
+
+def _step(step: float) -> str:
+    return f"{step:g}" if step >= 0.001 else "0.001"
+
+
+def _key(metric: Mapping[str, str]) -> SeriesKey:
+    return tuple(sorted((k, v) for k, v in metric.items() if k != "__name__"))
+
+
+def _float(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if not math.isnan(x) else None
+
+
+def _increases(
+    series: Mapping[str, Any], start: float, interval: float, n: int, before: float | None
+) -> list[tuple[int, float]]:
+    """(window index, increase) of one counter series: points at the window boundaries, a decrease
+    is a reset (the new value is the increase); over a gap, the last value seen (``before``: the
+    last value before ``start``) is the reference; a series never seen counts from zero."""
+    points: dict[int, float] = {}
+    for t, v in series["values"]:
+        k = round((float(t) - start) / interval)
+        x = _float(v)
+        if 0 <= k <= n and x is not None and math.isfinite(x):
+            points[k] = x
+    out: list[tuple[int, float]] = []
+    last = before
+    for k in range(n + 1):
+        v = points.get(k)
+        if v is None:
+            continue
+        if k > 0:
+            inc = v if last is None or v < last else v - last
+            out.append((k - 1, inc))
+        last = v
+    return out
+
+
+def _samples(acc: _Windows, start: float, interval: float) -> list[Sample]:
+    out: list[Sample] = []
+    for (track, k) in sorted(acc.requests, key=lambda tk: (tk[1], tk[0].value)):
+        requests = round(acc.requests[track, k])
+        errors = min(round(acc.errors.get((track, k), 0.0)), requests)
+        latency = _histogram(acc.buckets.get((track, k)))
+        if latency is not None and latency.total > requests:
+            # the two counters come from different scrapes of a busy process: trust the larger
+            requests = latency.total
+        s0 = start + k * interval
+        out.append(Sample(track, s0, s0 + interval, requests, errors, latency,
+                          gauges=dict(acc.gauges.get((track, k), {}))))
+    return out
+
+
+def _histogram(cumulative: Mapping[float, float] | None) -> Histogram | None:
+    """Per-bucket counts from cumulative ``le`` increases (bounds <= 0 fold into the first bucket)."""
+    if not cumulative or math.inf not in cumulative:
+        return None
+    bounds = sorted(b for b in cumulative if 0 < b < math.inf)
+    counts: list[int] = []
+    prev = 0.0
+    for b in [*bounds, math.inf]:
+        c = max(cumulative[b], prev)  # cumulative can only grow; scrape skew must not make it negative
+        counts.append(round(c) - round(prev))
+        prev = c
+    return Histogram(tuple(bounds), tuple(counts))
