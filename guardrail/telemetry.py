@@ -73,8 +73,29 @@ class Telemetry:
             ["deploy", "service"],
             registry=r,
         )
+        self.otlp_points = Counter(
+            "guardrail_otlp_points_total",
+            "OTLP data points received on /v1/metrics, accepted, and accepted late (counted in a later "
+            "window).",
+            ["result"],
+            registry=r,
+        )
+        self.otlp_rejected = Counter(
+            "guardrail_otlp_points_rejected_total",
+            "OTLP data points rejected (reported in partialSuccess), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.otlp_series = Gauge(
+            "guardrail_otlp_series", "Series kept for OTLP differencing, all active deploys.", registry=r
+        )
+        self.otlp_open_windows = Gauge(
+            "guardrail_otlp_open_windows", "OTLP sample windows still open, all active deploys.", registry=r
+        )
         for s in DeployState:
             self.deploys.labels(s.value).set(0)
+        for result in ("received", "accepted", "late"):
+            self.otlp_points.labels(result)
 
     def set_states(self, counts: dict[DeployState, int]) -> None:
         for s in DeployState:

@@ -20,6 +20,8 @@ from guardrail.adapters.http.errors import (
     internal_error,
 )
 from guardrail.adapters.http.openapi import build_openapi
+from guardrail.adapters.http.otlp import OTLP
+from guardrail.adapters.http.otlp import document as document_otlp
 from guardrail.adapters.http.routes import (
     ENGINE,
     OPENAPI,
@@ -33,6 +35,7 @@ from guardrail.adapters.http.routes import (
 from guardrail.config import Settings
 from guardrail.domain.errors import GuardrailError
 from guardrail.service.engine import Engine
+from guardrail.service.otlp_ingest import OtlpIngest
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail.http")
@@ -83,7 +86,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def create_app(*, engine: Engine, settings: Settings, telemetry: Telemetry) -> web.Application:
+def create_app(
+    *, engine: Engine, settings: Settings, telemetry: Telemetry, otlp: OtlpIngest | None = None
+) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[error_middleware, auth_middleware],
@@ -94,6 +99,8 @@ def create_app(*, engine: Engine, settings: Settings, telemetry: Telemetry) -> w
     app[AUTH] = Authenticator(settings.tokens)
     app[ROUTE_OF] = {r.handler: r for r in ROUTES}
     app[OPENAPI] = build_openapi(ROUTES, version=_version(), server_url=settings.server.public_url)
+    document_otlp(app[OPENAPI])
+    app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
     return app  # with no tokens configured auth is off: the composition root warns about it

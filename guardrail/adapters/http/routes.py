@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
+from guardrail.adapters.http import otlp
 from guardrail.adapters.http.auth import Principal, Scope
 from guardrail.adapters.http.errors import NotReady
 from guardrail.adapters.http.parsing import read_json, read_query
@@ -335,6 +336,16 @@ ROUTES: tuple[Route, ...] = (
         status=202,
         response=IngestOut,
         errors=(*_BODY, *_AUTH_SCOPED, 404, 502),
+    ),
+    Route(
+        "POST",
+        otlp.PATH,
+        otlp.export_metrics,
+        "exportMetrics",
+        "OTLP/HTTP metrics receiver: OpenTelemetry data points become canary and baseline windows",
+        "ci",
+        tag="otlp",
+        errors=(*_BODY, *_AUTH_SCOPED, 503),
     ),
     Route(
         "GET",

@@ -1,0 +1,120 @@
+"""``POST /v1/metrics``: the OTLP/HTTP metrics receiver. Parses the body, calls the OTLP ingest use
+case, answers with an ``ExportMetricsServiceResponse`` in the request's encoding.
+
+- ``application/x-protobuf`` (what the OpenTelemetry SDKs and the Collector send) or
+  ``application/json`` (OTLP/JSON); a gzip (or deflate) ``Content-Encoding`` is decompressed by
+  aiohttp, and the body size limit applies to the decompressed body.
+- 200 with an empty response, or with ``partialSuccess`` counting the rejected points and why.
+- 400 with a ``google.rpc.Status`` (protobuf, or JSON also carrying guardrail's error fields) for a
+  body that cannot be decoded; auth, size and media-type errors are the API's usual JSON errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from guardrail.adapters.http.errors import PayloadTooLarge, UnsupportedMediaType
+from guardrail.adapters.otlp import (
+    JSON,
+    PROTOBUF,
+    decode_json,
+    decode_protobuf,
+    encode_response,
+    encode_status,
+)
+from guardrail.domain.errors import ValidationError
+from guardrail.service.otlp_ingest import OtlpIngest
+
+OTLP = web.AppKey("guardrail.otlp", OtlpIngest)
+PATH = "/v1/metrics"
+
+_MEDIA_TYPES = {
+    "application/x-protobuf": PROTOBUF,
+    "application/protobuf": PROTOBUF,
+    "application/json": JSON,
+}
+_CONTENT_TYPE = {PROTOBUF: "application/x-protobuf", JSON: "application/json"}
+
+
+async def export_metrics(request: web.Request) -> web.Response:
+    fmt = _MEDIA_TYPES.get(request.content_type)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            f"send OTLP metrics as application/x-protobuf or application/json, not {request.content_type}"
+        )
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body too large: at most {request.client_max_size} bytes are accepted (after "
+            "decompression); lower the exporter's batch size"
+        ) from None
+    try:
+        resources = decode_protobuf(body) if fmt == PROTOBUF else decode_json(body)
+    except ValidationError as e:
+        extra = {"error": e.code, "detail": e.detail, "field": e.field}
+        return web.Response(
+            status=400, body=encode_status(e.detail, fmt, extra=extra), content_type=_CONTENT_TYPE[fmt]
+        )
+    result = await request.app[OTLP].receive(resources)
+    return web.Response(
+        body=encode_response(result.rejected, result.error_message, fmt), content_type=_CONTENT_TYPE[fmt]
+    )
+
+
+def document(openapi: dict[str, Any]) -> None:
+    """Describe the request and response bodies (protobuf or JSON, not a pydantic schema) in the
+    OpenAPI document built from the route table."""
+    op = openapi["paths"][PATH]["post"]
+    ref = "https://github.com/open-telemetry/opentelemetry-proto/blob/main/opentelemetry/proto/collector/metrics/v1/metrics_service.proto"
+    op["description"] = (
+        f"{op.get('description', '')} OTLP/HTTP metrics ({ref}): point an OpenTelemetry SDK's or "
+        "Collector's OTLP/HTTP metric exporter here with an `Authorization: Bearer` header. Data points map "
+        "to the active deploy of their resource's `service.name` and `deployment.environment.name`; "
+        "`service.version` (or a `guardrail.track` attribute) picks canary or baseline."
+    ).strip()
+    op["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/x-protobuf": {
+                "schema": {"type": "string", "format": "binary", "description": "ExportMetricsServiceRequest"}
+            },
+            "application/json": {
+                "schema": {"type": "object", "description": "ExportMetricsServiceRequest in OTLP/JSON"}
+            },
+        },
+    }
+    response = {
+        "type": "object",
+        "properties": {
+            "partialSuccess": {
+                "type": "object",
+                "properties": {
+                    "rejectedDataPoints": {"type": "integer"},
+                    "errorMessage": {"type": "string"},
+                },
+            }
+        },
+    }
+    op["responses"]["200"] = {
+        "description": "ExportMetricsServiceResponse: empty, or partialSuccess with the rejected points and why",
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": response},
+        },
+    }
+    status = {"type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}}
+    op["responses"]["400"] = {
+        "description": "The body is not an ExportMetricsServiceRequest: a google.rpc.Status (protobuf, or "
+        "JSON with the usual error fields too)",
+        "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": status},
+        },
+    }
+    if "415" in op["responses"]:
+        op["responses"]["415"]["description"] = (
+            "The body is neither application/x-protobuf nor application/json"
+        )
