@@ -88,11 +88,25 @@ class Client:
 # --- commands ----------------------------------------------------------------------------------------
 
 
+class _MarkerLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: an unquoted ``commit_time: 2024-05-01T12:00:00Z`` stays the
+    text the API parses (a ``datetime`` would not even serialize to JSON)."""
+
+
+_MarkerLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _load_marker(args: argparse.Namespace) -> dict[str, Any]:
     marker: dict[str, Any] = {}
     if args.file:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        loaded = yaml.safe_load(text)  # YAML is a superset of JSON
+        try:
+            loaded = yaml.load(text, Loader=_MarkerLoader)  # YAML is a superset of JSON
+        except yaml.YAMLError as e:
+            raise GuardrailError(f"{args.file}: not valid YAML or JSON: {e}") from None
         if not isinstance(loaded, dict):
             raise GuardrailError(f"{args.file}: a marker file holds one mapping")
         marker.update(loaded)

@@ -126,6 +126,19 @@ def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
     d[path[-1]] = value
 
 
+# GUARDRAIL_* variables that are not settings: the CLI client's (a shell that exports them for
+# `guardrail mark` must still be able to run `guardrail serve`), the demo's, and the ones the command
+# adapter sets for its scripts.
+NOT_SETTINGS = frozenset({
+    "GUARDRAIL_CONFIG",
+    "GUARDRAIL_URL",
+    "GUARDRAIL_TOKEN",
+    "GUARDRAIL_DEMO_DIR",
+    "GUARDRAIL_ACTION_KEY",
+    "GUARDRAIL_DEPLOY_ID",
+})
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read the YAML file (if any) and apply GUARDRAIL_* overrides (values parsed as YAML scalars)."""
     env = dict(os.environ if env is None else env)
@@ -145,7 +158,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     for key, raw in env.items():
         if (
             not key.startswith("GUARDRAIL_")
-            or key in ("GUARDRAIL_CONFIG",)
+            or key in NOT_SETTINGS
             or key.startswith("GUARDRAIL_TEST_")
         ):
             continue

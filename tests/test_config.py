@@ -1,0 +1,364 @@
+"""Settings: the documented example loads and documents every key, GUARDRAIL_* overrides, errors
+that name the key; and the GitHub Actions example only calls the CLI in ways its parser accepts."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from guardrail.cli import parser
+from guardrail.config import Settings, load_settings
+from guardrail.domain.errors import ConfigError
+from guardrail.plugins import DEPLOY_ADAPTERS, load_deploy_adapter, plugin_class
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "guardrail.example.yaml"
+WORKFLOW = ROOT / "examples" / "github-actions.yml"
+
+
+def _model(tp: Any) -> type[BaseModel] | None:
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _nested(tp: Any, where: str) -> list[tuple[type[BaseModel], str, str]]:
+    """(model, path of the model, how a value reaches it: "" direct, "list", "dict") inside type ``tp``."""
+    sub = _model(tp)
+    if sub is not None:
+        return [(sub, where, "")]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [n for a in args for n in _nested(a, where)]
+    if origin in (list, tuple, set, frozenset) and args and _model(args[0]):
+        return [(_model(args[0]), f"{where}[]", "list")]  # type: ignore[list-item]
+    if origin is dict and len(args) == 2 and _model(args[1]):
+        return [(_model(args[1]), f"{where}.*", "dict")]  # type: ignore[list-item]
+    return []
+
+
+def undocumented(model: type[BaseModel], data: Any) -> list[str]:
+    """Keys of ``model`` (recursively: nested models, lists and dicts of models) never shown in
+    ``data``. A key counts as shown when it appears at least once for its model, e.g. ``marker_keys``
+    in one adapter preset, or a PrometheusQueries key under ``queries``."""
+    seen: dict[type[BaseModel], set[str]] = {}
+    first_path: dict[type[BaseModel], str] = {}
+
+    def visit(m: type[BaseModel], value: Any, path: str) -> None:
+        first_path.setdefault(m, path)
+        shown = seen.setdefault(m, set())
+        value = value if isinstance(value, dict) else {}
+        for name, field in m.model_fields.items():
+            where = f"{path}.{name}" if path else name
+            if name in value:
+                shown.add(name)
+            for sub, sub_path, via in _nested(field.annotation, where):
+                v = value.get(name)
+                entries = (v or []) if via == "list" else (v or {}).values() if via == "dict" else [v]
+                entries = [e for e in entries if isinstance(e, dict)] or [{}]
+                for e in entries:
+                    visit(sub, e, sub_path)
+
+    visit(model, data, "")
+    return [
+        f"{first_path[m]}.{name}".lstrip(".")
+        for m in first_path
+        for name in m.model_fields
+        if name not in seen[m]
+    ]
+
+
+def comment_blocks(text: str) -> dict[str, str]:
+    """Dotted path of each mapping key (outside lists) -> the comment lines right above it."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    block: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            block = []
+            continue
+        if stripped.startswith("#"):
+            block.append(stripped.lstrip("#").strip())
+            continue
+        above, block = block, []
+        m = re.match(r"(- )?([\w.-]+):", stripped)
+        if m is None or m.group(1):
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group(2)))
+        out[".".join(k for _, k in stack)] = " ".join(above)
+    return out
+
+
+def leaf_fields(model: type[BaseModel], path: str = "") -> dict[str, Any]:
+    """Dotted path -> default of every field that is not itself a model."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        where = f"{path}.{name}" if path else name
+        sub = _model(field.annotation)
+        if sub is not None:
+            out.update(leaf_fields(sub, where))
+        else:
+            out[where] = field.get_default(call_default_factory=True)
+    return out
+
+
+# --- the example configuration -------------------------------------------------------------------------
+
+
+def test_the_example_loads_with_its_presets():
+    s = load_settings(EXAMPLE, env={})
+    assert s.database_url.startswith("postgresql+asyncpg://")
+    assert {t.name: t.scopes for t in s.tokens} == {
+        "github-actions": ["ci"], "on-call": ["operator", "read"], "dashboard": ["read"]}
+    checkout = s.adapters["checkout-deploy"]
+    assert checkout.type == "command"
+    assert checkout.config["apply_step"] == "./deploy-production.sh {version} --weight {weight}"
+    assert checkout.config["rollback"] == "./deploy-production.sh {previous_version} --weight 100"
+    assert checkout.marker_keys == []
+    webhook = s.adapters["payments-deploy"]
+    assert webhook.type == "webhook"
+    assert {"url", "secret"} <= set(webhook.config)
+
+
+def test_the_example_documents_every_setting():
+    """A new key in Settings fails here until the example shows it."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    assert undocumented(Settings, data) == []
+
+
+def test_the_documentation_check_notices_a_missing_key():
+    data = yaml.safe_load(EXAMPLE.read_text())
+    del data["server"]["wait_max_s"]
+    for t in data["tokens"]:
+        t.pop("scopes")
+    data["adapters"]["checkout-deploy"].pop("marker_keys")  # the webhook preset still shows it
+    assert undocumented(Settings, data) == ["server.wait_max_s", "tokens[].scopes"]
+    data["adapters"]["payments-deploy"].pop("marker_keys")
+    assert "adapters.*.marker_keys" in undocumented(Settings, data)
+
+
+def test_the_example_states_every_default_correctly():
+    """Each setting's comment says ``Default: <value>``, and the value is the real default."""
+    comments = comment_blocks(EXAMPLE.read_text())
+    wrong = {}
+    for path, default in leaf_fields(Settings).items():
+        m = re.search(r"Default: (\S+)", comments.get(path, ""))
+        if m is None:
+            wrong[path] = f"no 'Default:' in the comment above it: {comments.get(path)!r}"
+            continue
+        stated = None if m.group(1) == "none" else yaml.safe_load(m.group(1))
+        if stated != default:
+            wrong[path] = f"says {stated!r}, is {default!r}"
+    assert wrong == {}
+
+
+def test_the_example_presets_build_and_show_every_adapter_setting():
+    s = load_settings(EXAMPLE, env={})
+    shown = set()
+    for name, preset in s.adapters.items():
+        load_deploy_adapter(preset.type, preset.config)  # the adapter accepts its config as written
+        config_type = plugin_class(DEPLOY_ADAPTERS, preset.type).config_type
+        fields = {f.name for f in dataclasses.fields(config_type)}
+        assert fields - set(preset.config) == set(), name
+        assert set(preset.marker_keys) <= fields, name
+        shown.add(preset.type)
+    assert shown == {"command", "webhook"}
+
+
+# --- environment overrides -----------------------------------------------------------------------------
+
+
+def test_env_overrides_nested_keys_with_numbers_and_booleans_parsed():
+    s = load_settings(EXAMPLE, env={
+        "GUARDRAIL_SERVER__PORT": "9090",
+        "GUARDRAIL_ANALYSIS__ALPHA": "0.005",
+        "GUARDRAIL_ANALYSIS__ON_INCONCLUSIVE": "rollback",
+        "GUARDRAIL_ENGINE__TICK_S": "1",
+        "GUARDRAIL_ALLOW_MARKER_ADAPTERS": "true",
+        "GUARDRAIL_DATABASE_URL": "postgresql+asyncpg://guardrail:pw@db.example.com:5432/guardrail",
+    })
+    assert s.server.port == 9090
+    assert s.server.host == "0.0.0.0"  # the rest of the file stays
+    assert s.analysis.alpha == 0.005 and s.analysis.on_inconclusive == "rollback"
+    assert s.analysis.pass_alpha == 0.02
+    assert s.engine.tick_s == 1.0
+    assert s.allow_marker_adapters is True
+    assert s.database_url == "postgresql+asyncpg://guardrail:pw@db.example.com:5432/guardrail"
+
+
+def test_env_sets_a_list_as_yaml_replacing_the_file_list():
+    s = load_settings(EXAMPLE, env={"GUARDRAIL_TOKENS": "[{name: a, token: b, scopes: [read]}]"})
+    assert [(t.name, t.token.get_secret_value(), t.scopes) for t in s.tokens] == [("a", "b", ["read"])]
+
+
+def test_env_alone_without_a_file():
+    s = load_settings(env={"GUARDRAIL_SERVER__HOST": "0.0.0.0", "GUARDRAIL_ADAPTERS__DEPLOY__TYPE": "noop"})
+    assert s.server.host == "0.0.0.0" and s.server.port == 8080
+    assert s.adapters["deploy"].type == "noop"
+
+
+def test_guardrail_config_in_the_env_names_the_file():
+    assert load_settings(env={"GUARDRAIL_CONFIG": str(EXAMPLE)}).server.public_url.startswith("https://")
+
+
+def test_the_cli_client_variables_are_not_settings():
+    """GUARDRAIL_URL / GUARDRAIL_TOKEN are for `guardrail mark/wait`: a shell exporting them can still
+    run `guardrail serve`."""
+    s = load_settings(EXAMPLE, env={
+        "GUARDRAIL_URL": "https://guardrail.example.com", "GUARDRAIL_TOKEN": "tok",
+        "GUARDRAIL_TEST_DATABASE_URL": "postgresql+asyncpg://x/y", "GUARDRAIL_REQUIRE_INTEGRATION": "1",
+        "GUARDRAIL_DEMO_DIR": "/tmp/demo", "GUARDRAIL_ACTION_KEY": "k", "GUARDRAIL_DEPLOY_ID": "d",
+    })
+    assert s == load_settings(EXAMPLE, env={})
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path: Path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    assert load_settings(tmp_path / "empty.yaml", env={}) == Settings()
+
+
+# --- errors name the key -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "field"),
+    [
+        ("server: {prot: 9090}\n", {}, "server.prot"),
+        ("databse_url: sqlite+aiosqlite:///x.db\n", {}, "databse_url"),
+        ("", {"GUARDRAIL_SERVER__PROT": "9090"}, "server.prot"),
+        ("server: {port: eighty}\n", {}, "server.port"),
+        ("", {"GUARDRAIL_SERVER__PORT": "70000"}, "server.port"),
+        ("analysis: {alpha: 0.7}\n", {}, "analysis.alpha"),
+        ("analysis: {on_inconclusive: shrug}\n", {}, "analysis.on_inconclusive"),
+        ("tokens: [{name: ci, token: t, scopes: [admin]}]\n", {}, "tokens.0.scopes.0"),
+        ("tokens: [{name: ci, scopes: [ci]}]\n", {}, "tokens.0.token"),
+        ("adapters: {deploy: {config: {}}}\n", {}, "adapters.deploy.type"),
+        ("server: 8080\n", {}, "server"),
+        ("", {"GUARDRAIL_SERVER__PORT__HTTP": "1"}, "server.port"),
+        ("server: {port: 8080}\n", {"GUARDRAIL_SERVER__PORT__HTTP": "1"}, "server.port.http"),
+        ("prometheus: {url: prometheus:9090}\n", {}, "prometheus.url"),
+        ("database_url: mysql://db/guardrail\n", {}, "database_url"),
+        ("", {"GUARDRAIL_DATABASE_URL": "postgresql://db/guardrail"}, "database_url"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], field: str):
+    path = tmp_path / "guardrail.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env=env)
+    assert e.value.field == field
+    assert field.split(".")[-1] in str(e.value) or field in str(e.value)
+
+
+def test_a_bad_database_url_says_what_is_accepted(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"sqlite\+aiosqlite:// or postgresql\+asyncpg://"):
+        load_settings(env={"GUARDRAIL_DATABASE_URL": "mysql://db/guardrail"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(None, "does not exist"), ("server: [8080\n", "not valid YAML"), ("- a\n- b\n", "mapping at the top level")],
+)
+def test_file_errors_name_the_config(tmp_path: Path, text: str | None, message: str):
+    path = tmp_path / "guardrail.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_settings(path, env={})
+    assert e.value.field == "config"
+    assert str(path) in str(e.value)
+
+
+# --- the GitHub Actions example ------------------------------------------------------------------------
+
+_SEPARATORS = {"(", ")", "|", "||", "&&", ";", ";;", "&", "then", "do", "else", "if", "!", "time"}
+
+
+def guardrail_invocations(script: str) -> list[list[str]]:
+    """The arguments of every ``guardrail`` command in a shell script (continuations joined)."""
+    found = []
+    for line in script.replace("\\\n", " ").splitlines():
+        lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        tokens = list(lex)
+        for i, tok in enumerate(tokens):
+            if tok == "guardrail" and (i == 0 or tokens[i - 1] in _SEPARATORS):
+                args = []
+                for t in tokens[i + 1 :]:
+                    if t in _SEPARATORS:
+                        break
+                    args.append(t)
+                found.append(args)
+    return found
+
+
+# values the workflow's shell variables take at run time, for the parser (the others stay as written)
+SAMPLE_VALUES = {"change_type": "feature"}
+
+
+def _sample(arg: str) -> str:
+    m = re.fullmatch(r"\$\{?(\w+)\}?", arg)
+    return SAMPLE_VALUES.get(m.group(1), arg) if m else arg
+
+
+def _run_scripts(workflow: dict[str, Any]) -> list[str]:
+    return [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+
+
+def test_the_workflow_example_is_valid_yaml_with_jobs_and_steps():
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    assert {"push", "workflow_dispatch"} <= set(wf.get("on", wf.get(True)))  # YAML 1.1 reads `on` as true
+    for name, job in wf["jobs"].items():
+        assert job["runs-on"] and job["steps"], name
+        for step in job["steps"]:
+            assert ("run" in step) != ("uses" in step), step
+    deploy = wf["jobs"]["deploy"]
+    assert deploy["env"] == {"GUARDRAIL_URL": "${{ secrets.GUARDRAIL_URL }}",
+                             "GUARDRAIL_TOKEN": "${{ secrets.GUARDRAIL_TOKEN }}"}
+    # no ${{ }} expansion inside scripts: untrusted text (commit messages) reaches them via env only
+    assert [s for s in _run_scripts(wf) if "${{" in s] == []
+
+
+def test_every_guardrail_call_in_the_workflow_is_accepted_by_the_cli_parser():
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    calls = [args for script in _run_scripts(wf) for args in guardrail_invocations(script)]
+    by_command: dict[str, list[Any]] = {}
+    for args in calls:
+        try:
+            ns = parser().parse_args([_sample(a) for a in args])
+        except SystemExit:
+            pytest.fail(f"the CLI rejects: guardrail {shlex.join(args)}")
+        by_command.setdefault(ns.command, []).append(ns)
+    assert {"mark", "wait", "status"} <= set(by_command), calls
+    [mark] = by_command["mark"]
+    assert (mark.environment, mark.strategy, mark.adapter) == ("production", "canary", "checkout-deploy")
+    assert mark.idempotency_key == "gh-$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT"
+    assert all(getattr(mark, k) for k in ("service", "version", "previous_version", "commit", "commit_time",
+                                          "author", "change_type", "description"))
+    [wait] = by_command["wait"]
+    assert (wait.id, wait.timeout) == ("$DEPLOY_ID", 3600)
+
+
+def test_every_change_type_the_workflow_picks_is_one_the_cli_accepts():
+    scripts = "\n".join(_run_scripts(yaml.safe_load(WORKFLOW.read_text())))
+    assert "--change-type \"$change_type\"" in scripts
+    picked = set(re.findall(r"\bchange_type=(\w+)", scripts))
+    assert len(picked) >= 2
+    for value in picked:
+        assert parser().parse_args(["mark", "--change-type", value]).change_type == value
+
+
+def test_the_invocation_finder_sees_substitutions_and_skips_arguments():
+    script = 'pip install guardrail\nID=$(guardrail mark \\\n  --service "a b")\nif x; then guardrail wait "$ID"; fi\n'
+    assert guardrail_invocations(script) == [["mark", "--service", "a b"], ["wait", "$ID"]]
