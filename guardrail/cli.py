@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -185,7 +186,7 @@ async def cmd_wait(args: argparse.Namespace, client: Client) -> int:
             return EXIT_TIMEOUT
         poll = min(left, args.poll)
         d = await client.call(
-            "GET", f"/deploys/{args.id}/wait", params={"timeout": f"{poll:.0f}"}, timeout=poll + 30
+            "GET", f"/deploys/{args.id}/wait", params={"timeout": str(max(1, math.ceil(poll)))}, timeout=poll + 30
         )
 
 
