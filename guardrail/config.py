@@ -100,6 +100,61 @@ class PrometheusConfig(_Strict):
         return v
 
 
+class RuleOverride(_Strict):
+    """One in-service alert rule's settings (see guardrail.domain.rules); unset keys keep the default."""
+
+    enabled: bool = True
+    severity: Literal["page", "ticket"] | None = None
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    for_s: float | None = Field(None, ge=0)
+    window_s: float | None = Field(None, gt=0)  # rate window, gauge staleness, or memory lookback
+    tracks: list[Literal["canary", "baseline"]] | None = None
+    gauges: list[str] | None = None  # names in the samples' gauges, per rule kind
+    quantile: float | None = Field(None, gt=0, lt=1)  # HighLatencyP99
+    horizon_s: float | None = Field(None, gt=0)  # MemoryLeakSuspected: how far ahead to project
+    min_requests: int | None = Field(None, ge=0)  # fewer requests in the window count as no data
+    fails_deploy: bool | None = None  # unset: page rules fail the deploy, ticket rules only notify
+
+
+class RulesConfig(_Strict):
+    """The lesson's alert rules, evaluated by guardrail on each deploy's samples during its canary
+    steps and its post-promotion watch. ``overrides`` by rule name: HighErrorRate, HighLatencyP99,
+    DBConnectionPoolExhausted, DiskSpaceLow, MemoryLeakSuspected."""
+
+    enabled: bool = True
+    watch_s: float = Field(1800, ge=0)  # after promotion: rules keep running, Alertmanager alerts still count
+    fails_deploy: bool = True  # False: firing rules only notify, never roll a canary back
+    overrides: dict[str, RuleOverride] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _valid(cls, v: dict[str, RuleOverride]) -> dict[str, RuleOverride]:
+        # lazy imports: keep `import guardrail.config` light
+        from guardrail.domain.errors import ValidationError as RuleError
+        from guardrail.domain.rules import configure_rules, default_rules
+
+        known = [r.name for r in default_rules()]
+        for name in v:
+            if name not in known:
+                raise ValueError(f"no rule named {name!r}; known: {', '.join(known)}")
+        try:
+            configure_rules({name: o.model_dump(exclude_none=True) for name, o in v.items()})
+        except RuleError as e:  # e.g. the wrong number of gauge names for a rule
+            raise ValueError(e.detail) from None
+        return v
+
+    def specs(self) -> tuple[Any, ...]:
+        """The ``RuleSpec``s to evaluate (empty when disabled)."""
+        from guardrail.domain.rules import configure_rules
+
+        if not self.enabled:
+            return ()
+        return configure_rules(
+            {name: o.model_dump(exclude_none=True) for name, o in self.overrides.items()},
+            fails_deploy=self.fails_deploy,
+        )
+
+
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
@@ -109,6 +164,7 @@ class Settings(_Strict):
     adapters: dict[str, AdapterPreset] = {}  # deploy adapter presets markers refer to by name
     allow_marker_adapters: bool = False  # let markers configure any adapter themselves (local use only)
     prometheus: PrometheusConfig = PrometheusConfig()  # metric source for deploys that pull
+    rules: RulesConfig = RulesConfig()  # in-service alert rules (guardrail.domain.rules)
 
     @field_validator("database_url")
     @classmethod

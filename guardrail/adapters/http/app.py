@@ -13,6 +13,7 @@ from importlib.metadata import version as package_version
 
 from aiohttp import web
 
+from guardrail.adapters.http.alertmanager_hook import AlertSink, install_alert_hook
 from guardrail.adapters.http.auth import Authenticator
 from guardrail.adapters.http.errors import (
     from_guardrail_error,
@@ -87,7 +88,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(
-    *, engine: Engine, settings: Settings, telemetry: Telemetry, otlp: OtlpIngest | None = None
+    *,
+    engine: Engine,
+    settings: Settings,
+    telemetry: Telemetry,
+    otlp: OtlpIngest | None = None,
+    alert_sink: AlertSink | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -98,6 +104,7 @@ def create_app(
     app[TELEMETRY] = telemetry
     app[AUTH] = Authenticator(settings.tokens)
     app[ROUTE_OF] = {r.handler: r for r in ROUTES}
+    install_alert_hook(app, alert_sink)  # POST /hooks/alertmanager hands alerts to alert_sink
     app[OPENAPI] = build_openapi(ROUTES, version=_version(), server_url=settings.server.public_url)
     document_otlp(app[OPENAPI])
     app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)

@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
 from guardrail.adapters.http import otlp
+from guardrail.adapters.http.alertmanager_hook import AlertHookOut, AlertmanagerWebhookIn, alertmanager_hook
 from guardrail.adapters.http.auth import Principal, Scope
 from guardrail.adapters.http.errors import NotReady
 from guardrail.adapters.http.parsing import read_json, read_query
@@ -345,6 +346,19 @@ ROUTES: tuple[Route, ...] = (
         "OTLP/HTTP metrics receiver: OpenTelemetry data points become canary and baseline windows",
         "ci",
         tag="otlp",
+        errors=(*_BODY, *_AUTH_SCOPED, 503),
+    ),
+    Route(
+        "POST",
+        "/hooks/alertmanager",
+        alertmanager_hook,
+        "alertmanagerHook",
+        "Alertmanager webhook (payload version 4): alerts for a service during a deploy's watch window "
+        "count against that deploy",
+        "ci",
+        tag="alerts",
+        body=AlertmanagerWebhookIn,
+        response=AlertHookOut,
         errors=(*_BODY, *_AUTH_SCOPED, 503),
     ),
     Route(

@@ -1,0 +1,693 @@
+"""Alert rules guardrail evaluates itself, on the sample windows it already has for a deploy, and the
+alerts other systems (Alertmanager) send about it. Pure: no clock, no I/O.
+
+The rules are the lesson's alert policy, the same as the Prometheus rules in ``alerts/rules.yml``
+(:func:`default_rules` mirrors them, a test keeps the two in step):
+
+=========================  ============================================  ====  ===========  ======
+rule                       condition (per track)                         for   window       sends
+=========================  ============================================  ====  ===========  ======
+HighErrorRate              errors / requests over 5 min > 1%              5m   5m           page
+HighLatencyP99             p99 of the 5-min histogram > 1 s               5m   5m           page
+DBConnectionPoolExhausted  db_pool_in_use / db_pool_max >= 1              2m   5m stale     page
+DiskSpaceLow               disk_free_ratio (or avail / size) < 10%       15m   5m stale     ticket
+MemoryLeakSuspected        memory_bytes slope > 0 and 4 h projection     30m   1h lookback  ticket
+                           > 2 GiB (least squares over the lookback)
+=========================  ============================================  ====  ===========  ======
+
+Evaluation is on *data time*. Every window end of a track is an evaluation point (like Prometheus's
+evaluation interval, but driven by the data), so replaying 30 minutes of windows in one push walks
+through the same points, and fires at the same data time, as receiving them live. A rule's
+condition at point ``t`` uses that track's windows ending in ``(t - window_s, t]``: summed counts for
+the error rate, a merged histogram for the latency quantile (Prometheus-style interpolation inside
+the bucket), the latest value for the gauges, a least-squares line for the memory trend.
+
+``for``: a rule fires at the first point where its condition has held at every point for ``for_s``
+of data time, and resolves at the first point where the condition is false again. **No data is not
+zero**: a point where the condition cannot be computed (no requests in the window, no histogram, no
+gauge value) neither fires, resolves nor resets a rule: it keeps its state.
+
+Samples may arrive in any order and twice (duplicates are ignored). A window that arrives after
+points later than its end were evaluated still counts in the aggregates of the points to come, but
+its own point is not evaluated again; one older than every remaining lookback is dropped
+(:attr:`RuleEvaluator.late`). Memory is bounded: only the windows the longest lookback needs are kept,
+with only the gauges some rule reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from guardrail.domain.errors import ValidationError
+from guardrail.domain.judge.engine import _histogram_quantile
+from guardrail.domain.judge.explain import pct as _pct
+from guardrail.domain.model import Sample, Track
+from guardrail.domain.notifications import Link, Notice, NoticeAction, Severity, incident_key
+
+GIB = 1024**3
+
+# Prometheus client's default buckets plus a few: raw latencies (``Sample.latencies``) are counted
+# into these and every latency rule's threshold, so that "slower than the threshold" stays exact.
+RAW_LATENCY_BOUNDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class RuleKind(StrEnum):
+    ERROR_RATE = "error_rate"  # errors / requests over window_s > threshold
+    LATENCY_QUANTILE = "latency_quantile"  # quantile of the window's histograms > threshold (seconds)
+    POOL_SATURATION = "pool_saturation"  # gauges (in_use, max): in_use / max >= threshold
+    DISK_FREE = "disk_free"  # gauges (ratio, avail, size): free ratio < threshold
+    MEMORY_TREND = "memory_trend"  # gauge (bytes,): slope > 0 and projection over horizon_s > threshold
+
+
+class AlertState(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+# per kind: (gauge roles in order, default gauge names); the number of names is checked
+_GAUGES: dict[RuleKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    RuleKind.ERROR_RATE: ((), ()),
+    RuleKind.LATENCY_QUANTILE: ((), ()),
+    RuleKind.POOL_SATURATION: (("in use", "max"), ("db_pool_in_use", "db_pool_max")),
+    RuleKind.DISK_FREE: (
+        ("free ratio", "available bytes", "size bytes"),
+        ("disk_free_ratio", "disk_avail_bytes", "disk_size_bytes"),
+    ),
+    RuleKind.MEMORY_TREND: (("bytes",), ("memory_bytes",)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One in-service alert rule.
+
+    ``window_s``: the rate window (error rate, latency), the staleness lookback (gauges: the latest
+    value at most this old) or the regression lookback (memory trend). ``gauges``: names in
+    ``Sample.gauges``, by kind: pool ``(in_use, max)``; disk ``(free_ratio, avail_bytes, size_bytes)``
+    (the ratio if a window has it, else avail / size); memory ``(bytes,)``. Empty: the defaults.
+    ``fails_deploy``: a firing rule on the canary counts as a failure of the deploy (the engine rolls
+    back while a canary step is analysed); unset, True for page rules and False for ticket rules.
+    """
+
+    name: str
+    kind: RuleKind
+    severity: Severity
+    threshold: float
+    for_s: float
+    window_s: float = 300.0
+    tracks: tuple[Track, ...] = (Track.CANARY, Track.BASELINE)
+    gauges: tuple[str, ...] = ()
+    quantile: float = 0.99  # latency
+    horizon_s: float = 4 * 3600.0  # memory: how far ahead the trend is projected
+    min_requests: int = 0  # error rate, latency: fewer requests in the window = no data
+    fails_deploy: bool | None = None
+    summary: str = ""  # what the rule watches, for people: "error rate", "p99 latency", ...
+
+    def __post_init__(self) -> None:
+        where = f"rules.overrides.{self.name}"
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValidationError(
+                f"rule name must be letters, digits, '-' or '_', got {self.name!r}", field="rules.overrides"
+            )
+        if self.severity not in (Severity.PAGE, Severity.TICKET):
+            raise ValidationError(
+                f"severity must be page or ticket, got {self.severity.value!r}", field=f"{where}.severity"
+            )
+        if not math.isfinite(self.threshold):
+            raise ValidationError("threshold must be a finite number", field=f"{where}.threshold")
+        if not (math.isfinite(self.for_s) and self.for_s >= 0):
+            raise ValidationError(f"for_s must be >= 0 seconds, got {self.for_s}", field=f"{where}.for_s")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValidationError(
+                f"window_s must be > 0 seconds, got {self.window_s}", field=f"{where}.window_s"
+            )
+        if not self.tracks or len(set(self.tracks)) != len(self.tracks):
+            raise ValidationError(
+                "tracks must name canary and/or baseline, each once", field=f"{where}.tracks"
+            )
+        if not 0 < self.quantile < 1:
+            raise ValidationError(
+                f"quantile must be in (0, 1), got {self.quantile}", field=f"{where}.quantile"
+            )
+        if not (math.isfinite(self.horizon_s) and self.horizon_s > 0):
+            raise ValidationError("horizon_s must be > 0 seconds", field=f"{where}.horizon_s")
+        if self.min_requests < 0:
+            raise ValidationError("min_requests must be >= 0", field=f"{where}.min_requests")
+        roles, defaults = _GAUGES[self.kind]
+        if not self.gauges:
+            object.__setattr__(self, "gauges", defaults)
+        elif len(self.gauges) != len(roles) or not all(self.gauges):
+            raise ValidationError(
+                f"a {self.kind.value} rule reads {len(roles)} gauge(s) ({', '.join(roles) or 'none'}), "
+                f"got {list(self.gauges)}",
+                field=f"{where}.gauges",
+            )
+        if self.fails_deploy is None:
+            object.__setattr__(self, "fails_deploy", self.severity is Severity.PAGE)
+        if not self.summary:
+            object.__setattr__(self, "summary", _SUMMARY[self.kind](self))
+
+
+_SUMMARY = {
+    RuleKind.ERROR_RATE: lambda s: "error rate",
+    RuleKind.LATENCY_QUANTILE: lambda s: f"p{s.quantile * 100:g} latency",
+    RuleKind.POOL_SATURATION: lambda s: "DB connection pool",
+    RuleKind.DISK_FREE: lambda s: "free disk space",
+    RuleKind.MEMORY_TREND: lambda s: "memory growth",
+}
+
+
+def default_rules() -> tuple[RuleSpec, ...]:
+    """The lesson's alert policy, as in ``alerts/rules.yml`` (group ``deployment-guardrails``)."""
+    return (
+        RuleSpec("HighErrorRate", RuleKind.ERROR_RATE, Severity.PAGE, 0.01, for_s=300, window_s=300),
+        RuleSpec("HighLatencyP99", RuleKind.LATENCY_QUANTILE, Severity.PAGE, 1.0, for_s=300, window_s=300),
+        RuleSpec("DBConnectionPoolExhausted", RuleKind.POOL_SATURATION, Severity.PAGE, 1.0, for_s=120),
+        RuleSpec("DiskSpaceLow", RuleKind.DISK_FREE, Severity.TICKET, 0.10, for_s=900),
+        RuleSpec(
+            "MemoryLeakSuspected",
+            RuleKind.MEMORY_TREND,
+            Severity.TICKET,
+            2.0 * GIB,
+            for_s=1800,
+            window_s=3600,
+            horizon_s=4 * 3600,
+        ),
+    )
+
+
+_TUNABLE = frozenset(
+    {"severity", "threshold", "for_s", "window_s", "tracks", "gauges", "quantile", "horizon_s",
+     "min_requests", "fails_deploy"}
+)  # fmt: skip
+
+
+def configure_rules(
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    fails_deploy: bool = True,
+    base: Sequence[RuleSpec] | None = None,
+) -> tuple[RuleSpec, ...]:
+    """``base`` (default: :func:`default_rules`) with per-rule overrides, e.g.
+    ``{"HighErrorRate": {"threshold": 0.02}, "DiskSpaceLow": {"enabled": False}}``.
+    ``fails_deploy=False`` turns every rule's ``fails_deploy`` off (rules then only notify)."""
+    specs = {s.name: s for s in (base if base is not None else default_rules())}
+    for name, raw in (overrides or {}).items():
+        where = f"rules.overrides.{name}"
+        if name not in specs:
+            raise ValidationError(f"{where}: no such rule; known: {sorted(specs)}", field=where)
+        raw = dict(raw)
+        if not raw.pop("enabled", True):
+            del specs[name]
+            continue
+        unknown = set(raw) - _TUNABLE
+        if unknown:
+            raise ValidationError(
+                f"unknown key(s) {sorted(unknown)} in {where}; accepted: {sorted(_TUNABLE | {'enabled'})}",
+                field=f"{where}.{sorted(unknown)[0]}",
+            )
+        try:
+            if "severity" in raw:
+                raw["severity"] = Severity(raw["severity"])
+            if "tracks" in raw:
+                raw["tracks"] = tuple(Track(t) for t in raw["tracks"])
+            if "gauges" in raw:
+                raw["gauges"] = tuple(raw["gauges"])
+        except ValueError as e:
+            raise ValidationError(f"{where}: {e}", field=where) from None
+        if "severity" in raw and "fails_deploy" not in raw:
+            raw["fails_deploy"] = None  # re-derived from the new severity
+        specs[name] = replace(specs[name], **raw)
+    out = tuple(specs.values())
+    if not fails_deploy:
+        out = tuple(replace(s, fails_deploy=False) for s in out)
+    return out
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTransition:
+    """A rule started firing, or resolved, for one track at data time ``at``."""
+
+    rule: RuleSpec
+    track: Track
+    state: AlertState
+    at: float  # data time of the evaluation point
+    since: float  # data time from which the condition held
+    value: float  # the measured value (ratio, seconds, bytes) at ``at``
+    threshold: float
+    sentence: str  # e.g. "canary error rate 2.3% > 1% for 5 min"
+
+    @property
+    def fails_deploy(self) -> bool:
+        """A firing rule whose spec says so, on the canary (the baseline is the old version: its
+        alerts page but do not count against the new one)."""
+        return self.state is AlertState.FIRING and bool(self.rule.fails_deploy) and self.track is Track.CANARY
+
+    @property
+    def incident_rule(self) -> str:
+        """The rule part of the incident key: one incident per deploy, rule and track."""
+        return f"{self.rule.name}-{self.track.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.name,
+            "kind": self.rule.kind.value,
+            "severity": self.rule.severity.value,
+            "track": self.track.value,
+            "state": self.state.value,
+            "at": self.at,
+            "since": self.since,
+            "value": self.value,
+            "threshold": self.threshold,
+            "fails_deploy": self.fails_deploy,
+            "sentence": self.sentence,
+        }
+
+    def notice(
+        self,
+        *,
+        service: str,
+        environment: str,
+        deploy_id: str | None,
+        occurred_at: float,
+        links: tuple[Link, ...] = (),
+    ) -> Notice:
+        """The trigger (firing) or resolve notice of this transition's incident."""
+        firing = self.state is AlertState.FIRING
+        return Notice(
+            key=incident_key(service, environment, deploy_id, self.incident_rule),
+            action=NoticeAction.TRIGGER if firing else NoticeAction.RESOLVE,
+            severity=self.rule.severity,
+            summary=f"{service} ({environment}): {self.sentence}"[:1024],
+            service=service,
+            environment=environment,
+            deploy_id=deploy_id,
+            rule=self.rule.name,
+            details=self.to_dict(),
+            links=links,
+            occurred_at=occurred_at,
+        )
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    end: float
+    requests: int
+    errors: int
+    hist: tuple[tuple[float, ...], tuple[int, ...]] | None  # (bounds, counts)
+    gauges: dict[str, float]
+
+
+@dataclass(slots=True)
+class _Status:
+    since: float | None = None  # data time the condition started to hold (None: not holding)
+    firing: bool = False
+    value: float = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    value: float
+    holds: bool
+    text: str  # e.g. "error rate 2.3% > 1%"
+    back: str  # e.g. "error rate 0.4%, back under 1%"
+
+
+@dataclass(slots=True)
+class _Track:
+    windows: list[tuple[float, float]] = field(default_factory=list)  # (end, start), sorted
+    by_key: dict[tuple[float, float], _Window] = field(default_factory=dict)
+
+
+class RuleEvaluator:
+    """Evaluates rules on one deploy's sample windows. Feed samples in any order with :meth:`add`,
+    call :meth:`evaluate` with the data time reached; it answers with the transitions (firing,
+    resolved) since the last call, in data-time order."""
+
+    def __init__(self, specs: Iterable[RuleSpec]) -> None:
+        self.specs = tuple(specs)
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValidationError(f"rule names must be unique, got {names}", field="rules")
+        self._span = max((s.window_s for s in self.specs), default=0.0)
+        self._gauge_names = frozenset(g for s in self.specs for g in s.gauges)
+        thresholds = {
+            s.threshold for s in self.specs if s.kind is RuleKind.LATENCY_QUANTILE and s.threshold > 0
+        }
+        self._raw_bounds = tuple(sorted(set(RAW_LATENCY_BOUNDS) | thresholds))
+        self._tracks: dict[Track, _Track] = {t: _Track() for t in Track}
+        self._status: dict[tuple[str, Track], _Status] = {
+            (s.name, t): _Status() for s in self.specs for t in s.tracks
+        }
+        self._evaluated: float = -math.inf  # data time up to which points were evaluated
+        self.duplicates = 0
+        self.late = 0  # windows older than every remaining lookback: dropped
+
+    # input -------------------------------------------------------------------------------------------
+    def add_many(self, samples: Iterable[Sample]) -> None:
+        for s in samples:
+            self.add(s)
+
+    def add(self, sample: Sample) -> None:
+        if not self.specs:
+            return
+        if sample.end <= self._evaluated - self._span:
+            self.late += 1
+            return
+        tr = self._tracks[sample.track]
+        key = (sample.start, sample.end)
+        if key in tr.by_key:
+            self.duplicates += 1
+            return
+        hist: tuple[tuple[float, ...], tuple[int, ...]] | None = None
+        if sample.latency is not None:
+            hist = (sample.latency.bounds, sample.latency.counts)
+        elif sample.latencies:
+            hist = (self._raw_bounds, _bucket(self._raw_bounds, sample.latencies))
+        gauges = {k: float(v) for k, v in sample.gauges.items() if k in self._gauge_names}
+        tr.by_key[key] = _Window(sample.start, sample.end, sample.requests, sample.errors, hist, gauges)
+        bisect.insort(tr.windows, (sample.end, sample.start))
+
+    @property
+    def retained(self) -> int:
+        """Windows held in memory (bounded by what the longest lookback needs)."""
+        return sum(len(t.windows) for t in self._tracks.values())
+
+    @property
+    def firing(self) -> list[tuple[RuleSpec, Track, float]]:
+        """Rules firing now: (rule, track, data time the condition started to hold)."""
+        out = []
+        for s in self.specs:
+            for t in s.tracks:
+                st = self._status[(s.name, t)]
+                if st.firing and st.since is not None:
+                    out.append((s, t, st.since))
+        return out
+
+    # output ------------------------------------------------------------------------------------------
+    def evaluate(self, now: float) -> list[RuleTransition]:
+        """Evaluate every point (window end) in ``(last evaluated, now]`` of data time, in order."""
+        if now <= self._evaluated or not self.specs:
+            return []
+        points: list[tuple[float, Track]] = []
+        for track, tr in self._tracks.items():
+            lo = bisect.bisect_right(tr.windows, (self._evaluated, math.inf))
+            hi = bisect.bisect_right(tr.windows, (now, math.inf))
+            ends = sorted({end for end, _ in tr.windows[lo:hi]})
+            points.extend((end, track) for end in ends)
+        points.sort(key=lambda p: (p[0], p[1].value))
+        out: list[RuleTransition] = []
+        for t, track in points:
+            for spec in self.specs:
+                if track in spec.tracks:
+                    tr_ = self._step(spec, track, t)
+                    if tr_ is not None:
+                        out.append(tr_)
+        self._evaluated = now
+        self._prune()
+        return out
+
+    def close(self, at: float, reason: str = "guardrail stopped watching") -> list[RuleTransition]:
+        """Resolve every firing rule (the watch window ended): one resolved transition each."""
+        out = []
+        for s in self.specs:
+            for t in s.tracks:
+                st = self._status[(s.name, t)]
+                if st.firing:
+                    since = st.since if st.since is not None else at
+                    sentence = f"{t.value} {s.summary}: {reason} (was firing for {duration(at - since)})"
+                    out.append(
+                        RuleTransition(s, t, AlertState.RESOLVED, at, since, st.value, s.threshold, sentence)
+                    )
+                self._status[(s.name, t)] = _Status()
+        return out
+
+    def _step(self, spec: RuleSpec, track: Track, t: float) -> RuleTransition | None:
+        reading = self._read(spec, track, t)
+        if reading is None:  # no data: keep the state
+            return None
+        st = self._status[(spec.name, track)]
+        st.value = reading.value
+        if reading.holds:
+            if st.since is None:
+                st.since = t
+            if not st.firing and t - st.since >= spec.for_s:
+                st.firing = True
+                held = f" for {duration(t - st.since)}" if t > st.since else ""
+                return RuleTransition(
+                    spec, track, AlertState.FIRING, t, st.since, reading.value, spec.threshold,
+                    f"{track.value} {reading.text}{held}",
+                )  # fmt: skip
+            return None
+        since, was_firing = st.since, st.firing
+        st.since, st.firing = None, False
+        if was_firing and since is not None:
+            return RuleTransition(
+                spec, track, AlertState.RESOLVED, t, since, reading.value, spec.threshold,
+                f"{track.value} {reading.back} (fired for {duration(t - since)})",
+            )  # fmt: skip
+        return None
+
+    def _prune(self) -> None:
+        horizon = self._evaluated - self._span
+        for tr in self._tracks.values():
+            cut = bisect.bisect_right(tr.windows, (horizon, math.inf))
+            for end, start in tr.windows[:cut]:
+                del tr.by_key[(start, end)]
+            del tr.windows[:cut]
+
+    def _in_window(self, track: Track, t: float, span: float) -> list[_Window]:
+        """The track's windows ending in ``(t - span, t]``, oldest first."""
+        tr = self._tracks[track]
+        lo = bisect.bisect_right(tr.windows, (t - span, math.inf))
+        hi = bisect.bisect_right(tr.windows, (t, math.inf))
+        return [tr.by_key[(start, end)] for end, start in tr.windows[lo:hi]]
+
+    # one reader per kind: None when there is nothing to judge ----------------------------------------
+    def _read(self, spec: RuleSpec, track: Track, t: float) -> _Reading | None:
+        ws = self._in_window(track, t, spec.window_s)
+        if spec.kind is RuleKind.ERROR_RATE:
+            return _error_rate(spec, ws)
+        if spec.kind is RuleKind.LATENCY_QUANTILE:
+            return _latency(spec, ws)
+        if spec.kind is RuleKind.POOL_SATURATION:
+            return _pool(spec, ws)
+        if spec.kind is RuleKind.DISK_FREE:
+            return _disk(spec, ws)
+        return _memory(spec, ws, t)
+
+
+def _bucket(bounds: tuple[float, ...], values: Sequence[float]) -> tuple[int, ...]:
+    counts = [0] * (len(bounds) + 1)
+    for v in values:
+        counts[bisect.bisect_left(bounds, v)] += 1  # le semantics: v == bound goes in that bucket
+    return tuple(counts)
+
+
+def _error_rate(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
+    requests = sum(w.requests for w in ws)
+    if requests <= 0 or requests < spec.min_requests:
+        return None
+    rate = sum(w.errors for w in ws) / requests
+    return _Reading(
+        rate,
+        rate > spec.threshold,
+        f"error rate {pct(rate)} > {pct(spec.threshold)}",
+        f"error rate {pct(rate)}, back under {pct(spec.threshold)}",
+    )
+
+
+def _latency(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
+    with_hist = [w for w in ws if w.hist is not None]
+    if not with_hist:
+        return None
+    bounds = with_hist[-1].hist[0]  # type: ignore[index]
+    counts = [0] * (len(bounds) + 1)
+    for w in with_hist:  # a window with other bounds (a re-bucketed service) is left out
+        if w.hist is not None and w.hist[0] == bounds:
+            for i, c in enumerate(w.hist[1]):
+                counts[i] += c
+    total = sum(counts)
+    if total <= 0 or total < spec.min_requests:
+        return None
+    q = _histogram_quantile(bounds, counts, spec.quantile)
+    if q is None:  # pragma: no cover - total > 0
+        return None
+    beyond = sum(counts[:-1]) < spec.quantile * total  # rank in the +Inf bucket: above the last bound
+    name = f"p{spec.quantile * 100:g}"
+    shown = f"above {secs(q)} (the last bucket bound)" if beyond else secs(q)
+    holds = q > spec.threshold or (beyond and q >= spec.threshold)
+    return _Reading(
+        q,
+        holds,
+        f"{name} {shown} > {secs(spec.threshold)}",
+        f"{name} {shown}, back under {secs(spec.threshold)}",
+    )
+
+
+def _latest(ws: list[_Window], *names: str) -> _Window | None:
+    for w in reversed(ws):
+        if all(n in w.gauges for n in names):
+            return w
+    return None
+
+
+def _pool(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
+    in_use, cap = spec.gauges
+    w = _latest(ws, in_use, cap)
+    if w is None or w.gauges[cap] <= 0:
+        return None
+    used, cap_ = w.gauges[in_use], w.gauges[cap]
+    ratio = used / cap_
+    pool = f"DB connection pool {used:g}/{cap_:g} in use"
+    if spec.threshold == 1:
+        text, back = f"{pool}: maxed out", f"{pool}: no longer maxed out"
+    else:
+        text = f"{pool} ({pct(ratio)} >= {pct(spec.threshold)})"
+        back = f"{pool} ({pct(ratio)}), back under {pct(spec.threshold)}"
+    return _Reading(ratio, ratio >= spec.threshold, text, back)
+
+
+def _disk(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
+    ratio_name, avail, size = spec.gauges
+    free: float | None = None
+    for w in reversed(ws):
+        if ratio_name in w.gauges:
+            free = w.gauges[ratio_name]
+            break
+        if avail in w.gauges and w.gauges.get(size, 0) > 0:
+            free = w.gauges[avail] / w.gauges[size]
+            break
+    if free is None:
+        return None
+    return _Reading(
+        free,
+        free < spec.threshold,
+        f"disk {pct(free)} free < {pct(spec.threshold)}",
+        f"disk {pct(free)} free, back over {pct(spec.threshold)}",
+    )
+
+
+def _memory(spec: RuleSpec, ws: list[_Window], t: float) -> _Reading | None:
+    (name,) = spec.gauges
+    pts = [(w.end, w.gauges[name]) for w in ws if name in w.gauges]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx <= 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx  # bytes per second
+    projected = my + slope * (t - mx + spec.horizon_s)  # like predict_linear(v[window], horizon)
+    rate = f"{'+' if slope >= 0 else '-'}{size(abs(slope) * 3600)}/h"
+    ahead = duration(spec.horizon_s)
+    return _Reading(
+        projected,
+        slope > 0 and projected > spec.threshold,
+        f"memory grows {rate}: {size(projected)} in {ahead} at this rate > {size(spec.threshold)}",
+        f"memory {rate}: {size(projected)} projected in {ahead}, under {size(spec.threshold)}",
+    )
+
+
+# --- wording ---------------------------------------------------------------------------------------
+
+
+def duration(s: float) -> str:
+    """45 s, 5 min, 1 h 30 min, 2 h."""
+    s = max(0.0, s)
+    if s < 60:
+        return f"{s:.0f} s"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def pct(x: float) -> str:
+    """2.3%, 1%, 10%, 0.045%."""
+    out = _pct(x)
+    return out[:-3] + "%" if out.endswith(".0%") else out
+
+
+def secs(x: float) -> str:
+    """850 ms, 1 s, 1.42 s."""
+    if x < 1:
+        return f"{x * 1000:.0f} ms"
+    return f"{x:.3g} s"
+
+
+def size(b: float) -> str:
+    """Bytes in binary units: 512 B, 300 MiB, 2 GiB, 2.4 GiB."""
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+# --- alerts from other systems ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAlert:
+    """One alert another system (Alertmanager's webhook) sent: times are unix seconds (wall time of
+    that system); ``ends_at`` is None while unknown (Alertmanager's zero time)."""
+
+    fingerprint: str
+    status: AlertState
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float
+    ends_at: float | None = None
+    generator_url: str = ""
+    group_key: str = ""
+    receiver: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def service(self) -> str | None:
+        return self.labels.get("service") or self.labels.get("job")
+
+    @property
+    def environment(self) -> str | None:
+        for k in ("environment", "env", "deployment_environment_name"):
+            if self.labels.get(k):
+                return self.labels[k]
+        return None
+
+    @property
+    def severity(self) -> str:
+        return self.labels.get("severity", "")
+
+    @property
+    def summary(self) -> str:
+        return self.annotations.get("summary") or self.annotations.get("description") or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "status": self.status.value,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "generator_url": self.generator_url,
+            "group_key": self.group_key,
+            "receiver": self.receiver,
+        }

@@ -1,0 +1,430 @@
+"""In-service alert rules: the lesson's thresholds and ``for`` durations on data time, no data is not
+zero, any arrival order, bounded memory, and the same policy as alerts/rules.yml."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guardrail.config import Settings, load_settings
+from guardrail.domain.errors import ConfigError, ValidationError
+from guardrail.domain.model import Histogram, Sample, Track
+from guardrail.domain.notifications import NoticeAction, Severity
+from guardrail.domain.rules import (
+    GIB,
+    AlertState,
+    RuleEvaluator,
+    RuleKind,
+    RuleSpec,
+    RuleTransition,
+    configure_rules,
+    default_rules,
+)
+
+T0 = 1_700_000_000.0
+W = 60.0  # window length
+BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5)
+RULES_YML = Path(__file__).resolve().parents[2] / "alerts" / "rules.yml"
+
+
+def rule(name: str) -> RuleSpec:
+    (spec,) = [r for r in default_rules() if r.name == name]
+    return spec
+
+
+def win(i: int, track: Track = Track.CANARY, *, requests: int = 1000, errors: int = 0, **kw) -> Sample:
+    return Sample(track, T0 + i * W, T0 + (i + 1) * W, requests, errors, **kw)
+
+
+def end(i: int) -> float:
+    return T0 + (i + 1) * W
+
+
+def run(specs, samples, now=None) -> list[RuleTransition]:
+    ev = RuleEvaluator(specs)
+    ev.add_many(samples)
+    return ev.evaluate(now if now is not None else max(s.end for s in samples))
+
+
+def brief(ts: list[RuleTransition]) -> list[tuple[str, str, str, float]]:
+    return [(t.rule.name, t.track.value, t.state.value, t.at) for t in ts]
+
+
+# --- error rate -----------------------------------------------------------------------------------
+
+
+def test_error_rate_above_1_percent_fires_after_5_minutes_of_data_time_with_the_figures():
+    ev = RuleEvaluator([rule("HighErrorRate")])
+    out = []
+    for i in range(10):
+        ev.add(win(i, errors=23))
+        out += ev.evaluate(end(i))
+    (fired,) = out
+    assert fired.state is AlertState.FIRING and fired.track is Track.CANARY
+    assert fired.at == end(5) and fired.since == end(0)  # true at every point from the first, for 300 s
+    assert fired.value == pytest.approx(0.023) and fired.threshold == 0.01
+    assert fired.sentence == "canary error rate 2.3% > 1% for 5 min"
+    assert fired.fails_deploy
+
+
+def test_error_rate_exactly_at_the_threshold_does_not_fire():
+    assert run([rule("HighErrorRate")], [win(i, errors=10) for i in range(20)]) == []  # 1.0% is not > 1%
+    assert len(run([rule("HighErrorRate")], [win(i, errors=11) for i in range(20)])) == 1
+
+
+def test_a_short_spike_does_not_fire_and_resets_the_for_clock():
+    # two bad minutes stay in the 5-min rate for 4 min (end(0) to end(4)): short of the 5 min needed
+    samples = [win(i, errors=50 if i in (0, 1) else 0) for i in range(12)]
+    assert run([rule("HighErrorRate")], samples) == []
+
+
+def test_error_rate_resolves_when_back_under_the_threshold():
+    samples = [win(i, errors=30) for i in range(8)] + [win(i, errors=0) for i in range(8, 20)]
+    fired, resolved = run([rule("HighErrorRate")], samples)
+    assert fired.state is AlertState.FIRING and resolved.state is AlertState.RESOLVED
+    # the 5-min rate (5 windows) is back under 1% once only one bad window is left in it: 30/5000
+    assert resolved.at == end(11) and resolved.value == pytest.approx(0.006)
+    assert resolved.sentence.startswith("canary error rate 0.6%, back under 1% (fired for")
+    assert not resolved.fails_deploy
+
+
+def test_no_requests_is_not_zero_errors_neither_resolves_nor_fires():
+    bad = [win(i, errors=30) for i in range(7)]
+    silent = [win(i, requests=0) for i in range(7, 30)]  # 23 min without a single request
+    assert brief(run([rule("HighErrorRate")], bad + silent)) == [
+        ("HighErrorRate", "canary", "firing", end(5))
+    ]
+    # and silence after a healthy start does not fire, nor does it resolve a pending condition early
+    ev = RuleEvaluator([rule("HighErrorRate")])
+    ev.add_many([win(0, errors=30)] + [win(i, requests=0) for i in range(1, 20)])
+    assert ev.evaluate(end(19)) == []  # held from end(0) to end(4), then no data: pending, not fired
+    ev.add(win(20, errors=30))
+    (fired,) = ev.evaluate(end(20))
+    assert fired.since == end(0)  # the condition never stopped holding: no data kept it pending
+
+
+def test_each_track_is_judged_on_its_own_and_only_the_canary_fails_the_deploy():
+    samples = [win(i, Track.BASELINE, errors=40) for i in range(10)] + [win(i, errors=0) for i in range(10)]
+    (fired,) = run([rule("HighErrorRate")], samples)
+    assert fired.track is Track.BASELINE and fired.rule.fails_deploy and not fired.fails_deploy
+    only_canary = configure_rules({"HighErrorRate": {"tracks": ["canary"]}})
+    assert run([s for s in only_canary if s.name == "HighErrorRate"], samples) == []
+
+
+def test_min_requests_treats_a_thin_window_as_no_data():
+    spec = configure_rules({"HighErrorRate": {"min_requests": 100}})[0]
+    assert run([spec], [win(i, requests=10, errors=1) for i in range(20)]) == []
+    assert len(run([rule("HighErrorRate")], [win(i, requests=10, errors=1) for i in range(20)])) == 1
+
+
+# --- latency --------------------------------------------------------------------------------------
+
+
+def hist(counts) -> Histogram:
+    return Histogram(BOUNDS, tuple(counts))
+
+
+def test_p99_from_the_window_histograms_with_prometheus_interpolation():
+    # per window: 1000 requests, 20 between 1 and 2.5 s -> rank 990 of 1000 lands in (1, 2.5]
+    h = hist((900, 50, 20, 10, 20, 0))
+    (fired,) = run([rule("HighLatencyP99")], [win(i, latency=h) for i in range(8)])
+    # rank 0.99 * total at 980 below 1 s: 1 + 1.5 * (990 - 980) / 20 = 1.75 s, as histogram_quantile
+    assert fired.value == pytest.approx(1.75) and fired.at == end(5)
+    assert fired.sentence == "canary p99 1.75 s > 1 s for 5 min" and fired.fails_deploy
+
+
+def test_p99_under_one_second_does_not_fire():
+    h = hist((900, 60, 25, 15, 0, 0))  # p99 inside (0.5, 1]
+    assert run([rule("HighLatencyP99")], [win(i, latency=h) for i in range(20)]) == []
+
+
+def test_p99_in_the_inf_bucket_counts_as_above_the_last_bound():
+    h = Histogram((0.5, 1.0), (970, 10, 20))  # the slowest 2% are past the last bound, 1 s
+    (fired,) = run([rule("HighLatencyP99")], [win(i, latency=h) for i in range(8)])
+    assert fired.value == 1.0 and "above 1 s (the last bucket bound) > 1 s" in fired.sentence
+
+
+def test_p99_from_raw_latencies_without_a_histogram():
+    slow = tuple([0.05] * 97 + [1.5] * 3)
+    fast = tuple([0.05] * 99 + [0.9])
+    (fired,) = run([rule("HighLatencyP99")], [win(i, requests=100, latencies=slow) for i in range(8)])
+    assert 1.0 < fired.value <= 2.5
+    assert run([rule("HighLatencyP99")], [win(i, requests=100, latencies=fast) for i in range(20)]) == []
+
+
+def test_windows_without_latency_keep_the_latency_rule_as_it_is():
+    h = hist((900, 50, 20, 10, 20, 0))
+    samples = [win(i, latency=h) for i in range(7)] + [win(i) for i in range(7, 30)]
+    assert brief(run([rule("HighLatencyP99")], samples)) == [("HighLatencyP99", "canary", "firing", end(5))]
+
+
+# --- gauges ---------------------------------------------------------------------------------------
+
+
+def pool(in_use: float, cap: float = 20) -> dict[str, float]:
+    return {"db_pool_in_use": in_use, "db_pool_max": cap}
+
+
+def test_db_pool_maxed_out_for_2_minutes_pages_and_resolves():
+    samples = [win(i, gauges=pool(20)) for i in range(4)] + [win(i, gauges=pool(12)) for i in range(4, 6)]
+    fired, resolved = run([rule("DBConnectionPoolExhausted")], samples)
+    assert fired.at == end(2) and fired.rule.severity is Severity.PAGE
+    assert fired.sentence == "canary DB connection pool 20/20 in use: maxed out for 2 min"
+    assert resolved.at == end(4) and "no longer maxed out" in resolved.sentence
+    assert run([rule("DBConnectionPoolExhausted")], [win(i, gauges=pool(19)) for i in range(10)]) == []
+
+
+def test_gauge_names_are_configurable():
+    (spec,) = [
+        s
+        for s in configure_rules(
+            {"DBConnectionPoolExhausted": {"gauges": ["pg_busy", "pg_size"], "for_s": 0}}
+        )
+        if s.name == "DBConnectionPoolExhausted"
+    ]
+    (fired,) = run([spec], [win(0, gauges={"pg_busy": 5, "pg_size": 5})])
+    assert fired.at == end(0) and "for" not in fired.sentence
+    assert run([spec], [win(0, gauges=pool(20))]) == []  # the default names are no longer read
+
+
+def test_disk_under_10_percent_free_from_the_ratio_or_from_bytes():
+    ratio = [win(i, gauges={"disk_free_ratio": 0.08}) for i in range(17)]
+    (fired,) = run([rule("DiskSpaceLow")], ratio)
+    assert fired.at == end(15) and fired.rule.severity is Severity.TICKET and not fired.fails_deploy
+    assert fired.sentence == "canary disk 8% free < 10% for 15 min"
+    by_bytes = [win(i, gauges={"disk_avail_bytes": 9e9, "disk_size_bytes": 1e11}) for i in range(17)]
+    assert len(run([rule("DiskSpaceLow")], by_bytes)) == 1
+    edge = [win(i, gauges={"disk_free_ratio": 0.10}) for i in range(30)]
+    assert run([rule("DiskSpaceLow")], edge) == []  # exactly 10% free is not under 10%
+
+
+def test_a_stale_gauge_is_no_data():
+    samples = [win(i, gauges={"disk_free_ratio": 0.05}) for i in range(2)] + [win(i) for i in range(2, 40)]
+    # 5% free was last seen at end(1); 5 min later it is stale: the rule stays pending, never fires
+    assert run([rule("DiskSpaceLow")], samples) == []
+
+
+def memory(i: int, start: float, per_min: float) -> dict[str, float]:
+    return {"memory_bytes": start + per_min * i}
+
+
+def test_memory_growing_towards_the_limit_is_a_leak_ticket_after_30_minutes():
+    # 1.5 GiB growing 4 MiB/min: 4 h at this rate adds ~0.94 GiB, past the 2 GiB limit
+    samples = [win(i, gauges=memory(i, 1.5 * GIB, 4 * 1024**2)) for i in range(40)]
+    (fired,) = run([rule("MemoryLeakSuspected")], samples)
+    assert fired.at == end(31) and fired.since == end(1)  # two points needed for a line
+    assert fired.value > 2 * GIB and not fired.fails_deploy
+    assert (
+        fired.sentence.startswith("canary memory grows +240 MiB/h: ")
+        and "in 4 h at this rate > 2 GiB" in fired.sentence
+    )
+
+
+def test_flat_or_slow_memory_is_not_a_leak():
+    flat = [win(i, gauges=memory(i, 2.5 * GIB, 0)) for i in range(60)]  # high but not growing: no slope
+    slow = [win(i, gauges=memory(i, 1.0 * GIB, 64 * 1024)) for i in range(60)]  # +15 MiB in 4 h
+    shrinking = [win(i, gauges=memory(i, 3.0 * GIB, -(1024**2))) for i in range(60)]
+    for samples in (flat, slow, shrinking):
+        assert run([rule("MemoryLeakSuspected")], samples) == []
+
+
+# --- data time, order, memory ---------------------------------------------------------------------
+
+
+def mixed(n: int = 40) -> list[Sample]:
+    out = []
+    for i in range(n):
+        bad = 5 <= i < 20
+        out.append(win(i, errors=30 if bad else 1, gauges=pool(20 if 10 <= i < 16 else 5)))
+        out.append(win(i, Track.BASELINE, errors=2, latency=hist((900, 50, 20, 10, 20, 0)) if bad else None))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(mixed()), st.integers(0, 2))
+def test_arrival_order_and_duplicates_do_not_change_the_transitions(samples, dup_every):
+    expected = run(default_rules(), mixed())
+    assert len(expected) >= 5
+    ev = RuleEvaluator(default_rules())
+    for i, s in enumerate(samples):
+        ev.add(s)
+        if dup_every and i % (dup_every + 1) == 0:
+            ev.add(s)
+    assert brief(ev.evaluate(max(s.end for s in samples))) == brief(expected)
+
+
+def test_replaying_in_one_push_is_the_same_as_receiving_live():
+    samples = mixed()
+    live = RuleEvaluator(default_rules())
+    out = []
+    for i in range(40):
+        live.add_many([s for s in samples if s.end == end(i)])
+        out += live.evaluate(end(i))
+    assert brief(out) == brief(run(default_rules(), samples))
+    assert [t.sentence for t in out] == [t.sentence for t in run(default_rules(), samples)]
+
+
+def test_transitions_come_in_data_time_order():
+    out = run(default_rules(), mixed())
+    assert [t.at for t in out] == sorted(t.at for t in out)
+
+
+def test_memory_stays_bounded_by_the_longest_lookback():
+    ev = RuleEvaluator(default_rules())  # longest lookback: the memory rule's hour
+    for i in range(2000):
+        ev.add(win(i, gauges=memory(i, GIB, 0)))
+        ev.add(win(i, Track.BASELINE))
+        ev.evaluate(end(i))
+    assert ev.retained <= 2 * (3600 / W + 1)
+    ev.add(win(5))  # a window older than every lookback left: dropped, not resurrected
+    assert ev.late == 1 and ev.retained <= 2 * (3600 / W + 1)
+    short = RuleEvaluator([rule("HighErrorRate")])
+    for i in range(2000):
+        short.add(win(i))
+        short.evaluate(end(i))
+    assert short.retained <= 300 / W + 1
+
+
+def test_a_late_window_counts_in_the_points_after_it():
+    ev = RuleEvaluator([configure_rules({"HighErrorRate": {"for_s": 0}})[0]])
+    ev.add(win(1, errors=0))
+    assert ev.evaluate(end(1)) == []
+    ev.add(win(0, errors=200))  # arrives late: its own point (end(0)) is past
+    assert ev.evaluate(end(1)) == []
+    ev.add(win(2, errors=0))
+    (fired,) = ev.evaluate(end(2))  # 200 / 3000 over the last 5 min
+    assert fired.at == end(2) and fired.value == pytest.approx(200 / 3000)
+
+
+def test_close_resolves_what_is_firing():
+    ev = RuleEvaluator([rule("HighErrorRate")])
+    ev.add_many([win(i, errors=50) for i in range(8)])
+    assert len(ev.evaluate(end(7))) == 1 and len(ev.firing) == 1
+    (resolved,) = ev.close(end(7), "the watch window ended")
+    assert resolved.state is AlertState.RESOLVED and "the watch window ended" in resolved.sentence
+    assert ev.firing == [] and ev.close(end(8)) == []
+
+
+# --- specs, config, parity with alerts/rules.yml -------------------------------------------------
+
+
+def test_transition_as_a_notice_is_one_incident_per_deploy_rule_and_track():
+    fired, resolved = run(
+        [rule("HighErrorRate")], [win(i, errors=30) for i in range(8)] + [win(i) for i in range(8, 20)]
+    )
+    a = fired.notice(service="checkout", environment="production", deploy_id="d1", occurred_at=5.0)
+    b = resolved.notice(service="checkout", environment="production", deploy_id="d1", occurred_at=6.0)
+    assert a.key == b.key == "guardrail:checkout:production:d1:HighErrorRate-canary"
+    assert (a.action, b.action) == (NoticeAction.TRIGGER, NoticeAction.RESOLVE)
+    assert a.severity is Severity.PAGE and a.rule == "HighErrorRate"
+    assert a.summary == "checkout (production): canary error rate 3% > 1% for 5 min"
+    assert a.details["value"] == pytest.approx(0.03) and a.details["fails_deploy"] is True
+
+
+def test_fails_deploy_defaults_to_page_rules_and_is_configurable():
+    assert {r.name: r.fails_deploy for r in default_rules()} == {
+        "HighErrorRate": True,
+        "HighLatencyP99": True,
+        "DBConnectionPoolExhausted": True,
+        "DiskSpaceLow": False,
+        "MemoryLeakSuspected": False,
+    }
+    specs = {
+        s.name: s
+        for s in configure_rules(
+            {"HighErrorRate": {"fails_deploy": False}, "DiskSpaceLow": {"severity": "page"}}
+        )
+    }
+    assert not specs["HighErrorRate"].fails_deploy and specs["DiskSpaceLow"].fails_deploy
+    assert not any(s.fails_deploy for s in configure_rules(fails_deploy=False))
+
+
+def test_configure_rejects_unknown_rules_and_keys_naming_them():
+    with pytest.raises(ValidationError) as e:
+        configure_rules({"HighErorRate": {}})
+    assert e.value.field == "rules.overrides.HighErorRate" and "HighErrorRate" in e.value.detail
+    with pytest.raises(ValidationError) as e:
+        configure_rules({"HighErrorRate": {"treshold": 0.02}})
+    assert e.value.field == "rules.overrides.HighErrorRate.treshold"
+    with pytest.raises(ValidationError) as e:
+        configure_rules({"DiskSpaceLow": {"gauges": ["free"]}})
+    assert e.value.field == "rules.overrides.DiskSpaceLow.gauges"
+    assert [s.name for s in configure_rules({"DiskSpaceLow": {"enabled": False}})] == [
+        "HighErrorRate", "HighLatencyP99", "DBConnectionPoolExhausted", "MemoryLeakSuspected",
+    ]  # fmt: skip
+
+
+def test_settings_rules_section(tmp_path):
+    assert [s.name for s in Settings().rules.specs()] == [s.name for s in default_rules()]
+    cfg = tmp_path / "guardrail.yaml"
+    cfg.write_text(
+        "rules:\n  fails_deploy: false\n  overrides:\n    HighErrorRate: {threshold: 0.02, for_s: 60}\n"
+    )
+    specs = load_settings(cfg, env={}).rules.specs()
+    assert specs[0].threshold == 0.02 and specs[0].for_s == 60 and not any(s.fails_deploy for s in specs)
+    assert load_settings(env={"GUARDRAIL_RULES__ENABLED": "false"}).rules.specs() == ()
+    cfg.write_text("rules:\n  overrides:\n    HighErorRate: {threshold: 0.02}\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg, env={})
+    assert e.value.field == "rules.overrides" and "HighErorRate" in e.value.detail
+    cfg.write_text("rules:\n  overrides:\n    DBConnectionPoolExhausted: {gauges: [busy]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg, env={})
+    assert e.value.field == "rules.overrides" and "reads 2 gauge(s)" in e.value.detail
+
+
+def _duration(text: str) -> float:
+    n, unit = re.fullmatch(r"(\d+)([smh])", text).groups()  # type: ignore[union-attr]
+    return int(n) * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _number(text: str) -> float:
+    out = 1.0
+    for factor in text.split("*"):
+        out *= float(factor)
+    return out
+
+
+def test_default_rules_match_the_prometheus_rules():
+    groups = yaml.safe_load(RULES_YML.read_text())["groups"]
+    (prom,) = [g["rules"] for g in groups if g["name"] == "deployment-guardrails"]
+    ours = {r.name: r for r in default_rules()}
+    assert {r["alert"] for r in prom} == set(ours)
+    op_of = {
+        RuleKind.ERROR_RATE: ">",
+        RuleKind.LATENCY_QUANTILE: ">",
+        RuleKind.POOL_SATURATION: ">=",
+        RuleKind.DISK_FREE: "<",
+        RuleKind.MEMORY_TREND: ">",
+    }
+    for r in prom:
+        spec = ours[r["alert"]]
+        assert spec.for_s == _duration(r["for"]), spec.name
+        assert spec.severity.value == r["labels"]["severity"], spec.name
+        op, threshold = re.findall(r"(>=|<=|>|<)\s*([\d.\s*]+?)\s*$", r["expr"].strip())[-1]
+        assert op == op_of[spec.kind] and spec.threshold == pytest.approx(_number(threshold)), spec.name
+        ranges = re.findall(r"\[(\d+[smh])\]", r["expr"])
+        if ranges:  # rate / deriv window; gauges use Prometheus's 5-min staleness
+            assert spec.window_s == _duration(ranges[0]), spec.name
+        else:
+            assert spec.window_s == 300, spec.name
+        if spec.kind is RuleKind.LATENCY_QUANTILE:
+            assert f"histogram_quantile({spec.quantile:g}" in r["expr"]
+        if spec.kind is RuleKind.MEMORY_TREND:
+            assert re.search(rf"predict_linear\([^,]+,\s*{int(spec.horizon_s // 3600)} \* 3600\)", r["expr"])
+
+
+def test_spec_validation_names_the_key():
+    with pytest.raises(ValidationError) as e:
+        RuleSpec("X", RuleKind.ERROR_RATE, Severity.INFO, 0.01, for_s=0)
+    assert e.value.field == "rules.overrides.X.severity"
+    with pytest.raises(ValidationError) as e:
+        RuleSpec("X", RuleKind.ERROR_RATE, Severity.PAGE, 0.01, for_s=-1)
+    assert e.value.field == "rules.overrides.X.for_s"
+    with pytest.raises(ValidationError):
+        RuleEvaluator([rule("HighErrorRate"), rule("HighErrorRate")])
