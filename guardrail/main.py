@@ -14,10 +14,12 @@ from aiohttp import web
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.app import create_app
+from guardrail.adapters.sources.prometheus import PrometheusMetricSource
 from guardrail.config import Settings
 from guardrail.plugins import load_deploy_adapter
 from guardrail.ports import DeployAdapter
 from guardrail.service.engine import Engine
+from guardrail.service.poller import Poller, PollSettings
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail")
@@ -45,7 +47,19 @@ async def build_app(
         if resumed:
             log.info("resumed %d unfinished adapter action(s)", resumed)
         timers = asyncio.get_running_loop().create_task(engine.run_timers())
+        source = poller = None
+        if settings.prometheus.url:  # deploys with metrics.source: prometheus are pulled
+            source = PrometheusMetricSource.from_settings(settings.prometheus)
+            poller = asyncio.get_running_loop().create_task(
+                Poller(engine, source, clock=clock, settings=PollSettings.of(settings.prometheus)).run()
+            )
         yield
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        if source is not None:
+            await source.close()
         timers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await timers

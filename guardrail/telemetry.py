@@ -92,6 +92,25 @@ class Telemetry:
         self.otlp_open_windows = Gauge(
             "guardrail_otlp_open_windows", "OTLP sample windows still open, all active deploys.", registry=r
         )
+        self.source_up = Gauge(
+            "guardrail_source_up",
+            "1 while the last fetch from a metric source succeeded, 0 while it fails.",
+            ["source"],
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "guardrail_source_errors_total",
+            "Failed metric source fetches: unavailable (down, 5xx, timeout) or rejected (bad query).",
+            ["source", "kind"],
+            registry=r,
+        )
+        self.source_fetch_seconds = Histogram(
+            "guardrail_source_fetch_seconds",
+            "Wall time of one fetch from a metric source (all queries of one deploy).",
+            ["source"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         for s in DeployState:
             self.deploys.labels(s.value).set(0)
         for result in ("received", "accepted", "late"):

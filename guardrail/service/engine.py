@@ -240,6 +240,18 @@ class Engine:
         await self._get(deploy_id)
         return await self.store.events(deploy_id, after_seq=after_seq)
 
+    async def active_deploys(self) -> list[Deploy]:
+        """Deploys not in a terminal state (what a metric source poller pulls for)."""
+        return await self.store.active_deploys()
+
+    async def note(self, deploy_id: str, message: str, **details: Any) -> None:
+        """Append a note to a deploy's timeline (e.g. a metric source outage), at its data time."""
+        async with self._lock(deploy_id):
+            deploy = await self._get(deploy_id)
+            await self.store.save(
+                deploy_id, events=[self._event(EventKind.NOTE, message, deploy.data_time, **details)]
+            )
+
     async def ready(self) -> None:
         """Raises when the database cannot be read."""
         await self.store.list_deploys(limit=1)

@@ -344,12 +344,15 @@ class ScrapedPair:
 def start_scraped_pair(binary: str, tmp: Path, *, app_args: tuple[str, ...] = ()) -> ScrapedPair:
     baseline = SampleApp("baseline", "1.4.1", args=("--seed", "1", *app_args))
     canary = SampleApp("canary", "1.4.2", args=("--seed", "2", *app_args))
-    started: list[SampleApp] = []
+    started: list[SampleApp | PrometheusServer] = []
     try:
         for app in (baseline, canary):
             app.start()
             started.append(app)
         prom = PrometheusServer(binary, tmp / "tsdb", [baseline.target, canary.target]).start()
+        started.append(prom)
+        # Prometheus scrapes its first targets ~5 s after it is ready (service discovery's update tick)
+        prom.wait_for('count(up{job="checkout"} == 1)', 2, timeout=20)
     except Exception:
         for app in started:
             app.stop()
@@ -368,14 +371,6 @@ def scraped_pair(prometheus_binaries: tuple[str, str], tmp_path_factory: pytest.
     """A baseline (1.4.1) and a canary (1.4.2) process of the sample service, both also exposing the
     OpenTelemetry names, scraped every second by a real Prometheus. Shared by a module's tests."""
     pair = start_scraped_pair(prometheus_binaries[0], tmp_path_factory.mktemp("prom"), app_args=("--otel-names",))
-    yield pair
-    stop_scraped_pair(pair)
-
-
-@pytest.fixture
-def fresh_scraped_pair(prometheus_binaries: tuple[str, str], tmp_path: Path) -> Iterator[ScrapedPair]:
-    """Like ``scraped_pair``, for one test (it may regress, restart or stop things)."""
-    pair = start_scraped_pair(prometheus_binaries[0], tmp_path)
     yield pair
     stop_scraped_pair(pair)
 

@@ -5,6 +5,7 @@ conventions, gauges, long queries, and the errors (bad query, Prometheus down, n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ async def test_no_answer_is_source_unavailable_after_the_timeout_and_retries() -
     src = PrometheusMetricSource(f"http://127.0.0.1:{port}", timeout_s=0.3, retries=1, backoff_s=0.05)
     t0 = time.monotonic()
     try:
-        with pytest.raises(SourceUnavailableError, match="no answer from Prometheus .* within 0.3 s"):
+        with pytest.raises(SourceUnavailableError, match=r"no answer from Prometheus .* within 0\.3 s"):
             await src.fetch(query(time.time() - 60, time.time()))
     finally:
         await src.close()
@@ -250,5 +251,5 @@ async def test_5xx_is_retried_with_backoff_then_source_unavailable(aiohttp_serve
     finally:
         await src.close()
     assert len(calls) == 4
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2  # exponential backoff

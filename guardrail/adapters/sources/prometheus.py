@@ -4,17 +4,24 @@ What is queried
 ---------------
 Raw counters, per series, at the window boundaries: ``query_range`` of the request counter and of
 the cumulative latency buckets with ``step = interval_s`` from ``start`` to the last complete
-window end. Each series is differenced point to point; a decrease is a counter reset (the process
-restarted), and then the new value is the increase. A series that has no point at a window start
-(it is new, or the target missed scrapes) is compared with its last value before the gap (one
-instant ``last_over_time`` query at the query's start, when needed); a series never seen before
-counts from zero. Increases are then summed per track: requests, errors (status code matching
-``error_codes``, default ``5..``) and per-bucket latency counts (cumulative ``le`` buckets
-differenced, +Inf last). Gauges are evaluated at each window end. No Prometheus-side ``rate``,
-``increase`` or ``histogram_quantile``: the judge needs counts, not extrapolated ratios.
+window end, each wrapped in ``last_over_time(...[interval])``: the value at a boundary is the last
+sample actually scraped in the window before it, so a boundary without a fresh scrape (target
+down, Prometheus down) has no point, where Prometheus' 5-minute lookback would repeat an old value
+and read as "zero requests". Each series is differenced point to point; a decrease is a counter
+reset (the process restarted), and then the new value is the increase. A series without a point at
+a boundary is compared with its last value before the gap (earlier in the range, or from one
+instant ``last_over_time`` query at the range's start), so what happened during a gap is counted
+in the first window after it; a series never seen before counts from zero. Increases are summed per
+track: requests, errors (status code matching ``error_codes``, default ``5..``) and per-bucket
+latency counts (cumulative ``le`` buckets differenced, +Inf last). Gauges are evaluated at each
+window end. No Prometheus-side ``rate``, ``increase`` or ``histogram_quantile``: the judge needs
+counts, not extrapolated ratios. The ``requests`` and ``latency_buckets`` templates must therefore
+be series selectors, and ``interval_s`` should be at least the scrape interval. As with
+Prometheus' own ``increase``, a reset is only seen as a decrease: a process that restarts inside a
+gap and counts past its old value before the next scrape is undercounted.
 
 A window in which no request series of a track has a point yields no sample for that track: no
-data is not zero (a stopped target, or Prometheus' staleness, stays visible as a hole).
+data is not zero (a stopped target or a stopped Prometheus stays visible as a hole).
 
 Conventions (``PrometheusQueries.convention``)
 ----------------------------------------------
@@ -329,7 +336,7 @@ class PrometheusMetricSource:
                 if is_error:
                     acc.errors[track, k] += inc
         if q.latency_buckets:
-            hq = self._template(q.latency_buckets, query, q, label)
+            hq = self._counter(q.latency_buckets, query, q, label, query.interval_s)
             buckets = await self.range(hq, query.start, query.start + n * query.interval_s, query.interval_s)
             gaps = await self._gap_values(query, q, label, buckets, q.latency_buckets, n)
             for s in buckets:
@@ -395,6 +402,13 @@ class PrometheusMetricSource:
             interval=_duration(query.interval_s),
         )
 
+    def _counter(self, template: str, query: SourceQuery, q: ResolvedQueries, label: str, range_s: float) -> str:
+        """The last raw value of each counter series scraped within ``range_s`` before each evaluation
+        time: a boundary without a fresh scrape has no point (instead of Prometheus' 5-minute lookback
+        repeating an old value, which would read as zero increase while the target or Prometheus was
+        down). The template must therefore be a series selector."""
+        return f"last_over_time({self._template(template, query, q, label)}[{_duration(range_s)}])"
+
     async def _request_series(
         self, query: SourceQuery, q: ResolvedQueries, n: int
     ) -> tuple[str, list[dict[str, Any]]]:
@@ -409,7 +423,7 @@ class PrometheusMetricSource:
         for label in candidates:
             if holds_versions(label) and query.canary_version == query.baseline_version and len(candidates) > 1:
                 continue
-            rq = self._template(q.requests, query, q, label)
+            rq = self._counter(q.requests, query, q, label, query.interval_s)
             series = await self.range(rq, query.start, end, query.interval_s)
             if series:
                 if q.track_label == "auto":
@@ -425,8 +439,7 @@ class PrometheusMetricSource:
         missing = [s for s in series if not s["values"] or abs(float(s["values"][0][0]) - query.start) > 1e-3]
         if not missing:
             return {}
-        inner = self._template(template, query, q, label)
-        lq = f"last_over_time({inner}[{_duration(q.gap_lookback_s)}])"
+        lq = self._counter(template, query, q, label, q.gap_lookback_s)
         out: dict[SeriesKey, float] = {}
         for s in await self.instant(lq, query.start):
             v = _float(s["value"][1])
@@ -506,8 +519,8 @@ def _samples(acc: _Windows, start: float, interval: float) -> list[Sample]:
         if latency is not None and latency.total > requests:
             # the two counters come from different scrapes of a busy process: trust the larger
             requests = latency.total
-        s0 = start + k * interval
-        out.append(Sample(track, s0, s0 + interval, requests, errors, latency,
+        s0, s1 = round(start + k * interval, 3), round(start + (k + 1) * interval, 3)  # Prometheus has ms
+        out.append(Sample(track, s0, s1, requests, errors, latency,
                           gauges=dict(acc.gauges.get((track, k), {}))))
     return out
 
