@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guardrail.domain.errors import ConfigError
 
@@ -100,6 +108,46 @@ class PrometheusConfig(_Strict):
         return v
 
 
+class NotifierPreset(_Strict):
+    """A notifier set up by the operator; routes refer to it by its name in ``notifiers``."""
+
+    type: str  # entry-point name: alertmanager, pagerduty, slack, webhook
+    config: dict[str, Any] = {}  # the notifier's settings (secrets: routing_key, url of slack, secret)
+
+
+class NotificationRoute(_Strict):
+    severity: Literal["page", "ticket", "info"]
+    notifiers: list[str]  # names in notifications.notifiers
+
+
+class NotificationsConfig(_Strict):
+    """Who is told what: notifiers by name, routes by severity, and the outbox dispatcher. A page is
+    retried until delivered (backoff doubling from backoff_s up to backoff_max_s); a non-retryable
+    answer (a 4xx other than 429) marks it failed."""
+
+    notifiers: dict[str, NotifierPreset] = {}
+    routes: list[NotificationRoute] = []
+    poll_s: float = Field(5.0, gt=0)  # longest sleep between looks at the outbox
+    backoff_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    lease_s: float = Field(120.0, gt=0)  # a claimed notification is sent again after this if its sender died
+    batch: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NotificationsConfig:
+        for i, route in enumerate(self.routes):
+            for name in route.notifiers:
+                if name not in self.notifiers:
+                    known = ", ".join(sorted(self.notifiers)) or "none"
+                    raise ValueError(
+                        f"routes[{i}] ({route.severity}) names notifier {name!r}, which is not under "
+                        f"notifications.notifiers (configured: {known})"
+                    )
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) is below backoff_s ({self.backoff_s})")
+        return self
+
+
 class RuleOverride(_Strict):
     """One in-service alert rule's settings (see guardrail.domain.rules); unset keys keep the default."""
 
@@ -164,6 +212,7 @@ class Settings(_Strict):
     adapters: dict[str, AdapterPreset] = {}  # deploy adapter presets markers refer to by name
     allow_marker_adapters: bool = False  # let markers configure any adapter themselves (local use only)
     prometheus: PrometheusConfig = PrometheusConfig()  # metric source for deploys that pull
+    notifications: NotificationsConfig = NotificationsConfig()  # pages, tickets, announcements
     rules: RulesConfig = RulesConfig()  # in-service alert rules (guardrail.domain.rules)
 
     @field_validator("database_url")

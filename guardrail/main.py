@@ -14,6 +14,7 @@ from aiohttp import web
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.app import create_app
+from guardrail.adapters.notify import build_notification_service
 from guardrail.adapters.sources.prometheus import PrometheusMetricSource
 from guardrail.config import Settings
 from guardrail.plugins import load_deploy_adapter
@@ -37,6 +38,7 @@ async def build_app(
     await upgrade(settings.database_url)
     store = SqlStore(settings.database_url, clock=clock)
     telemetry = telemetry or Telemetry()
+    notifications = build_notification_service(settings.notifications, store=store, clock=clock, telemetry=telemetry)
     engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock)
     app = create_app(engine=engine, settings=settings, telemetry=telemetry)
     if not settings.tokens:
@@ -46,6 +48,7 @@ async def build_app(
         resumed = await engine.resume()
         if resumed:
             log.info("resumed %d unfinished adapter action(s)", resumed)
+        notifications.start()  # delivers first what a previous process left in the outbox
         timers = asyncio.get_running_loop().create_task(engine.run_timers())
         source = poller = None
         if settings.prometheus.url:  # deploys with metrics.source: prometheus are pulled
@@ -64,10 +67,12 @@ async def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await timers
         await engine.close()
+        await notifications.close()  # what is still pending stays in the outbox for the next start
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
     app["engine"] = engine
+    app["notifications"] = notifications
     return app
 
 

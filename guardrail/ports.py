@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from guardrail.domain.model import DeployState, Sample, Step
 from guardrail.domain.notifications import Notice
+from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
 from guardrail.domain.records import Action, ActionStatus, Deploy, Marker, TimelineEvent
 from guardrail.domain.rollout import Rollout
 
@@ -175,6 +176,53 @@ class Store(Protocol):
         result: dict[str, Any],
         event: TimelineEvent | None = None,
     ) -> None: ...
+
+    # --- notifications: incidents and the outbox (guardrail.service.notify) ---
+
+    async def get_incident(self, key: str) -> Incident | None: ...
+
+    async def incidents(
+        self, *, state: IncidentState | None = None, deploy_id: str | None = None
+    ) -> list[Incident]:
+        """Oldest opened first."""
+        ...
+
+    async def open_incident(self, incident: Incident, deliveries: Sequence[Delivery]) -> bool:
+        """Open ``incident.key`` (new, or resolved before) and queue ``deliveries``, atomically. A key
+        already open: nothing changes, nothing is queued, False."""
+        ...
+
+    async def resolve_incident(self, key: str, *, resolved_at: float, deliveries: Sequence[Delivery]) -> bool:
+        """Resolve ``key`` and queue ``deliveries``, atomically. A key not open: nothing, False."""
+        ...
+
+    async def enqueue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Queue deliveries with no incident (announcements), atomically; returned with their ids."""
+        ...
+
+    async def claim_deliveries(self, *, now: float, lease_s: float, limit: int = 100) -> list[Delivery]:
+        """Due pending deliveries, oldest first, claimed until ``now + lease_s`` (attempts + 1). One
+        waits while an earlier delivery of its key to its notifier is pending."""
+        ...
+
+    async def mark_delivery_sent(self, delivery_id: int, *, sent_at: float) -> None: ...
+
+    async def mark_delivery_failed(self, delivery_id: int, *, error: str) -> None: ...
+
+    async def reschedule_delivery(self, delivery_id: int, *, next_attempt_at: float, error: str) -> None: ...
+
+    async def deliveries(
+        self,
+        *,
+        statuses: Sequence[DeliveryStatus] = (),
+        key: str | None = None,
+        notifier: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        """Outbox rows in id order."""
+        ...
+
+    async def outbox_summary(self) -> OutboxSummary: ...
 
     async def close(self) -> None: ...
 

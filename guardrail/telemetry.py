@@ -111,6 +111,41 @@ class Telemetry:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.incidents_opened = Counter(
+            "guardrail_incidents_opened_total",
+            "Incidents opened (a trigger on a key that was not open), by severity.",
+            ["severity"],
+            registry=r,
+        )
+        self.notifications_queued = Counter(
+            "guardrail_notifications_queued_total",
+            "Notifications written to the outbox, by notifier and action.",
+            ["notifier", "action"],
+            registry=r,
+        )
+        self.notifications_sent = Counter(
+            "guardrail_notifications_sent_total", "Notifications delivered, by notifier.", ["notifier"], registry=r
+        )
+        self.notifications_retried = Counter(
+            "guardrail_notifications_retries_total",
+            "Retryable delivery failures (429, 5xx, timeout, refused connection); the notification stays queued.",
+            ["notifier"],
+            registry=r,
+        )
+        self.notifications_failed = Counter(
+            "guardrail_notifications_failed_total",
+            "Notifications given up on (a non-retryable answer, or the notifier is no longer configured).",
+            ["notifier"],
+            registry=r,
+        )
+        self.notifications_pending = Gauge(
+            "guardrail_notifications_pending", "Notifications waiting in the outbox.", registry=r
+        )
+        self.notifications_oldest_pending = Gauge(
+            "guardrail_notifications_oldest_pending_seconds",
+            "Age of the oldest notification waiting in the outbox (0 when none).",
+            registry=r,
+        )
         for s in DeployState:
             self.deploys.labels(s.value).set(0)
         for result in ("received", "accepted", "late"):

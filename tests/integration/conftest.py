@@ -30,7 +30,7 @@ from guardrail.adapters.db.store import SqlStore
 PG_URL_ENV = "GUARDRAIL_TEST_DATABASE_URL"
 REQUIRE_ENV = "GUARDRAIL_REQUIRE_INTEGRATION"
 DB_BACKENDS = ["sqlite", "postgresql"]
-_TABLES = ("actions", "samples", "events", "deploys")  # children first
+_TABLES = ("notifications", "incidents", "actions", "samples", "events", "deploys")  # children first
 
 
 def _pg_server_url_or_skip() -> str:
@@ -384,3 +384,108 @@ def backfill(promtool: str, openmetrics: str, data_dir: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"promtool failed ({out.returncode}): {out.stderr[-2000:]}")
+
+# ===================================================================================================
+# Alertmanager: the real server (Debian package `prometheus-alertmanager`) on a free loopback port
+# ===================================================================================================
+#
+# ``start_alertmanager(paging_url, engineering_url)`` writes a config that routes severity="page" to
+# the receiver ``paging`` and everything else to ``engineering`` (webhooks with send_resolved, which
+# post payload version 4), with group_wait 0s and group_interval 1s so a test sees the firing and the
+# resolved notifications within seconds, and starts one node (no cluster) with a temp storage dir;
+# it is stopped after the test. Missing binary: the tests skip loudly, or fail when CI=true or
+# GUARDRAIL_REQUIRE_INTEGRATION=1. Synchronous, like the Prometheus fixtures.
+
+ALERTMANAGER_CONFIG = """\
+route:
+  receiver: engineering
+  group_by: ['alertname', 'service', 'environment', 'deploy']
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - receiver: paging
+      matchers: ['severity="page"']
+receivers:
+  - name: paging
+    webhook_configs: [{{url: '{paging}', send_resolved: true}}]
+  - name: engineering
+    webhook_configs: [{{url: '{engineering}', send_resolved: true}}]
+"""
+
+
+@_dataclass
+class AlertmanagerServer:
+    binary: str
+    config: Path
+    workdir: Path
+    port: int = _field(default_factory=free_port)
+    proc: _subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "alertmanager.log"
+
+    def start(self) -> AlertmanagerServer:
+        cmd = [
+            self.binary,
+            f"--config.file={self.config}",
+            f"--storage.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ]
+        with self.log.open("wb") as out:
+            self.proc = _subprocess.Popen(cmd, stdout=out, stderr=_subprocess.STDOUT)
+        try:
+            _wait_until(lambda: http_get(self.url + "/-/ready")[0] == 200, 15, "alertmanager", self.proc)
+        except (RuntimeError, TimeoutError) as e:
+            self.stop()
+            raise RuntimeError(f"{e}; its log:\n{self.log.read_text()[-3000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except _subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    path = os.environ.get("GUARDRAIL_TEST_ALERTMANAGER") or shutil.which("prometheus-alertmanager")
+    if not path:
+        _require_or_skip(
+            "the `prometheus-alertmanager` binary is not installed (Debian package `prometheus-alertmanager`; "
+            "`make test` installs it via scripts/test-deps.sh), so the real-Alertmanager tests cannot run"
+        )
+    assert path
+    return path
+
+
+@pytest.fixture
+def start_alertmanager(alertmanager_binary: str, tmp_path: Path) -> Iterator[Callable[..., AlertmanagerServer]]:
+    """``start(paging_url, engineering_url, port=None)``: the real Alertmanager routing severity
+    page to ``paging_url`` and the rest to ``engineering_url`` (on ``port``, or a free one)."""
+    started: list[AlertmanagerServer] = []
+
+    def start(paging_url: str, engineering_url: str, port: int | None = None) -> AlertmanagerServer:
+        workdir = tmp_path / f"alertmanager-{len(started)}"
+        workdir.mkdir()
+        config = workdir / "alertmanager.yml"
+        config.write_text(ALERTMANAGER_CONFIG.format(paging=paging_url, engineering=engineering_url))
+        server = AlertmanagerServer(alertmanager_binary, config, workdir, **({"port": port} if port else {}))
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from guardrail.domain.model import ChangeType, DeployState, Histogram, Sample, Step, Strategy, Track
+from guardrail.domain.notifications import Link, Notice, NoticeAction, Severity
 from guardrail.domain.records import (
     Action,
     ActionStatus,
@@ -185,6 +186,22 @@ ACTION: Spec = {
     "id": PLAIN,
 }
 
+LINK: Spec = {"href": PLAIN, "text": PLAIN}
+NOTICE: Spec = {
+    "key": PLAIN,
+    "action": _enum(NoticeAction),
+    "severity": _enum(Severity),
+    "summary": PLAIN,
+    "service": PLAIN,
+    "environment": PLAIN,
+    "deploy_id": PLAIN,
+    "rule": PLAIN,
+    "details": DICT,
+    "links": _many(_record(Link, LINK)),
+    "text": PLAIN,
+    "occurred_at": PLAIN,
+}
+
 SPECS: dict[type, Spec] = {
     Step: STEP,
     Rollout: ROLLOUT,
@@ -196,6 +213,8 @@ SPECS: dict[type, Spec] = {
     TimelineEvent: EVENT,
     Command: COMMAND,
     Action: ACTION,
+    Link: LINK,
+    Notice: NOTICE,
 }
 
 # --- public functions ------------------------------------------------------------------------------
@@ -249,6 +268,14 @@ def action_from_dict(d: Mapping[str, Any]) -> Action:
     return decode(Action, d, ACTION)
 
 
+def notice_to_dict(n: Notice) -> dict[str, Any]:
+    return encode(n, NOTICE)
+
+
+def notice_from_dict(d: Mapping[str, Any]) -> Notice:
+    return decode(Notice, d, NOTICE)
+
+
 __all__ = [
     "SPECS",
     "action_from_dict",
@@ -261,6 +288,8 @@ __all__ = [
     "loads",
     "marker_from_dict",
     "marker_to_dict",
+    "notice_from_dict",
+    "notice_to_dict",
     "rollout_from_dict",
     "rollout_to_dict",
     "sample_from_dict",

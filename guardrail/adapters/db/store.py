@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,6 +31,7 @@ from guardrail.adapters.db.engine import (
 from guardrail.adapters.db.migrate import current_revision_engine, head_revision, upgrade_engine
 from guardrail.domain.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from guardrail.domain.model import DeployState, Sample
+from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, TimelineEvent
 from guardrail.domain.rollout import Command, CommandKind, Rollout
 
@@ -345,6 +346,201 @@ class SqlStore:
             if event is not None:
                 await self._insert_events(conn, deploy_id, (event,))
 
+    # --- notifications: incidents and the outbox ------------------------------------------------
+
+    async def get_incident(self, key: str) -> Incident | None:
+        async with self._read(f"reading incident {key}") as conn:
+            row = (await conn.execute(select(t.incidents).where(t.incidents.c.key == key))).first()
+        return None if row is None else _incident(row)
+
+    async def incidents(self, *, state: IncidentState | None = None, deploy_id: str | None = None) -> list[Incident]:
+        """Incidents, oldest opened first, optionally only those in ``state`` or of one deploy."""
+        q = select(t.incidents).order_by(t.incidents.c.opened_at, t.incidents.c.key)
+        if state is not None:
+            q = q.where(t.incidents.c.state == IncidentState(state).value)
+        if deploy_id is not None:
+            q = q.where(t.incidents.c.deploy_id == deploy_id)
+        async with self._read("reading incidents") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_incident(r) for r in rows]
+
+    async def open_incident(self, incident: Incident, deliveries: Sequence[Delivery]) -> bool:
+        """One transaction: open ``incident.key`` (a new key, or one resolved before) and queue the
+        deliveries. A key already open changes nothing and queues nothing: returns False."""
+        n = incident.notice
+        row = {
+            "key": incident.key,
+            "state": IncidentState.OPEN.value,
+            "rule": n.rule,
+            "deploy_id": n.deploy_id,
+            "service": n.service,
+            "environment": n.environment,
+            "severity": n.severity.value,
+            "notice": codec.notice_to_dict(n),
+            "notifiers": list(incident.notifiers),
+            "opened_at": incident.opened_at,
+            "resolved_at": None,
+        }
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        new = (
+            dialect_insert(t.incidents)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(t.incidents.c.key)
+        )
+        async with self._write(f"opening incident {incident.key}") as conn:
+            opened = (await conn.execute(new)).first() is not None
+            if not opened:  # known key: reopen it only if it was resolved (row lock: one reopener wins)
+                res = await conn.execute(
+                    update(t.incidents)
+                    .where(
+                        t.incidents.c.key == incident.key,
+                        t.incidents.c.state == IncidentState.RESOLVED.value,
+                    )
+                    .values({k: v for k, v in row.items() if k != "key"})
+                )
+                opened = res.rowcount == 1
+            if opened:
+                await self._insert_deliveries(conn, deliveries)
+        return opened
+
+    async def resolve_incident(self, key: str, *, resolved_at: float, deliveries: Sequence[Delivery]) -> bool:
+        """One transaction: resolve ``key`` if it is open and queue the deliveries. A key that is not
+        open (unknown, or resolved already) changes nothing and queues nothing: returns False."""
+        async with self._write(f"resolving incident {key}") as conn:
+            res = await conn.execute(
+                update(t.incidents)
+                .where(t.incidents.c.key == key, t.incidents.c.state == IncidentState.OPEN.value)
+                .values(state=IncidentState.RESOLVED.value, resolved_at=resolved_at)
+            )
+            if res.rowcount != 1:
+                return False
+            await self._insert_deliveries(conn, deliveries)
+        return True
+
+    async def enqueue(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Queue deliveries with no incident (announcements), in one transaction. Returns them with ids."""
+        if not deliveries:
+            return []
+        async with self._write("queueing notifications") as conn:
+            return await self._insert_deliveries(conn, deliveries)
+
+    async def claim_deliveries(self, *, now: float, lease_s: float, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries due at ``now`` (oldest first), claimed: their ``next_attempt_at`` moves
+        to ``now + lease_s`` (so no other dispatcher takes them meanwhile, and a crash mid-send only
+        delays them) and ``attempts`` grows by one. A delivery waits while an earlier delivery of the
+        same key to the same notifier is pending: a resolve never overtakes its trigger."""
+        n = t.notifications
+        q = (
+            select(n)
+            .where(n.c.status == DeliveryStatus.PENDING.value, n.c.next_attempt_at <= now, ~_blocked())
+            .order_by(n.c.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=n)
+        async with self._write("claiming notifications") as conn:
+            rows = (await conn.execute(q)).all()
+            if not rows:
+                return []
+            until = now + lease_s
+            await conn.execute(
+                update(n)
+                .where(n.c.id.in_([r.id for r in rows]))
+                .values(next_attempt_at=until, attempts=n.c.attempts + 1)
+            )
+        return [replace(_delivery(r), attempts=r.attempts + 1, next_attempt_at=until) for r in rows]
+
+    async def mark_delivery_sent(self, delivery_id: int, *, sent_at: float) -> None:
+        await self._finish_delivery(delivery_id, status=DeliveryStatus.SENT, sent_at=sent_at)
+
+    async def mark_delivery_failed(self, delivery_id: int, *, error: str) -> None:
+        """Give up on a delivery (a non-retryable answer)."""
+        await self._finish_delivery(delivery_id, status=DeliveryStatus.FAILED, last_error=error)
+
+    async def reschedule_delivery(self, delivery_id: int, *, next_attempt_at: float, error: str) -> None:
+        """Keep a delivery pending, due again at ``next_attempt_at`` (a retryable failure)."""
+        await self._finish_delivery(
+            delivery_id, status=DeliveryStatus.PENDING, next_attempt_at=next_attempt_at, last_error=error
+        )
+
+    async def deliveries(
+        self,
+        *,
+        statuses: Sequence[DeliveryStatus] = (),
+        key: str | None = None,
+        notifier: str | None = None,
+        limit: int = 1000,
+    ) -> list[Delivery]:
+        """Outbox rows in id order, optionally filtered."""
+        q = select(t.notifications).order_by(t.notifications.c.id).limit(limit)
+        if statuses:
+            q = q.where(t.notifications.c.status.in_([DeliveryStatus(s).value for s in statuses]))
+        if key is not None:
+            q = q.where(t.notifications.c.key == key)
+        if notifier is not None:
+            q = q.where(t.notifications.c.notifier == notifier)
+        async with self._read("reading notifications") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_delivery(r) for r in rows]
+
+    async def outbox_summary(self) -> OutboxSummary:
+        """Pending rows: how many, the oldest's creation, and when the next one that is not waiting
+        behind an earlier row of its key falls due."""
+        n = t.notifications
+        pending = n.c.status == DeliveryStatus.PENDING.value
+        q = select(func.count(), func.min(n.c.created_at)).where(pending)
+        due = select(func.min(n.c.next_attempt_at)).where(pending, ~_blocked())
+        async with self._read("reading the outbox") as conn:
+            count, oldest = (await conn.execute(q)).one()
+            next_due = (await conn.execute(due)).scalar()
+        return OutboxSummary(pending=int(count), oldest_pending_at=oldest, next_due_at=next_due)
+
+    async def _finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        status: DeliveryStatus,
+        sent_at: float | None = None,
+        next_attempt_at: float | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": DeliveryStatus(status).value}
+        if sent_at is not None:
+            values["sent_at"] = sent_at
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        if last_error is not None:
+            values["last_error"] = last_error
+        async with self._write(f"updating notification {delivery_id}") as conn:
+            res = await conn.execute(
+                update(t.notifications).where(t.notifications.c.id == delivery_id).values(values)
+            )
+            if res.rowcount == 0:
+                raise NotFoundError(f"notification {delivery_id} not found", field="delivery_id")
+
+    @staticmethod
+    async def _insert_deliveries(conn: AsyncConnection, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        stored = []
+        for d in deliveries:
+            res = await conn.execute(
+                insert(t.notifications).values(
+                    notifier=d.notifier,
+                    key=d.notice.key,
+                    action=d.notice.action.value,
+                    severity=d.notice.severity.value,
+                    notice=codec.notice_to_dict(d.notice),
+                    status=DeliveryStatus(d.status).value,
+                    attempts=d.attempts,
+                    next_attempt_at=d.next_attempt_at,
+                    last_error=d.last_error,
+                    created_at=d.created_at,
+                    sent_at=d.sent_at,
+                )
+            )
+            stored.append(replace(d, id=int(res.inserted_primary_key[0])))
+        return stored
+
     # --- helpers -------------------------------------------------------------------------------
 
     @staticmethod
@@ -411,6 +607,47 @@ def _action(r: Row[Any]) -> Action:
         status=ActionStatus(r.status),
         attempts=r.attempts,
         result=r.result,
+    )
+
+
+def _blocked() -> Any:
+    """True for an outbox row with an earlier pending row of the same key and notifier."""
+    n = t.notifications
+    earlier = t.notifications.alias("earlier")
+    return (
+        select(earlier.c.id)
+        .where(
+            earlier.c.notifier == n.c.notifier,
+            earlier.c.key == n.c.key,
+            earlier.c.status == DeliveryStatus.PENDING.value,
+            earlier.c.id < n.c.id,
+        )
+        .exists()
+    )
+
+
+def _delivery(r: Row[Any]) -> Delivery:
+    return Delivery(
+        id=r.id,
+        notifier=r.notifier,
+        notice=_decode(codec.notice_from_dict, r.notice, f"stored notification {r.id}"),
+        status=DeliveryStatus(r.status),
+        attempts=r.attempts,
+        next_attempt_at=r.next_attempt_at,
+        last_error=r.last_error,
+        created_at=r.created_at,
+        sent_at=r.sent_at,
+    )
+
+
+def _incident(r: Row[Any]) -> Incident:
+    return Incident(
+        key=r.key,
+        state=IncidentState(r.state),
+        notice=_decode(codec.notice_from_dict, r.notice, f"stored incident {r.key}"),
+        notifiers=tuple(r.notifiers),
+        opened_at=r.opened_at,
+        resolved_at=r.resolved_at,
     )
 
 

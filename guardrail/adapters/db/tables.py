@@ -106,4 +106,46 @@ actions = Table(
     sqlite_autoincrement=True,
 )
 
-__all__ = ["actions", "deploys", "events", "metadata", "samples"]
+# The notification outbox: one row per notice and notifier, written in the same transaction as the
+# incident transition that caused it, sent afterwards by the dispatcher (guardrail.service.notify).
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),  # also the webhook's Idempotency-Key
+    Column("notifier", String(), nullable=False),  # configured name (notifications.notifiers.<name>)
+    Column("key", String(), nullable=False),  # notice.key: deliveries of one key go out in id order
+    Column("action", String(), nullable=False),  # notice.action, for reading the outbox
+    Column("severity", String(), nullable=False),
+    Column("notice", JSON(), nullable=False),  # codec.notice_to_dict
+    Column("status", String(), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_at", Double(), nullable=False),
+    Column("last_error", Text(), nullable=True),  # the notifier's detail: never a secret
+    Column("created_at", Double(), nullable=False),
+    Column("sent_at", Double(), nullable=True),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "notifier", "key", "status"),
+    sqlite_autoincrement=True,
+)
+
+# One row per incident key: open from the first trigger to the resolve (dedup of pages).
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("key", String(), primary_key=True),
+    Column("state", String(), nullable=False),  # open | resolved
+    Column("rule", String(), nullable=False),
+    Column("deploy_id", String(), nullable=True),  # no foreign key: incidents outlive deploy records
+    Column("service", String(), nullable=False),
+    Column("environment", String(), nullable=False),
+    Column("severity", String(), nullable=False),
+    Column("notice", JSON(), nullable=False),  # the trigger: its resolve carries the same labels
+    Column("notifiers", JSON(), nullable=False),  # where the trigger went: the resolve goes there too
+    Column("opened_at", Double(), nullable=False),
+    Column("resolved_at", Double(), nullable=True),
+    Index(None, "state"),
+    Index(None, "deploy_id"),
+)
+
+__all__ = ["actions", "deploys", "events", "incidents", "metadata", "notifications", "samples"]
