@@ -258,7 +258,7 @@ class _DeployState:
         self.first_open: int | None = None  # windows k < first_open were emitted
         self.windows: dict[int, dict[Track, _Acc]] = {}
         self.series: dict[tuple[Any, ...], _Series] = {}
-        self.epochs: dict[tuple[Any, ...], list[int]] = {}  # (resource, start) -> [first seen, last seen]
+        self.epochs: dict[tuple[Any, ...], list[int]] = {}  # (resource, start) -> export times
 
 
 class _Reject(Exception):
@@ -450,12 +450,8 @@ class OtlpAggregator:
                     raise _Reject(
                         "future", "time_unix_nano is more than the allowed skew ahead of the server clock"
                     )
-                k = (p.time_ns - 1) // st.interval_ns
-                late = st.first_open is not None and k < st.first_open
-                if late:
-                    k = st.first_open  # type: ignore[assignment]
                 key = (*base_key, p.attributes, p.start_ns) if cumulative else (*base_key, p.attributes)
-                handler(self, st, res, metric, p, key, scale, k, track)
+                late = handler(self, st, res, metric, p, key, scale, track)
             except _Reject as r:
                 out.rejected[(r.code, r.message)] += 1
                 continue
@@ -532,21 +528,26 @@ class OtlpAggregator:
                 f"more than {self.max_series} series for one deploy: new series are dropped",
             )
 
-    def _counts_in_full(self, st: _DeployState, res: OtlpResource, p: OtlpPoint) -> bool:
-        """Does the first point seen of a cumulative series count in full? Yes when the series
-        started after guardrail began watching, or appeared in a process (resource and start time)
-        already seen in an earlier export: a cumulative exporter sends every series every time."""
+    def _first_since(self, st: _DeployState, res: OtlpResource, p: OtlpPoint) -> int | None:
+        """Since when the first point seen of a cumulative series counts in full, or None: then it
+        is only the reference for the next one. In full when the series started after guardrail
+        began watching the deploy (since its start), or when it appears in a process (resource and
+        start time) already seen in an earlier export: a cumulative exporter sends every series every
+        time, so this one began after that export (since then)."""
         if st.first_seen_ns is not None and p.start_ns >= st.first_seen_ns:
-            return True
-        epoch = st.epochs.get((res.key, p.start_ns))
-        return epoch is not None and epoch[0] < p.time_ns
+            return p.start_ns
+        epoch = st.epochs.get((res.key, p.start_ns))  # noted already: [previous export, this one]
+        if epoch is not None and 0 < epoch[0] < p.time_ns == epoch[1]:
+            return epoch[0]
+        return None
 
     def _note_epoch(self, st: _DeployState, res: OtlpResource, p: OtlpPoint) -> None:
+        """Export times of a process: [the one before the latest, the latest]."""
         epoch = st.epochs.get((res.key, p.start_ns))
         if epoch is None:
-            st.epochs[(res.key, p.start_ns)] = [p.time_ns, p.time_ns]
+            st.epochs[(res.key, p.start_ns)] = [0, p.time_ns]
         elif p.time_ns > epoch[1]:
-            epoch[1] = p.time_ns
+            epoch[0], epoch[1] = epoch[1], p.time_ns
 
     def _acc(self, st: _DeployState, k: int, track: Track) -> _Acc:
         w = st.windows.get(k)
@@ -558,6 +559,44 @@ class OtlpAggregator:
         acc.points += 1
         return acc
 
+    def _spread(
+        self, st: _DeployState, a_ns: int, b_ns: int
+    ) -> tuple[tuple[tuple[int, float], ...], float, bool]:
+        """The windows the span ``(a, b]`` of a point covers, each with the fraction of the span up to
+        its end (cumulative, the last 1.0), the fraction dropped before them, and whether part of it
+        was late. An exporter's collection times drift against the windows: spreading an increase
+        by time keeps a window's counts to its own time instead of jittering by a collection
+        interval. A part in windows already emitted goes to the oldest open one when it is at most
+        a window plus the grace old, and is dropped when older (a long gap must not land in one
+        window); a point entirely that old is rejected."""
+        interval = st.interval_ns
+        kb = (b_ns - 1) // interval
+        if not 0 < a_ns < b_ns:
+            a_ns = b_ns - 1  # no usable start: the point's time only
+        fo = st.first_open
+        if fo is None or a_ns >= fo * interval:
+            ka = a_ns // interval
+            if ka == kb:
+                return ((kb, 1.0),), 0.0, False
+            span = b_ns - a_ns
+            return (
+                tuple((k, 1.0 if k == kb else ((k + 1) * interval - a_ns) / span) for k in range(ka, kb + 1)),
+                0.0,
+                False,
+            )
+        oldest = fo * interval - self.grace_ns - interval
+        if b_ns <= oldest:
+            raise _Reject(
+                "late",
+                "late: the point's data time is in a window analysed already, more than the grace ago "
+                "(a clock behind, or an exporter catching up)",
+            )
+        span = b_ns - a_ns
+        dropped = max(0.0, (oldest - a_ns) / span)
+        kb = max(kb, fo)
+        parts = tuple((k, 1.0 if k == kb else ((k + 1) * interval - a_ns) / span) for k in range(fo, kb + 1))
+        return parts, dropped, True
+
     def _histogram_point(
         self,
         st: _DeployState,
@@ -566,9 +605,8 @@ class OtlpAggregator:
         p: OtlpPoint,
         key: tuple[Any, ...],
         scale: float,
-        k: int,
         track: Track,
-    ) -> None:
+    ) -> bool:
         count = int(p.value)
         counts = p.bucket_counts
         if counts:
@@ -580,14 +618,19 @@ class OtlpAggregator:
                 )
             if sum(counts) != count:
                 raise _Reject("invalid", f"{metric.name}: count is not the sum of bucket counts")
+        bounds, drop = self._seconds(p.bounds, scale, metric.name) if counts else ((), 0)
+        since = p.start_ns
         if metric.temporality == CUMULATIVE:
             s = self._series(st, key, p)
             self._note_epoch(st, res, p)
             if s is None:
                 st.series[key] = _Series(p.start_ns, p.time_ns, count, counts, p.bounds)
-                if not self._counts_in_full(st, res, p):
-                    return  # only the reference for the next point
+                first = self._first_since(st, res, p)
+                if first is None:
+                    return False  # only the reference for the next point
+                since = first
             else:
+                since = s.time_ns
                 prev_count, prev_counts = int(s.value), s.counts
                 s.time_ns, s.value, s.counts = p.time_ns, count, counts
                 reset = count < prev_count or p.bounds != s.bounds or len(prev_counts) != len(counts)
@@ -601,17 +644,28 @@ class OtlpAggregator:
                         counts = tuple(diff)
                 elif not reset:
                     count -= prev_count
+                if reset:
+                    since = p.start_ns if p.start_ns > since else since  # counted since the restart
         else:
             self._delta_seen(st, key, p)
-        acc = self._acc(st, k, track)
-        acc.requests += count
-        if _is_error(p.attributes):
-            acc.errors += count
-        if counts and count:
-            bounds, drop = self._seconds(p.bounds, scale, metric.name)
-            if drop:  # bounds <= 0 removed: their buckets merge into the first kept one
-                counts = (sum(counts[: drop + 1]), *counts[drop + 1 :])
-            acc.add_histogram(bounds, counts)
+        if drop:  # bounds <= 0 removed: their buckets merge into the first kept one
+            counts = (sum(counts[: drop + 1]), *counts[drop + 1 :])
+        parts, dropped, late = self._spread(st, since, p.time_ns)
+        error = _is_error(p.attributes)
+        vector = counts if counts else (count,)
+        prev = [round(c * dropped) for c in vector] if dropped else [0] * len(vector)
+        for k, upto in parts:
+            cum = vector if upto == 1.0 else [round(c * upto) for c in vector]
+            share = [c - q for c, q in zip(cum, prev, strict=True)]
+            prev = cum  # type: ignore[assignment]
+            n = sum(share)
+            acc = self._acc(st, k, track)
+            acc.requests += n
+            if error:
+                acc.errors += n
+            if counts and n:
+                acc.add_histogram(bounds, share)
+        return late
 
     def _seconds(self, bounds: tuple[float, ...], scale: float, name: str) -> tuple[tuple[float, ...], int]:
         """Bounds in seconds with the non-positive ones dropped (the SDK default starts at 0), and
@@ -640,30 +694,39 @@ class OtlpAggregator:
         p: OtlpPoint,
         key: tuple[Any, ...],
         scale: float,
-        k: int,
         track: Track,
-    ) -> None:
+    ) -> bool:
         v = p.value
         if not math.isfinite(v) or v < 0:
             raise _Reject(
                 "invalid", f"monotonic sum {metric.name[:100]!r}: value must be a finite number >= 0"
             )
+        since = p.start_ns
         if metric.temporality == CUMULATIVE:
             s = self._series(st, key, p)
             self._note_epoch(st, res, p)
             if s is None:
                 st.series[key] = _Series(p.start_ns, p.time_ns, v)
-                if not self._counts_in_full(st, res, p):
-                    return
-                inc = v
+                first = self._first_since(st, res, p)
+                if first is None:
+                    return False
+                since, inc = first, v
             else:
-                inc = v - s.value if v >= s.value else v  # a decrease is a reset
+                if v >= s.value:
+                    since, inc = s.time_ns, v - s.value
+                else:  # a decrease is a reset
+                    since, inc = max(p.start_ns, s.time_ns), v
                 s.time_ns, s.value = p.time_ns, v
         else:
             self._delta_seen(st, key, p)
             inc = v
-        acc = self._acc(st, k, track)
-        acc.sums[metric.name] = acc.sums.get(metric.name, 0.0) + inc
+        parts, done, late = self._spread(st, since, p.time_ns)
+        name = metric.name
+        for k, upto in parts:
+            acc = self._acc(st, k, track)
+            acc.sums[name] = acc.sums.get(name, 0.0) + inc * (upto - done)
+            done = upto
+        return late
 
     def _gauge_point(
         self,
@@ -673,18 +736,19 @@ class OtlpAggregator:
         p: OtlpPoint,
         key: tuple[Any, ...],
         scale: float,
-        k: int,
         track: Track,
-    ) -> None:
+    ) -> bool:
         v = p.value
         if not math.isfinite(v):
             raise _Reject("invalid", f"gauge {metric.name[:100]!r}: value must be a finite number")
-        acc = self._acc(st, k, track)  # a level: no state across windows, the last value counts
+        parts, _, late = self._spread(st, 0, p.time_ns)  # a level at one time: no state across windows
+        acc = self._acc(st, parts[-1][0], track)
         series = acc.gauges.setdefault(metric.name, {})
         skey = key[:4]  # without the start time: one value per series and window
         prev = series.get(skey)
         if prev is None or p.time_ns >= prev[0]:
             series[skey] = (p.time_ns, v)
+        return late
 
     # --- output ---------------------------------------------------------------------------------
     def _emit(self, st: _DeployState, first_open: int) -> list[Sample]:

@@ -70,44 +70,74 @@ def test_cumulative_histogram_is_differenced_and_windows_close_after_the_grace()
     assert set(got) == {("canary", 0.0), ("baseline", 0.0)}
     c, b = got[("canary", 0.0)], got[("baseline", 0.0)]
     assert (c.start, c.end) == (T0, T0 + 10)
-    assert (c.requests, c.errors) == (50 + 4, 4)  # +50 on the 200 series, the new 500 series in full
+    # +50 on the 200 series, the new 500 series in full, and 4/5 of the +10 from T0+6 to T0+11
+    # (an increase is spread over the windows of its span, by time)
+    assert (c.requests, c.errors) == (50 + 4 + 8, 4)
     assert c.latency is not None and c.latency.bounds == BOUNDS
-    assert c.latency.counts == (49, 0, 0, 0, 0, 0, 0, 5)
+    assert c.latency.counts == (45 + 4 + 8, 0, 0, 0, 0, 0, 0, 5)
     assert (b.requests, b.errors) == (500, 0)
 
 
 def test_a_decrease_or_a_new_start_time_is_a_reset_that_counts_in_full() -> None:
     agg = OtlpAggregator(grace_s=0)
     c = "payments.total"
-    feed(agg, resource(counter(c, npoint(T0 + 1, 100)), version=CANARY))
-    feed(agg, resource(counter(c, npoint(T0 + 11, 150)), version=CANARY))
-    feed(agg, resource(counter(c, npoint(T0 + 21, 20)), version=CANARY))  # restarted, same start time
-    out = feed(agg, resource(counter(c, npoint(T0 + 31, 7, start=T0 + 25)), version=CANARY))  # new process
-    out2 = feed(agg, resource(counter(c, npoint(T0 + 41, 10, start=T0 + 25)), version=CANARY))
-    got = {**samples(out), **samples(out2)}
-    assert got[("canary", 20.0)].gauges[c] == 20
-    assert got[("canary", 30.0)].gauges[c] == 7
+    got: dict[tuple[str, float], Sample] = {}
+    for t, v, start in (
+        (10, 100, T0 - 50),
+        (20, 150, T0 - 50),
+        (30, 20, T0 - 50),
+        (40, 7, T0 + 35),
+        (50, 10, T0 + 35),
+    ):
+        got.update(samples(feed(agg, resource(counter(c, npoint(T0 + t, v, start=start)), version=CANARY))))
+    assert got[("canary", 10.0)].gauges[c] == 50
+    assert got[("canary", 20.0)].gauges[c] == 20  # restarted, same start time: a decrease
+    assert got[("canary", 30.0)].gauges[c] == 7  # a new process (start time): its first value in full
     assert agg.stats()["series"] == 2  # the old process's series stays until it is stale
 
 
 def test_a_new_series_of_a_process_already_seen_counts_in_full() -> None:
     """Cumulative exporters that stamp every series with the process start (Go SDK): a series that
-    first appears in a later export (the first 500 on a route) started after the previous export."""
+    first appears in a later export (the first 500 on a route) began after the previous export."""
     agg = OtlpAggregator(grace_s=0)
     start = T0 - 3600
-    feed(agg, resource(histogram(hpoint(T0 + 1, counts(100), start=start)), version=CANARY))
-    feed(
-        agg,
-        resource(
-            histogram(
-                hpoint(T0 + 11, counts(200), start=start),
-                hpoint(T0 + 11, counts(3), start=start, http__response__status_code=503),
-            ),
-            version=CANARY,
+    feed(agg, resource(histogram(hpoint(T0 + 10, counts(100), start=start)), version=CANARY))
+    second = resource(
+        histogram(
+            hpoint(T0 + 20, counts(200), start=start),
+            hpoint(T0 + 20, counts(3), start=start, http__response__status_code=503),
         ),
+        version=CANARY,
     )
-    out = feed(agg, resource(histogram(hpoint(T0 + 21, counts(300), start=start)), version=CANARY))
-    assert (samples(out)[("canary", 10.0)].requests, samples(out)[("canary", 10.0)].errors) == (103, 3)
+    s = samples(feed(agg, second))[("canary", 10.0)]
+    assert (s.requests, s.errors) == (103, 3)
+
+
+def test_an_increase_is_spread_over_the_windows_of_its_span() -> None:
+    """SDK collection times drift (every interval plus the export's duration): counts follow the
+    windows' own time, not the number of collections that happen to fall in them."""
+    agg = OtlpAggregator(grace_s=0)
+    route = DeployRoute("d1", "checkout", "production", CANARY, BASELINE, 1.0)
+    routes = {("checkout", "production"): [route]}
+    got: dict[tuple[str, float], Sample] = {}
+    t, total = T0 + 0.1, 0
+    while t < T0 + 30:
+        total = round((t - T0) * 1000)  # 1000 requests per second, exported every 0.27-0.33 s
+        got.update(
+            samples(
+                agg.add(
+                    decode_protobuf(
+                        body(resource(histogram(hpoint(t, counts(total), start=T0)), version=CANARY))
+                    ),
+                    routes,
+                    now=NOW,
+                )
+            )
+        )
+        t += 0.27 + 0.06 * ((t * 7) % 1)
+    per_window = [s.requests for (_, start), s in sorted(got.items()) if start >= 1]
+    assert len(per_window) >= 25
+    assert all(abs(n - 1000) <= 1 for n in per_window), per_window
 
 
 def test_delta_points_are_used_as_they_are_and_a_retried_request_is_rejected() -> None:
@@ -126,7 +156,8 @@ def test_delta_points_are_used_as_they_are_and_a_retried_request_is_rejected() -
     assert (again.accepted, again.rejected_points) == (0, 3)
     assert {code for code, _ in again.rejected} == {"duplicate"}
     out = feed(
-        agg, resource(histogram(hpoint(T0 + 15, counts(41), start=T0 + 5), temporality=DELTA), version=CANARY)
+        agg,
+        resource(histogram(hpoint(T0 + 15, counts(41), start=T0 + 10), temporality=DELTA), version=CANARY),
     )
     got = samples(out)
     assert got[("canary", 0.0)].requests == 40
@@ -178,7 +209,7 @@ def test_histograms_with_other_bounds_merge_onto_the_common_ones_and_ms_become_s
     )
     feed(agg, resource(histogram(hpoint(T0 + 2, counts(10), start=T0), temporality=DELTA), version=CANARY))
     out = feed(
-        agg, resource(histogram(hpoint(T0 + 11, counts(1), start=T0 + 2), temporality=DELTA), version=CANARY)
+        agg, resource(histogram(hpoint(T0 + 11, counts(1), start=T0 + 10), temporality=DELTA), version=CANARY)
     )
     s = samples(out)[("canary", 0.0)]
     assert s.requests == 55 + 10
@@ -202,25 +233,29 @@ def test_the_old_duration_metric_is_ignored_when_the_new_one_is_sent_too() -> No
     assert out.accepted == 1 and [c for c, _ in out.rejected] == ["duplicate"]
 
 
-def test_a_late_point_counts_in_the_oldest_open_window() -> None:
+def test_a_late_point_counts_in_the_oldest_open_window_unless_it_is_too_old() -> None:
     agg = OtlpAggregator(grace_s=1)
-    feed(agg, resource(histogram(hpoint(T0 + 5, counts(10), start=T0), temporality=DELTA), version=BASELINE))
-    first = feed(
-        agg,
-        resource(histogram(hpoint(T0 + 11.5, counts(10), start=T0 + 5), temporality=DELTA), version=BASELINE),
-    )
-    assert samples(first)[("baseline", 0.0)].requests == 10
-    late = feed(
-        agg, resource(histogram(hpoint(T0 + 9, counts(7), start=T0), temporality=DELTA), version=CANARY)
-    )
+
+    def delta(t: float, n: int, start: float, version: str) -> Outcome:
+        return feed(
+            agg,
+            resource(
+                histogram(hpoint(T0 + t, counts(n), start=T0 + start), temporality=DELTA), version=version
+            ),
+        )
+
+    delta(5, 10, 0, BASELINE)
+    first = delta(11.5, 10, 10, BASELINE)
+    assert samples(first)[("baseline", 0.0)].requests == 10  # [T0, T0+10) is emitted
+    late = delta(9, 7, 8, CANARY)  # a clock a little behind
     assert (late.accepted, late.late) == (1, 1)
-    out = feed(
-        agg,
-        resource(histogram(hpoint(T0 + 25, counts(1), start=T0 + 11.5), temporality=DELTA), version=BASELINE),
-    )
+    out = delta(25, 1, 20, BASELINE)
     got = samples(out)
     assert got[("canary", 10.0)].requests == 7  # not lost: in [T0+10, T0+20)
     assert got[("baseline", 10.0)].requests == 10
+    too_old = delta(8, 3, 7, CANARY)  # more than a window and the grace behind the oldest open window
+    assert too_old.accepted == 0 and [c for c, _ in too_old.rejected] == ["late"]
+    assert "late: the point's data time is in a window analysed already" in too_old.error_message()
 
 
 def test_routing_by_service_environment_and_version_or_explicit_track() -> None:
@@ -261,7 +296,7 @@ def test_routing_by_service_environment_and_version_or_explicit_track() -> None:
     assert out.accepted == 1
     out = feed(
         agg,
-        resource(histogram(hpoint(T0 + 11, counts(1), start=T0 + 2), temporality=DELTA), version=BASELINE),
+        resource(histogram(hpoint(T0 + 11, counts(1), start=T0 + 10), temporality=DELTA), version=BASELINE),
     )
     got = samples(out)
     assert got[("baseline", 0.0)].requests == 6 and got[("canary", 0.0)].requests == 2
