@@ -1,6 +1,8 @@
 """The ``guardrail`` command: run the server, post markers from CI, wait for verdicts, override.
 
 Exit codes of ``guardrail wait``: 0 promoted, 1 rolled back (or rollback failed), 2 error, 3 timeout.
+Exit codes of ``guardrail backtest``: 0 it would have passed, 1 it would have failed (rolled back),
+2 error, inconclusive, or no decision before the end of the data.
 Server address and token come from ``--url``/``--token`` or ``GUARDRAIL_URL``/``GUARDRAIL_TOKEN``.
 """
 
@@ -257,6 +259,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.dir)
 
 
+def _time_arg(text: str) -> float:
+    """RFC3339 (with Z or an offset) or unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither RFC3339 nor unix seconds") from None
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or an offset like +02:00")
+    return dt.timestamp()
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """What guardrail would have decided about a past deploy, from Prometheus data."""
+    from guardrail.adapters.sources.prometheus import PrometheusMetricSource
+    from guardrail.config import load_settings
+    from guardrail.domain.model import Decision
+    from guardrail.service.backtest import backtest, outcome
+
+    settings = load_settings(args.config)
+    url = args.prometheus_url or settings.prometheus.url
+    if not url:
+        raise GuardrailError("no Prometheus: pass --prometheus-url or set prometheus.url in the config")
+    try:
+        metrics = json.loads(args.metrics) if args.metrics else None
+    except ValueError as e:
+        raise GuardrailError(f"--metrics is not valid JSON: {e}") from None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise GuardrailError("--metrics takes a JSON object like a marker's metrics: {\"overrides\": {...}}")
+    source_overrides = {k: v for k, v in (("track_label", args.track_label), ("selector", args.selector)) if v}
+    deploy_time = args.deploy_time if args.deploy_time is not None else args.start
+
+    async def run() -> list:
+        source = PrometheusMetricSource.from_settings(settings.prometheus.model_copy(update={"url": url}))
+        try:
+            return await backtest(
+                source, service=args.service, environment=args.environment, version=args.version,
+                baseline_version=args.baseline_version, start=args.start, end=args.end, interval_s=args.interval,
+                deploy_time=deploy_time, weight=args.weight, defaults=settings.analysis, metrics=metrics,
+                source_overrides=source_overrides, min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+            )
+        finally:
+            await source.close()
+
+    timeline = asyncio.run(run())
+    result = outcome(timeline, deploy_time=deploy_time, min_duration_s=args.min_duration)
+    code = {Decision.PASS: 0, Decision.FAIL: 1}.get(result.decision, EXIT_ERROR)
+    if args.json:
+        print(json.dumps({
+            "decision": result.decision.value, "decided_at": result.at, "exit_code": code,
+            "timeline": [{"data_time": t, "decision": v.decision.value, "summary": v.summary} for t, v in timeline],
+            "verdict": result.verdict.to_dict() if result.verdict else None,
+        }, indent=2))
+        return code
+    print(f"backtest of {args.service} {args.version} against {args.baseline_version} ({args.environment}), "
+          f"{_rfc3339(args.start)} to {_rfc3339(args.end)}, {args.interval:g} s windows")
+    weight = f"{args.weight:g}% of the traffic" if args.weight is not None else (
+        "an unknown share of the traffic (throughput not judged: pass --weight)")
+    print(f"the canary had {weight} from {_rfc3339(deploy_time)}")
+    if not timeline:
+        print("no data after the deploy time: nothing to judge")
+        return EXIT_ERROR
+    print("decisions (data time, after the deploy):")
+    last = None
+    for i, (t, v) in enumerate(timeline):
+        if v.decision is not last or i == len(timeline) - 1:
+            print(f"  {_rfc3339(t)}  +{(t - deploy_time) / 60:6.1f} min  {v.decision.value}")
+            last = v.decision
+    words = {Decision.PASS: "PASS: guardrail would have promoted this step",
+             Decision.FAIL: "FAIL: guardrail would have rolled back",
+             Decision.INCONCLUSIVE: "INCONCLUSIVE: the analysis window ended without enough evidence (held for a human)",
+             Decision.CONTINUE: "NO DECISION: the data ended before the judge could decide"}
+    when = f" at {_rfc3339(result.at)} (+{(result.at - deploy_time) / 60:.1f} min)" if result.at is not None else ""
+    print(f"result: {words[result.decision]}{when}")
+    assert result.verdict is not None
+    print("evidence:")
+    for e in result.verdict.evidence:
+        print(f"  - {e.metric} [{e.status.value}{', critical' if e.critical else ''}]: {e.detail}")
+    if result.verdict.power:
+        print(f"what more it would need: {result.verdict.power}")
+    return code
+
+
 # --- parser ------------------------------------------------------------------------------------------
 
 
@@ -343,6 +435,32 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the end-to-end demo on SQLite")
     d.add_argument("--dir", default=None, help="work directory (default .demo)")
+
+    b = sub.add_parser(
+        "backtest",
+        help="what guardrail would have decided about a past deploy, from Prometheus data "
+        "(exit 0 pass, 1 fail, 2 error/inconclusive/undecided)",
+    )
+    b.add_argument("--prometheus-url", help="default: prometheus.url of the config")
+    b.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG): analysis defaults, query templates")
+    b.add_argument("--service", required=True)
+    b.add_argument("--version", required=True, help="the canary's version")
+    b.add_argument("--baseline-version", dest="baseline_version", required=True)
+    b.add_argument("--environment", default="production")
+    b.add_argument("--from", dest="start", type=_time_arg, required=True, help="RFC3339 or unix seconds")
+    b.add_argument("--to", dest="end", type=_time_arg, required=True, help="RFC3339 or unix seconds")
+    b.add_argument("--deploy-time", dest="deploy_time", type=_time_arg,
+                   help="when the canary got traffic (default --from); earlier windows are the baseline's history")
+    b.add_argument("--interval", type=float, default=60, help="window, seconds (default 60)")
+    b.add_argument("--weight", type=float, help="canary share of the traffic in percent (enables the throughput check)")
+    b.add_argument("--min-duration", dest="min_duration", type=float, default=0.0,
+                   help="seconds after the deploy time before a PASS counts (a step's min_duration_s)")
+    b.add_argument("--max-duration", dest="max_duration", type=float,
+                   help="analysis window in seconds (default: analysis.max_duration_s)")
+    b.add_argument("--track-label", dest="track_label", help="label telling the tracks apart (track, version, ...)")
+    b.add_argument("--selector", help='series selector template, e.g. {job="$service"}')
+    b.add_argument("--metrics", help="JSON like a marker's metrics object: {\"overrides\": {...}, \"custom\": [...]}")
+    b.add_argument("--json", action="store_true", help="the timeline and the final verdict as JSON")
     return p
 
 
@@ -366,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_db(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "backtest":
+            return cmd_backtest(args)
         return asyncio.run(_run_client(args))
     except (GuardrailError, ApiError, OSError) as e:
         print(f"guardrail: {e}", file=sys.stderr)

@@ -333,6 +333,14 @@ class PrometheusServer:
 
         _wait_until(ok, timeout, f"prometheus: {promql} == {want}", self.proc)
 
+    def wait_scraped(self, targets: int, after: float | None = None, timeout: float = 20.0) -> None:
+        """Until each of ``targets`` targets of the job has been scraped at or after ``after`` (default
+        now). Prometheus scrapes its first targets ~5 s after it is ready (the service discovery's
+        update tick), also after a restart; until then queries see the old values (5-min lookback)."""
+        after = _time.time() if after is None else after
+        promql = f'count(timestamp(up{{job="{self.job}"}}) >= {after:.3f})'
+        self.wait_for(promql, targets, timeout=timeout)
+
 
 @_dataclass
 class ScrapedPair:
@@ -351,8 +359,7 @@ def start_scraped_pair(binary: str, tmp: Path, *, app_args: tuple[str, ...] = ()
             started.append(app)
         prom = PrometheusServer(binary, tmp / "tsdb", [baseline.target, canary.target]).start()
         started.append(prom)
-        # Prometheus scrapes its first targets ~5 s after it is ready (service discovery's update tick)
-        prom.wait_for('count(up{job="checkout"} == 1)', 2, timeout=20)
+        prom.wait_scraped(2)
     except Exception:
         for app in started:
             app.stop()
@@ -366,20 +373,25 @@ def stop_scraped_pair(pair: ScrapedPair) -> None:
     pair.canary.stop()
 
 
-@pytest.fixture(scope="module")
+SAMPLE_ERROR_RATE = 0.05  # of both processes while healthy: errors enough for quick verdicts
+
+
+@pytest.fixture(scope="session")
 def scraped_pair(prometheus_binaries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedPair]:
-    """A baseline (1.4.1) and a canary (1.4.2) process of the sample service, both also exposing the
-    OpenTelemetry names, scraped every second by a real Prometheus. Shared by a module's tests."""
-    pair = start_scraped_pair(prometheus_binaries[0], tmp_path_factory.mktemp("prom"), app_args=("--otel-names",))
+    """A baseline (1.4.1) and a canary (1.4.2) process of the sample service failing 5% of requests,
+    both also exposing the OpenTelemetry names, scraped every second by a real Prometheus. Shared by
+    the session's tests (Prometheus takes ~5 s to scrape for the first time): a test that regresses,
+    restarts or stops something puts it back."""
+    pair = start_scraped_pair(prometheus_binaries[0], tmp_path_factory.mktemp("prom"),
+                              app_args=("--otel-names", "--error-rate", str(SAMPLE_ERROR_RATE)))
     yield pair
     stop_scraped_pair(pair)
 
 
-def backfill(promtool: str, openmetrics: str, data_dir: Path) -> None:
-    """Write ``openmetrics`` (text ending with ``# EOF``) as TSDB blocks into ``data_dir``."""
+def backfill(promtool: str, openmetrics: Path, data_dir: Path) -> None:
+    """Write the OpenMetrics file (ending with ``# EOF``) as TSDB blocks into ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    src = data_dir.parent / "backfill.om"
-    src.write_text(openmetrics)
+    src = openmetrics
     out = _subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(src), str(data_dir)],
                           capture_output=True, text=True, timeout=120)
     if out.returncode != 0:

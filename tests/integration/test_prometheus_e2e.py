@@ -7,7 +7,7 @@ The canary steps are short (10 s) and the windows 2 s. Both processes fail 5% of
 marker widens the PASS margins (``critical_change``: error rate 3, p99 5, p95 3), so a healthy canary
 can be promoted after ~20 s of traffic at 600 requests/s; the judge's defaults need minutes of real
 traffic. The FAIL side is untouched (any harmful change counts). One Prometheus and one pair of
-processes serve the module's tests (each has its own engine, database and load)."""
+processes serve the session's tests (each has its own engine, database and load)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ from guardrail.ports import ActionResult, DeployTarget
 from guardrail.service.engine import Engine
 from guardrail.service.poller import Poller, PollSettings
 from guardrail.testing import RecordingDeployAdapter
-from tests.integration.conftest import ScrapedPair, start_scraped_pair, stop_scraped_pair
+from tests.integration.conftest import SAMPLE_ERROR_RATE, ScrapedPair
 
 pytestmark = pytest.mark.integration
 
 RPS = 600
 HISTORY_S = 4.0
-ERROR_RATE = 0.05
+ERROR_RATE = SAMPLE_ERROR_RATE
 STEPS = (Step(weight=10, min_duration_s=10), Step(weight=50, min_duration_s=10), Step(weight=100))
 WIDE_MARGINS = {"overrides": {"error_rate": {"critical_change": 3.0}, "latency_p99": {"critical_change": 5.0},
                               "latency_p95": {"critical_change": 3.0}}}
@@ -72,21 +72,14 @@ class TrafficSplitAdapter(RecordingDeployAdapter):
         return r
 
 
-@pytest.fixture(scope="module")
-def shared_pair(prometheus_binaries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedPair]:
-    p = start_scraped_pair(prometheus_binaries[0], tmp_path_factory.mktemp("e2e"),
-                           app_args=("--error-rate", str(ERROR_RATE)))
-    yield p
-    stop_scraped_pair(p)
-
-
 @pytest.fixture
-def pair(shared_pair: ScrapedPair) -> Iterator[ScrapedPair]:
-    """The shared processes, healthy again after each test (and Prometheus up)."""
-    yield shared_pair
-    shared_pair.canary.regress(error_rate=ERROR_RATE)
-    if shared_pair.prometheus.proc is None:
-        shared_pair.prometheus.start()
+def pair(scraped_pair: ScrapedPair) -> Iterator[ScrapedPair]:
+    """The session's processes, healthy again after each test (and Prometheus up)."""
+    yield scraped_pair
+    scraped_pair.canary.regress(error_rate=ERROR_RATE)
+    if scraped_pair.prometheus.proc is None:
+        scraped_pair.prometheus.start()
+    scraped_pair.prometheus.wait_scraped(2)  # after a restart, until it scrapes again
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ def _total(pair: ScrapedPair) -> float:
 @pytest.fixture(scope="module")
 def window(scraped_pair: ScrapedPair) -> Window:
     """4 s of load at 200 rps, 70% baseline / 30% canary, fully scraped; the window around it."""
+    scraped_pair.prometheus.wait_scraped(2)
     before = _total(scraped_pair)
     start = math.floor(time.time()) - 1.0
     b, c = scraped_pair.baseline.work_url, scraped_pair.canary.work_url
