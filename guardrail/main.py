@@ -39,8 +39,9 @@ async def build_app(
     store = SqlStore(settings.database_url, clock=clock)
     telemetry = telemetry or Telemetry()
     notifications = build_notification_service(settings.notifications, store=store, clock=clock, telemetry=telemetry)
-    engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock)
-    app = create_app(engine=engine, settings=settings, telemetry=telemetry)
+    engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock,
+                    notifications=notifications)
+    app = create_app(engine=engine, settings=settings, telemetry=telemetry, alert_sink=engine.external_alerts)
     if not settings.tokens:
         log.warning("no API tokens configured: authentication is OFF (fine on a laptop, not in production)")
 

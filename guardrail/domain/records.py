@@ -74,6 +74,7 @@ class EventKind(StrEnum):
     ACTION_FAILED = "action_failed"
     OVERRIDE = "override"
     INGEST = "ingest"
+    ALERT = "alert"  # an in-service rule or an Alertmanager alert firing or resolving
     NOTE = "note"
 
 

@@ -38,8 +38,11 @@ from guardrail.domain.rollout import (
     VerdictReached,
     transition,
 )
+from guardrail.domain.rules import ExternalAlert
 from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
+from guardrail.service.alerting import DeployAlerts
 from guardrail.service.analysis import analysis_spec, apply_weight, build_judge
+from guardrail.service.notify import NotificationService
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail.engine")
@@ -63,12 +66,14 @@ class Engine:
         adapter_factory: Callable[[str, dict[str, Any]], DeployAdapter],
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
+        notifications: NotificationService | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.telemetry = telemetry or Telemetry()
         self.clock = clock
         self._adapter_factory = adapter_factory
+        self.alerts = DeployAlerts(notifications, settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._judges: dict[str, Judge] = {}
         self._adapters: dict[str, DeployAdapter] = {}
@@ -88,7 +93,9 @@ class Engine:
             raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
         return d
 
-    def _event(self, event_kind: EventKind, message: str, data_time: float | None, **details: Any) -> TimelineEvent:
+    def _event(
+        self, event_kind: EventKind, message: str, data_time: float | None, **details: Any
+    ) -> TimelineEvent:
         return TimelineEvent(event_kind, message, data_time, self.clock(), details)
 
     def _notify(self, deploy_id: str) -> None:
@@ -169,7 +176,11 @@ class Engine:
             self._adapters.pop(deploy.id, None)
             old = stored.marker
             if (old.service, old.environment, old.version, old.commit) != (
-                marker.service, marker.environment, marker.version, marker.commit):
+                marker.service,
+                marker.environment,
+                marker.version,
+                marker.commit,
+            ):
                 raise ConflictError(
                     f"idempotency key {idempotency_key!r} was used for {old.service} {old.version} "
                     f"({old.environment}, commit {old.commit}), not for this marker; use a new key",
@@ -178,6 +189,7 @@ class Engine:
             return stored, False
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
         self._last_data_wall[stored.id] = now
+        await self.alerts.created(stored, now)
         async with self._lock(stored.id):
             stored = await self._apply(stored, Start(stored.data_time))
         await self._refresh_state_gauges()
@@ -199,15 +211,98 @@ class Engine:
                 self.telemetry.stalled.labels(deploy_id, deploy.marker.service).set(0)
             data_time = max(deploy.data_time, max(s.end for s in new))
             deploy = replace(deploy, data_time=data_time)
+            alert_events, failure = await self._rules(deploy, new)
             if deploy.state.terminal or deploy.state is DeployState.ROLLING_BACK:
-                await self.store.save(deploy_id, data_time=data_time)
+                await self.store.save(deploy_id, data_time=data_time, events=alert_events)
                 return IngestResult(len(new), len(samples) - len(new), deploy)
             judge = self._judges.get(deploy_id)
             if judge is not None:
                 judge.add_many(new)
-            deploy = await self._analyse(deploy)
+            if failure is not None:  # a page-severity rule firing on the canary: a failure signal
+                deploy = await self._apply(
+                    deploy, VerdictReached(Decision.FAIL, data_time, failure), extra_events=alert_events
+                )
+            else:
+                if alert_events:
+                    await self.store.save(deploy_id, events=alert_events)
+                deploy = await self._analyse(deploy)
             self.telemetry.analysis_seconds.observe(time.perf_counter() - t0)
             return IngestResult(len(new), len(samples) - len(new), deploy)
+
+    async def _rules(self, deploy: Deploy, new: Sequence[Sample]) -> tuple[list[TimelineEvent], str | None]:
+        """The in-service alert rules on the new samples: timeline events, notices, and the reason
+        to fail the deploy when a rule that fails deploys fires on the canary during its steps."""
+        alerts = self.alerts
+        if not alerts.watching(deploy):
+            if deploy.state is DeployState.PROMOTED:  # the post-promotion watch is over
+                closed = await alerts.stop_watching(deploy, self.clock())
+                return [self._alert_event(deploy, t) for t in closed], None
+            return [], None
+        stored = await self.store.samples(deploy.id) if alerts.needs_history(deploy) else []
+        transitions = alerts.evaluate(deploy, stored, new)
+        failure = None
+        for t in transitions:
+            await alerts.transition(deploy, t, self.clock())
+            in_steps = deploy.state in (DeployState.ANALYZING, DeployState.PAUSED)
+            if t.fails_deploy and in_steps and self.settings.rules.fails_deploy and failure is None:
+                failure = f"alert {t.rule.name} firing: {t.sentence}"
+        return [self._alert_event(deploy, t) for t in transitions], failure
+
+    def _alert_event(self, deploy: Deploy, t: Any) -> TimelineEvent:
+        word = "firing" if t.state.value == "firing" else "resolved"
+        return self._event(
+            EventKind.ALERT,
+            f"{t.rule.name} ({t.rule.severity.value}) {word}: {t.sentence}",
+            t.at,
+            alert=t.to_dict(),
+        )
+
+    async def external_alerts(self, alerts: Sequence[ExternalAlert]) -> int:
+        """Alertmanager alerts (``/hooks/alertmanager``): those for a service with an active deploy, or
+        one promoted within the watch window (wall time), go on that deploy's timeline; a firing
+        page-severity alert during the canary steps is a failure signal and rolls the deploy back."""
+        matched = 0
+        now = self.clock()
+        candidates = await self.store.list_deploys(limit=500, since=now - 7 * 86400)
+        for alert in alerts:
+            for deploy in candidates:
+                m = deploy.marker
+                if alert.service != m.service or (alert.environment and alert.environment != m.environment):
+                    continue
+                active = not deploy.state.terminal and deploy.state is not DeployState.ROLLING_BACK
+                watched = (
+                    deploy.state is DeployState.PROMOTED
+                    and now - deploy.updated_at <= self.settings.rules.watch_s
+                )
+                if not (active or watched):
+                    continue
+                matched += 1
+                async with self._lock(deploy.id):
+                    fresh = await self._get(deploy.id)
+                    ev = self._event(
+                        EventKind.ALERT,
+                        f"Alertmanager: {alert.name} ({alert.severity}) "
+                        f"{alert.status.value}: {alert.summary}",
+                        fresh.data_time,
+                        alert=alert.to_dict(),
+                    )
+                    fails = (
+                        alert.status.value == "firing"
+                        and alert.severity == "page"
+                        and self.settings.rules.fails_deploy
+                        and fresh.state in (DeployState.ANALYZING, DeployState.PAUSED)
+                    )
+                    if fails:
+                        await self._apply(
+                            fresh,
+                            VerdictReached(
+                                Decision.FAIL, fresh.data_time, f"alert {alert.name} firing: {alert.summary}"
+                            ),
+                            extra_events=[ev],
+                        )
+                    else:
+                        await self.store.save(deploy.id, events=[ev])
+        return matched
 
     async def override(self, deploy_id: str, action: str, *, who: str, why: str) -> Deploy:
         """Manual promote / promote_full / rollback / pause / resume, audited with who and why."""
@@ -340,6 +435,7 @@ class Engine:
         )
         if after.state is not before.state:
             self._on_state_change(deploy, before.state)
+            await self.alerts.state_changed(deploy, before.state, self.clock())
         for action in saved:
             if action.command.kind is CommandKind.ROLLBACK and after.rollback_attempts > 0:
                 self._schedule_retry(deploy.id, action, after.rollback_attempts)

@@ -31,9 +31,11 @@ def marker(strategy: Strategy = Strategy.CANARY, steps=STEPS, **kw) -> Marker:
     return replace(base, **kw)
 
 
-def make_engine(store, adapter: RecordingDeployAdapter, clock: ManualClock | None = None, **settings) -> Engine:
+def make_engine(store, adapter: RecordingDeployAdapter, clock: ManualClock | None = None, *, notifications=None,
+                **settings) -> Engine:
     s = Settings.model_validate({"allow_marker_adapters": True, "engine": {"rollback_backoff_s": 0.01}, **settings})
-    return Engine(store=store, settings=s, adapter_factory=lambda name, cfg: adapter, clock=clock or ManualClock())
+    return Engine(store=store, settings=s, adapter_factory=lambda name, cfg: adapter, clock=clock or ManualClock(),
+                  notifications=notifications)
 
 
 async def drive(engine: Engine, deploy_id: str, traffic: SyntheticTraffic, adapter: RecordingDeployAdapter, *,
