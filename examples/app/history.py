@@ -38,7 +38,7 @@ class Deploy:
     step_s: float = 15.0
     rate: float = 200.0  # requests per second, both tracks
     weight: float = 0.10  # canary share after deploy_at
-    error_rate: float = 0.01
+    error_rate: float = 0.005  # below the 1% HighErrorRate alert rule
     latency_median: float = 0.1
     latency_sigma: float = 0.5
     canary_error_factor: float = 1.0
