@@ -254,3 +254,51 @@ async def test_5xx_is_retried_with_backoff_then_source_unavailable(aiohttp_serve
     assert len(calls) == 4
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2  # exponential backoff
+
+
+# --- the arithmetic alone (no server) ----------------------------------------------------------------
+
+
+def _series(points: dict[int, float], start: float = 0.0, interval: float = 10.0) -> dict:
+    return {"metric": {}, "values": [[start + k * interval, str(v)] for k, v in sorted(points.items())]}
+
+
+def test_increases_difference_boundaries_and_read_a_decrease_as_a_reset() -> None:
+    from guardrail.adapters.sources.prometheus import _increases
+
+    # 100 -> 150 -> (restart) 20 -> 70: the new process's count is the increase of the reset window
+    assert _increases(_series({0: 100, 1: 150, 2: 20, 3: 70}), 0, 10, 3, None) == [(0, 50), (1, 20), (2, 50)]
+
+
+def test_increases_over_a_gap_go_to_the_first_window_after_it_and_a_new_series_counts_from_zero() -> None:
+    from guardrail.adapters.sources.prometheus import _increases
+
+    # no point at boundary 2 (missed scrapes): window 1 has no data, window 2 gets 150 -> 190
+    assert _increases(_series({0: 100, 1: 150, 3: 190}), 0, 10, 3, None) == [(0, 50), (2, 40)]
+    # no point at the start: the last value before the range (instant query) is the reference
+    assert _increases(_series({1: 130, 2: 160}), 0, 10, 2, 100.0) == [(0, 30), (1, 30)]
+    # never seen before: a new process (or a label value seen for the first time) counted from zero
+    assert _increases(_series({2: 3, 3: 5}), 0, 10, 3, None) == [(1, 3), (2, 2)]
+
+
+def test_cumulative_le_buckets_become_per_bucket_counts_with_inf_last() -> None:
+    from guardrail.adapters.sources.prometheus import _histogram
+
+    h = _histogram({0.1: 50.0, 0.5: 90.0, 1.0: 99.0, math.inf: 100.0, 0.0: 0.0})
+    assert h is not None and h.bounds == (0.1, 0.5, 1.0) and h.counts == (50, 40, 9, 1)
+    skewed = _histogram({0.1: 50.0, 0.5: 49.0, math.inf: 52.0})  # series from different scrapes: no negatives
+    assert skewed is not None and skewed.counts == (50, 0, 2)
+    assert _histogram({0.1: 5.0}) is None  # no +Inf bucket: not a histogram
+
+
+def test_overrides_are_validated_and_name_the_key() -> None:
+    src = PrometheusMetricSource("http://127.0.0.1:9")
+    q = query(0, 60, selector='{job="$service"}', track_label="version")
+    assert src.resolve(q).selector == '{job="$service"}' and src.resolve(q).track_label == "version"
+    with pytest.raises(ValidationError) as e:
+        src.resolve(query(0, 60, tracklabel="version"))
+    assert e.value.field == "metrics.prometheus.tracklabel"
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        src.resolve(query(0, 60, error_codes="5(("))
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        PrometheusMetricSource("127.0.0.1:9090")
