@@ -14,13 +14,14 @@ comes back, sets ``guardrail_source_up`` to 0 and counts ``guardrail_source_erro
 deploy gets no data meanwhile, so the engine holds (it never promotes without data), and the
 poller retries once per window until the source answers, then catches up from where it stopped.
 
-Traffic shifts: when a rollout step changes the canary's weight, the engine dates the change at the
-data time of the verdict that triggered it, but the traffic really moves when the adapter has done
-it, ``scrape_delay_s`` or more later in wall (= Prometheus) time. Windows that started before the
-step's adapter action finished were served at the old weight, and so may be those that started
-less than one scrape interval later (a boundary's value comes from the scrape before it; the poller
-takes ``scrape_delay_s`` as that bound). The poller does not hand those windows to the engine: they
-would look like a canary getting less traffic than it was given.
+Traffic shifts: when a rollout step changes the canary's weight (the first step included), the
+engine dates the change at the data time of the verdict (or marker) that triggered it, but the
+traffic really moves when the adapter has done it, ``scrape_delay_s`` or more later in wall
+(= Prometheus) time for a later step. Windows after the step's data time that started before its
+adapter action finished were served at the old weight, and so may be those that started less than
+one scrape interval later (a boundary's value comes from the scrape before it; the poller takes
+``scrape_delay_s`` as that bound). The poller does not hand those windows to the engine: they would
+look like a canary getting less traffic than it was given. The pre-deploy history is not affected.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from guardrail.domain.errors import SourceUnavailableError, ValidationError
+from guardrail.domain.model import Sample
 from guardrail.domain.records import Deploy, EventKind
 from guardrail.ports import MetricSource, SourceQuery
 from guardrail.service.engine import Engine
@@ -61,17 +63,23 @@ class PollSettings:
 class _Progress:
     next_start: float  # start of the first window not fetched yet
     steps_seen: int  # len(rollout.history) last time we looked
-    skip_until: float = -math.inf  # windows starting before this (wall time) were served at an old weight
+    skip_from: float = math.inf  # data time of the latest traffic shift (a step taking effect)
+    skip_until: float = -math.inf  # wall time: that shift's action done + scrape_delay_s
     retry_at: float = -math.inf
     problem_kind: str | None = None  # "unavailable" | "rejected" while in trouble
     problem_since: float | None = None
 
 
-def _shifted(p: _Progress, steps: int) -> bool:
-    """Whether a later step (not the first: traffic starts on the window grid) took effect."""
-    moved = steps > p.steps_seen and steps > 1
-    p.steps_seen = max(p.steps_seen, steps)
-    return moved
+def _shifted(p: _Progress, history: tuple[tuple[int, float], ...], until: float) -> None:
+    """Note a step that took effect since we last looked: the windows from its data time until
+    ``until`` (wall time) were served, at least in part, at the previous weight."""
+    if len(history) > p.steps_seen:
+        p.skip_from, p.skip_until = history[-1][1], max(p.skip_until, until)
+    p.steps_seen = max(p.steps_seen, len(history))
+
+
+def _mixed(p: _Progress, s: Sample) -> bool:
+    return s.end > p.skip_from and s.start < p.skip_until
 
 
 def window_origin(deploy: Deploy, interval_s: float, history_s: float) -> float:
@@ -128,10 +136,11 @@ class Poller:
         started = deploy.marker.started_at if deploy.marker.started_at is not None else deploy.created_at
         next_start = deploy.data_time if deploy.data_time > started + 1e-6 else origin
         p = _Progress(next_start=next_start, steps_seen=len(deploy.rollout.history))
-        if len(deploy.rollout.history) > 1:  # a later step moved traffic: when did its action finish?
+        if deploy.rollout.history:  # the latest step moved traffic: when did its action finish?
             done = [e for e in await self.engine.events(deploy.id) if e.kind is EventKind.ACTION_DONE
                     and e.details.get("kind") == "apply_step"]
             if done:
+                p.skip_from = deploy.rollout.history[-1][1]
                 p.skip_until = done[-1].wall_time + self.settings.scrape_delay_s
         return p
 
@@ -142,8 +151,7 @@ class Poller:
         if p is None:
             p = self._progress[deploy.id] = await self._derive(deploy, interval)
         now = self.clock()
-        if _shifted(p, len(deploy.rollout.history)):  # a step changed outside our ingest (e.g. an override)
-            p.skip_until = max(p.skip_until, now + self.settings.scrape_delay_s)
+        _shifted(p, deploy.rollout.history, now + self.settings.scrape_delay_s)  # e.g. the first step, an override
         if now < p.retry_at:
             return 0
         n = math.floor((now - self.settings.scrape_delay_s - p.next_start) / interval + 1e-9)
@@ -187,11 +195,10 @@ class Poller:
                 f"metric source back after {down:.0f} s: pulling again from data time {p.next_start:.3f}",
                 source=name,
             )
-        kept = [s for s in samples if s.start >= p.skip_until]
+        kept = [s for s in samples if not _mixed(p, s)]
         if kept:
             result = await self.engine.ingest(deploy.id, kept)
-            if _shifted(p, len(result.deploy.rollout.history)):  # this data moved the rollout on
-                p.skip_until = self.clock() + self.settings.scrape_delay_s
+            _shifted(p, result.deploy.rollout.history, self.clock() + self.settings.scrape_delay_s)
         p.next_start = end
         return len(kept)
 

@@ -8,17 +8,18 @@ window end, each wrapped in ``last_over_time(...[interval])``: the value at a bo
 sample actually scraped in the window before it, so a boundary without a fresh scrape (target
 down, Prometheus down) has no point, where Prometheus' 5-minute lookback would repeat an old value
 and read as "zero requests". Each series is differenced point to point; a decrease is a counter
-reset (the process restarted), and then the new value is the increase. A series without a point at
-a boundary is compared with its last value before the gap (earlier in the range, or from one
-instant ``last_over_time`` query at the range's start), so what happened during a gap is counted
-in the first window after it; a series never seen before counts from zero. Increases are summed per
-track: requests, errors (status code matching ``error_codes``, default ``5..``) and per-bucket
+reset (the process restarted), and then the new value is the increase. A window whose start
+boundary has no point gets nothing from that series (when in the gap its requests happened is
+unknown; counting them all in one window would make a spike on one track and not the other),
+unless the series was never seen before (not earlier in the range, nor in ``gap_lookback_s``
+before it: one instant ``last_over_time`` query when needed): a new process counts from zero.
+Increases are summed per track: requests, errors (status code matching ``error_codes``, default ``5..``) and per-bucket
 latency counts (cumulative ``le`` buckets differenced, +Inf last). Gauges are evaluated at each
 window end. No Prometheus-side ``rate``, ``increase`` or ``histogram_quantile``: the judge needs
 counts, not extrapolated ratios. The ``requests`` and ``latency_buckets`` templates must therefore
 be series selectors, and ``interval_s`` should be at least the scrape interval. As with
-Prometheus' own ``increase``, a reset is only seen as a decrease: a process that restarts inside a
-gap and counts past its old value before the next scrape is undercounted.
+Prometheus' own ``increase``, a reset is only seen as a decrease: a process that restarts between
+two boundaries loses what it counted after the first one and before its last scrape.
 
 A window in which no request series of a track has a point yields no sample for that track: no
 data is not zero (a stopped target or a stopped Prometheus stays visible as a hole).
@@ -325,26 +326,26 @@ class PrometheusMetricSource:
         values = self._track_values(query, label)
         acc = _Windows()
         code_re = q.error_codes
-        gap_values = await self._gap_values(query, q, label, series, q.requests, n)
+        seen = await self._seen_before(query, q, label, series, q.requests)
         for s in series:
             track = values.get(s["metric"].get(label, ""))
             if track is None:
                 continue
             is_error = bool(code_re.fullmatch(s["metric"].get(q.code_label, "")))
-            for k, inc in _increases(s, query.start, query.interval_s, n, gap_values.get(_key(s["metric"]))):
+            for k, inc in _increases(s, query.start, query.interval_s, n, _key(s["metric"]) in seen):
                 acc.requests[track, k] += inc
                 if is_error:
                     acc.errors[track, k] += inc
         if q.latency_buckets:
             hq = self._counter(q.latency_buckets, query, q, label, query.interval_s)
             buckets = await self.range(hq, query.start, query.start + n * query.interval_s, query.interval_s)
-            gaps = await self._gap_values(query, q, label, buckets, q.latency_buckets, n)
+            seen = await self._seen_before(query, q, label, buckets, q.latency_buckets)
             for s in buckets:
                 track = values.get(s["metric"].get(label, ""))
                 le = _float(s["metric"].get("le"))
                 if track is None or le is None:
                     continue
-                for k, inc in _increases(s, query.start, query.interval_s, n, gaps.get(_key(s["metric"]))):
+                for k, inc in _increases(s, query.start, query.interval_s, n, _key(s["metric"]) in seen):
                     acc.buckets[track, k][le] += inc
         for name, template in q.gauges.items():
             gq = self._template(template, query, q, label)
@@ -431,21 +432,15 @@ class PrometheusMetricSource:
                 return label, series
         return candidates[0], []
 
-    async def _gap_values(
+    async def _seen_before(
         self, query: SourceQuery, q: ResolvedQueries, label: str, series: list[dict[str, Any]], template: str,
-        n: int,
-    ) -> dict[SeriesKey, float]:
-        """Last value before ``query.start`` of the series that have no point at ``start``."""
-        missing = [s for s in series if not s["values"] or abs(float(s["values"][0][0]) - query.start) > 1e-3]
-        if not missing:
-            return {}
+    ) -> set[SeriesKey]:
+        """Of the series without a point at ``query.start``, those that had a value in the
+        ``gap_lookback_s`` before it (so they are in a gap, not new)."""
+        if all(s["values"] and abs(float(s["values"][0][0]) - query.start) <= 1e-3 for s in series):
+            return set()
         lq = self._counter(template, query, q, label, q.gap_lookback_s)
-        out: dict[SeriesKey, float] = {}
-        for s in await self.instant(lq, query.start):
-            v = _float(s["value"][1])
-            if v is not None:
-                out[_key(s["metric"])] = v
-        return out
+        return {_key(s["metric"]) for s in await self.instant(lq, query.start) if _float(s["value"][1]) is not None}
 
 
 # --- pure helpers ------------------------------------------------------------------------------------
@@ -486,27 +481,33 @@ def _float(v: Any) -> float | None:
 
 
 def _increases(
-    series: Mapping[str, Any], start: float, interval: float, n: int, before: float | None
+    series: Mapping[str, Any], start: float, interval: float, n: int, seen_before: bool
 ) -> list[tuple[int, float]]:
-    """(window index, increase) of one counter series: points at the window boundaries, a decrease
-    is a reset (the new value is the increase); over a gap, the last value seen (``before``: the
-    last value before ``start``) is the reference; a series never seen counts from zero."""
+    """(window index, increase) of one counter series. A window needs the series' points at both of
+    its boundaries; a decrease between them is a counter reset (the new value is the increase). A
+    window whose start boundary has no point (missed scrapes: the target or Prometheus was down)
+    gets nothing from this series, since when in the gap those requests happened is unknown, unless
+    the series was never seen before (``seen_before``: a value before ``start``): a new process, or a
+    status code seen for the first time, counts from zero."""
     points: dict[int, float] = {}
     for t, v in series["values"]:
         k = round((float(t) - start) / interval)
         x = _float(v)
         if 0 <= k <= n and x is not None and math.isfinite(x):
             points[k] = x
+    if not points:
+        return []
+    first = min(points)
     out: list[tuple[int, float]] = []
-    last = before
-    for k in range(n + 1):
+    for k in range(1, n + 1):
         v = points.get(k)
         if v is None:
             continue
-        if k > 0:
-            inc = v if last is None or v < last else v - last
-            out.append((k - 1, inc))
-        last = v
+        prev = points.get(k - 1)
+        if prev is not None:
+            out.append((k - 1, v if v < prev else v - prev))
+        elif k == first and not seen_before:
+            out.append((k - 1, v))
     return out
 
 
