@@ -282,6 +282,7 @@ class OtlpAggregator:
         self.max_future_ns = round(max_future_s * _NS)
         self.max_series = max_series_per_deploy
         self._deploys: dict[str, _DeployState] = {}
+        self._interned: dict[tuple[float, ...], tuple[float, ...]] = {}
         self._bounds_cache: dict[tuple[tuple[float, ...], float], tuple[tuple[float, ...], int] | None] = {}
 
     # --- state ----------------------------------------------------------------------------------
@@ -624,7 +625,7 @@ class OtlpAggregator:
             s = self._series(st, key, p)
             self._note_epoch(st, res, p)
             if s is None:
-                st.series[key] = _Series(p.start_ns, p.time_ns, count, counts, p.bounds)
+                st.series[key] = _Series(p.start_ns, p.time_ns, count, counts, self._intern(p.bounds))
                 first = self._first_since(st, res, p)
                 if first is None:
                     return False  # only the reference for the next point
@@ -634,7 +635,8 @@ class OtlpAggregator:
                 prev_count, prev_counts = int(s.value), s.counts
                 s.time_ns, s.value, s.counts = p.time_ns, count, counts
                 reset = count < prev_count or p.bounds != s.bounds or len(prev_counts) != len(counts)
-                s.bounds = p.bounds
+                if reset:
+                    s.bounds = self._intern(p.bounds)
                 if not reset and counts:
                     diff = [c - q for c, q in zip(counts, prev_counts, strict=True)]
                     if min(diff) < 0:
@@ -652,6 +654,14 @@ class OtlpAggregator:
             counts = (sum(counts[: drop + 1]), *counts[drop + 1 :])
         parts, dropped, late = self._spread(st, since, p.time_ns)
         error = _is_error(p.attributes)
+        if len(parts) == 1 and not dropped:  # the common case: all in one window
+            acc = self._acc(st, parts[0][0], track)
+            acc.requests += count
+            if error:
+                acc.errors += count
+            if counts and count:
+                acc.add_histogram(bounds, counts)
+            return late
         vector = counts if counts else (count,)
         prev = [round(c * dropped) for c in vector] if dropped else [0] * len(vector)
         for k, upto in parts:
@@ -666,6 +676,15 @@ class OtlpAggregator:
             if counts and n:
                 acc.add_histogram(bounds, share)
         return late
+
+    def _intern(self, bounds: tuple[float, ...]) -> tuple[float, ...]:
+        """One tuple per distinct bound list, shared by the series that use it."""
+        shared = self._interned.get(bounds)
+        if shared is None:
+            shared = bounds
+            if len(self._interned) < 256:
+                self._interned[bounds] = bounds
+        return shared
 
     def _seconds(self, bounds: tuple[float, ...], scale: float, name: str) -> tuple[tuple[float, ...], int]:
         """Bounds in seconds with the non-positive ones dropped (the SDK default starts at 0), and
@@ -811,8 +830,9 @@ class ExportResult:
 
 class OtlpIngest:
     """Receives decoded OTLP export requests: routes, aggregates and hands complete windows to the
-    engine. Routing reads the active deploys of each (service, environment) at most once per
-    ``route_ttl_s`` (wall time); a pair with no active deploy is looked up again on every request."""
+    engine. Routing reads the active deploys at most once per ``route_ttl_s`` of wall time (one
+    query, whatever the number of services pushing): a new deploy gets its points within that time,
+    and points of services with no deploy cost no database read."""
 
     MAX_OUTBOX = 1000  # samples per deploy kept for redelivery while the engine fails
 
@@ -830,11 +850,12 @@ class OtlpIngest:
         self.aggregator = aggregator or OtlpAggregator()
         self.route_ttl_s = route_ttl_s
         self.clock = clock
-        self._routes: dict[tuple[str, str], tuple[float, list[DeployRoute]]] = {}
+        self._table: dict[tuple[str, str], list[DeployRoute]] | None = None
+        self._table_expires = 0.0
         self._outbox: dict[str, list[Sample]] = {}
 
     async def receive(self, resources: Sequence[OtlpResource]) -> ExportResult:
-        routes = await self._lookup(resources)
+        routes = await self._lookup()
         outcome = self.aggregator.add(resources, routes, now=self.clock())
         t = self.telemetry
         t.otlp_points.labels("received").inc(outcome.received)
@@ -853,32 +874,19 @@ class OtlpIngest:
             outcome.received, outcome.accepted, outcome.rejected_points, outcome.error_message()
         )
 
-    async def _lookup(self, resources: Sequence[OtlpResource]) -> dict[tuple[str, str], list[DeployRoute]]:
+    async def _lookup(self) -> Routes:
+        """The routing table of the active deploys, read at most once per ``route_ttl_s``."""
         now = self.clock()
-        pairs = set()
-        for res in resources:
-            a = res.attributes
-            service = a.get("service.name")
-            env = a.get("deployment.environment.name", a.get("deployment.environment"))
-            if isinstance(service, str) and isinstance(env, str):
-                pairs.add((service, env))
-        out: dict[tuple[str, str], list[DeployRoute]] = {}
-        for pair in pairs:
-            cached = self._routes.get(pair)
-            if cached is not None and cached[0] > now:
-                out[pair] = cached[1]
-                continue
-            deploys = await self.engine.list_deploys(service=pair[0], environment=pair[1], limit=50)
-            fresh = [DeployRoute.of(d) for d in deploys if not d.state.terminal]
-            if cached is not None:  # deploys no longer active: drop their state
-                for gone in {r.deploy_id for r in cached[1]} - {r.deploy_id for r in fresh}:
-                    self._forget(gone)
-            if fresh:
-                self._routes[pair] = (now + self.route_ttl_s, fresh)
-            else:
-                self._routes.pop(pair, None)
-            out[pair] = fresh
-        return out
+        if self._table is not None and now < self._table_expires:
+            return self._table
+        table: dict[tuple[str, str], list[DeployRoute]] = {}
+        for d in sorted(await self.engine.active_deploys(), key=lambda d: d.created_at, reverse=True):
+            table.setdefault((d.marker.service, d.marker.environment), []).append(DeployRoute.of(d))
+        active = {r.deploy_id for routes in table.values() for r in routes}
+        for gone in set(self.aggregator.deploy_ids()) - active:  # finished: drop their state
+            self._forget(gone)
+        self._table, self._table_expires = table, now + self.route_ttl_s
+        return table
 
     def _forget(self, deploy_id: str) -> None:
         self.aggregator.forget(deploy_id)
@@ -915,6 +923,8 @@ class OtlpIngest:
             if result.deploy.state.terminal:
                 self._forget(deploy_id)
                 m = result.deploy.marker
-                self._routes.pop((m.service, m.environment), None)
+                routes = (self._table or {}).get((m.service, m.environment))
+                if routes:
+                    routes[:] = [r for r in routes if r.deploy_id != deploy_id]
         if failure is not None:
             raise failure
