@@ -564,12 +564,16 @@ class OtlpAggregator:
         self, st: _DeployState, a_ns: int, b_ns: int
     ) -> tuple[tuple[tuple[int, float], ...], float, bool]:
         """The windows the span ``(a, b]`` of a point covers, each with the fraction of the span up to
-        its end (cumulative, the last 1.0), the fraction dropped before them, and whether part of it
-        was late. An exporter's collection times drift against the windows: spreading an increase
-        by time keeps a window's counts to its own time instead of jittering by a collection
-        interval. A part in windows already emitted goes to the oldest open one when it is at most
-        a window plus the grace old, and is dropped when older (a long gap must not land in one
-        window); a point entirely that old is rejected."""
+        its end (cumulative, the last 1.0), the fraction dropped before them, and whether the point
+        was late.
+
+        An exporter's collection times drift against the windows: spreading an increase by time
+        keeps a window's counts to its own time instead of jittering by a collection interval.
+        Parts in windows already emitted: a span reaching into the open windows (a gap in the
+        series) keeps only its open part, so a gap never piles up in one window (a one-track spike
+        would fail throughput); a span entirely in emitted windows (a clock behind, an export
+        delayed) goes to the oldest open window, at most one interval's worth of it, and is rejected
+        when it ended more than the grace and an interval before that window."""
         interval = st.interval_ns
         kb = (b_ns - 1) // interval
         if not 0 < a_ns < b_ns:
@@ -585,18 +589,19 @@ class OtlpAggregator:
                 0.0,
                 False,
             )
-        oldest = fo * interval - self.grace_ns - interval
-        if b_ns <= oldest:
+        open_from, span = fo * interval, b_ns - a_ns
+        if b_ns > open_from:  # a gap: the part before the open windows cannot be placed any more
+            parts = tuple(
+                (k, 1.0 if k == kb else ((k + 1) * interval - a_ns) / span) for k in range(fo, kb + 1)
+            )
+            return parts, (open_from - a_ns) / span, False
+        if b_ns <= open_from - self.grace_ns - interval:
             raise _Reject(
                 "late",
                 "late: the point's data time is in a window analysed already, more than the grace ago "
                 "(a clock behind, or an exporter catching up)",
             )
-        span = b_ns - a_ns
-        dropped = max(0.0, (oldest - a_ns) / span)
-        kb = max(kb, fo)
-        parts = tuple((k, 1.0 if k == kb else ((k + 1) * interval - a_ns) / span) for k in range(fo, kb + 1))
-        return parts, dropped, True
+        return ((fo, 1.0),), max(0.0, (b_ns - interval - a_ns) / span), True
 
     def _histogram_point(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
 from guardrail.adapters.otlp import decode_protobuf
@@ -256,6 +257,21 @@ def test_a_late_point_counts_in_the_oldest_open_window_unless_it_is_too_old() ->
     too_old = delta(8, 3, 7, CANARY)  # more than a window and the grace behind the oldest open window
     assert too_old.accepted == 0 and [c for c, _ in too_old.rejected] == ["late"]
     assert "late: the point's data time is in a window analysed already" in too_old.error_message()
+
+
+def test_a_gap_in_a_series_does_not_pile_up_in_one_window() -> None:
+    """A canary process silent for 30 s: its increase over the gap is spread by time over the open
+    windows; the part in windows already emitted is dropped, not added to the next one."""
+    agg = OtlpAggregator(grace_s=0)
+    got: dict[tuple[str, float], Sample] = {}
+    feed(agg, resource(counter("orders", npoint(T0 + 10, 0)), version=CANARY))
+    for t in (10, 20, 30, 40):
+        got.update(samples(feed(agg, resource(counter("orders", npoint(T0 + t, 10 * t)), version=BASELINE))))
+    got.update(samples(feed(agg, resource(counter("orders", npoint(T0 + 45, 350)), version=CANARY))))
+    got.update(samples(feed(agg, resource(counter("orders", npoint(T0 + 50, 500)), version=BASELINE))))
+    assert [("canary", w) in got for w in (10.0, 20.0, 30.0)] == [False, False, False]  # no data is not zero
+    assert got[("canary", 40.0)].gauges["orders"] == pytest.approx(50)  # the gap's 5 s in [T0+40, T0+50)
+    assert got[("baseline", 40.0)].gauges["orders"] == 100
 
 
 def test_routing_by_service_environment_and_version_or_explicit_track() -> None:
