@@ -840,6 +840,7 @@ class OtlpIngest:
     and points of services with no deploy cost no database read."""
 
     MAX_OUTBOX = 1000  # samples per deploy kept for redelivery while the engine fails
+    LOG_EVERY_S = 60.0
 
     def __init__(
         self,
@@ -858,6 +859,7 @@ class OtlpIngest:
         self._table: dict[tuple[str, str], list[DeployRoute]] | None = None
         self._table_expires = 0.0
         self._outbox: dict[str, list[Sample]] = {}
+        self._logged: dict[str, float] = {}  # rejection reason -> when it was last logged
 
     async def receive(self, resources: Sequence[OtlpResource]) -> ExportResult:
         routes = await self._lookup()
@@ -867,6 +869,8 @@ class OtlpIngest:
         t.otlp_points.labels("accepted").inc(outcome.accepted)
         for code, n in outcome.reasons().items():
             t.otlp_rejected.labels(code).inc(n)
+        if outcome.rejected:
+            self._log_rejections(outcome)
         if outcome.late:
             t.otlp_points.labels("late").inc(outcome.late)
         for deploy_id, samples in outcome.windows:
@@ -892,6 +896,20 @@ class OtlpIngest:
             self._forget(gone)
         self._table, self._table_expires = table, now + self.route_ttl_s
         return table
+
+    def _log_rejections(self, outcome: Outcome) -> None:
+        """Senders may ignore partialSuccess (the Python SDK exporter does): say it in the log too,
+        once per reason and ``LOG_EVERY_S``."""
+        now = self.clock()
+        for (code, message), n in outcome.rejected.most_common():
+            if now - self._logged.get(code, -math.inf) >= self.LOG_EVERY_S:
+                self._logged[code] = now
+                log.warning(
+                    "OTLP: rejected %d data point(s): %s (logged at most every %.0f s)",
+                    n,
+                    message,
+                    self.LOG_EVERY_S,
+                )
 
     def _forget(self, deploy_id: str) -> None:
         self.aggregator.forget(deploy_id)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
@@ -171,7 +172,9 @@ async def test_counter_reset_is_handled(api: Api) -> None:
     assert (await stored(api, d["id"]))[("canary", 0.0)].gauges == {"orders": 100 + 30 + 10}
 
 
-async def test_points_for_no_active_deploy_are_rejected_in_partial_success(api: Api) -> None:
+async def test_points_for_no_active_deploy_are_rejected_in_partial_success(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     await mark(api)
     h = histogram(hpoint(T0 + 1, counts(5)), hpoint(T0 + 1, counts(1), http__response__status_code=500))
     status, ctype, raw = await post(api, body(resource(h, service="search"), resource(h, version=CANARY)))
@@ -194,6 +197,8 @@ async def test_points_for_no_active_deploy_are_rejected_in_partial_success(api: 
     assert 'guardrail_otlp_points_total{result="accepted"} 2.0' in metrics
     assert 'guardrail_otlp_points_rejected_total{reason="no_deploy"} 2.0' in metrics
     assert 'guardrail_otlp_points_rejected_total{reason="version_mismatch"} 1.0' in metrics
+    # and in the log, since exporters may ignore partialSuccess (the Python SDK's does)
+    assert "rejected 2 data point(s): no active deploy for service 'search'" in caplog.text
 
 
 async def test_a_finished_deploy_gets_no_more_points(api: Api) -> None:
