@@ -505,7 +505,8 @@ def write(out: Path, result: dict[str, Any]) -> None:
         f"HTTP handler, auth, decoding, aggregation, SqlStore on SQLite, engine and judge; {h['deploys']} "
         f"active deploys, {h['requests_per_deploy']} requests each per run ({h['requests']:,} requests, "
         f"{h['points']:,} data points); the client in another process. Per core = per CPU-second of the "
-        "server process (its event loop and the SQLite thread).",
+        "server process (its event loop and the SQLite thread). On a small shared machine the spread "
+        "between runs is wide (other work competes for the same cores and caches): quote the medians.",
         "",
         *_table(
             "Receiver alone (60 s windows: none completes during a run, the engine is not called)",
