@@ -397,6 +397,7 @@ def backfill(promtool: str, openmetrics: Path, data_dir: Path) -> None:
     if out.returncode != 0:
         raise RuntimeError(f"promtool failed ({out.returncode}): {out.stderr[-2000:]}")
 
+
 # ===================================================================================================
 # Alertmanager: the real server (Debian package `prometheus-alertmanager`) on a free loopback port
 # ===================================================================================================
