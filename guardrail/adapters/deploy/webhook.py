@@ -38,6 +38,7 @@ import aiohttp
 from yarl import URL
 
 from guardrail.adapters.deploy import freeze_mappings, parse_adapter_config, step_values, target_values
+from guardrail.adapters.http_body import read_redacted
 from guardrail.domain.errors import ConfigError
 from guardrail.domain.model import Step
 from guardrail.ports import ActionResult, DeployTarget
@@ -236,24 +237,7 @@ class WebhookDeployAdapter:
         async with session.post(
             self.config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as resp:
-            longest = max((len(s) for s in self._secrets), default=0)
-            wanted = 4 * (_OUTPUT_LIMIT + longest + 1)  # bytes: up to 4 per character in UTF-8
-            chunks: list[bytes] = []
-            size = 0
-            cut = False
-            try:
-                async for chunk in resp.content.iter_chunked(16384):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size >= wanted:
-                        cut = True
-                        break
-            except (aiohttp.ClientError, TimeoutError):
-                cut = True  # the status is the answer; a body cut short is only shown shorter
-            text = b"".join(chunks).decode("utf-8", errors="replace")
-            if cut:
-                text = text[: len(text) - longest - 1] if longest else text
-            text = redact_text(text, self._secrets)[:_OUTPUT_LIMIT]
+            text = (await read_redacted(resp, self._secrets, 4 * _OUTPUT_LIMIT))[:_OUTPUT_LIMIT]
             retry_after: float | None = None
             raw = resp.headers.get("Retry-After", "").strip()
             if raw.isdigit():

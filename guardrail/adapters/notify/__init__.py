@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from guardrail.adapters.http_body import read_redacted
 from guardrail.domain.errors import ConfigError
 from guardrail.domain.notifications import Link, Notice, Severity
 from guardrail.plugins import load_plugin, parse_config
@@ -238,24 +239,8 @@ class HttpClient:
         async with session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as resp:
-            longest = max((len(s) for s in self.secrets), default=0)
-            wanted = _READ_LIMIT + 4 * (longest + 1)
-            chunks: list[bytes] = []
-            size = 0
-            cut = False
-            try:
-                async for chunk in resp.content.iter_chunked(8192):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size >= wanted:
-                        cut = True
-                        break
-            except (aiohttp.ClientError, TimeoutError):
-                cut = True  # the status is the answer; a body cut short is only shown shorter
-            text = b"".join(chunks).decode("utf-8", errors="replace")
-            if cut and longest:
-                text = text[: len(text) - longest - 1]  # no half of a secret survives the cut
-            return resp.status, _one_line(self.redact(text))
+            text = await read_redacted(resp, self.secrets, _READ_LIMIT)
+            return resp.status, _one_line(text)
 
     def result(self, what: str, posted: Posted, *, ok: bool | None = None, why: str = "") -> NotifyResult:
         """The NotifyResult of ``posted`` (``ok`` overrides the 2xx rule, ``why`` explains a refusal)."""
