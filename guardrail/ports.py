@@ -5,10 +5,11 @@ Adapters live in ``guardrail.adapters`` and are wired in ``guardrail.main`` only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from guardrail.domain.drafts import DraftKind, DraftText
 from guardrail.domain.model import DeployState, Sample, Step
 from guardrail.domain.notifications import Notice
 from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
@@ -107,6 +108,17 @@ class Notifier(Protocol):
     async def send(self, notice: Notice) -> NotifyResult: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Writes one document from the facts object (``guardrail.domain.drafts.facts``). The offline
+    drafter always answers; an LLM drafter falls back to it (``DraftText.note`` says why) when the
+    provider errors, times out or gives an answer that fails the checks. Never raises for that."""
+
+    name: str
+
+    async def draft(self, kind: DraftKind, facts: Mapping[str, Any]) -> DraftText: ...
 
 
 class Store(Protocol):
@@ -232,6 +244,7 @@ __all__ = [
     "Clock",
     "DeployAdapter",
     "DeployTarget",
+    "Drafter",
     "Marker",
     "MetricSource",
     "Notifier",

@@ -20,9 +20,12 @@ from guardrail.adapters.http.errors import (
     from_http_exception,
     internal_error,
 )
+from guardrail.adapters.http.drafts_api import DRAFT_ROUTES
+from guardrail.adapters.http.integrations import INTEGRATION_ROUTES
 from guardrail.adapters.http.openapi import build_openapi
 from guardrail.adapters.http.otlp import OTLP
 from guardrail.adapters.http.otlp import document as document_otlp
+from guardrail.adapters.http.pages import PAGE_ROUTES
 from guardrail.adapters.http.routes import (
     ENGINE,
     OPENAPI,
@@ -43,6 +46,9 @@ log = logging.getLogger("guardrail.http")
 
 AUTH = web.AppKey("guardrail.auth", Authenticator)
 ROUTE_OF = web.AppKey("guardrail.route_of", dict)
+
+# every route the app serves: the core table plus the drafts, the pages and the integrations
+ALL_ROUTES: tuple[Route, ...] = (*ROUTES, *DRAFT_ROUTES, *PAGE_ROUTES, *INTEGRATION_ROUTES)
 
 
 def _version() -> str:
@@ -103,11 +109,11 @@ def create_app(
     app[SETTINGS] = settings
     app[TELEMETRY] = telemetry
     app[AUTH] = Authenticator(settings.tokens)
-    app[ROUTE_OF] = {r.handler: r for r in ROUTES}
+    app[ROUTE_OF] = {r.handler: r for r in ALL_ROUTES}
     install_alert_hook(app, alert_sink)  # POST /hooks/alertmanager hands alerts to alert_sink
-    app[OPENAPI] = build_openapi(ROUTES, version=_version(), server_url=settings.server.public_url)
+    app[OPENAPI] = build_openapi(ALL_ROUTES, version=_version(), server_url=settings.server.public_url)
     document_otlp(app[OPENAPI])
     app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)
-    for r in ROUTES:
+    for r in ALL_ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
     return app  # with no tokens configured auth is off: the composition root warns about it
