@@ -48,6 +48,10 @@ class Marker:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     steps: tuple[Step, ...] = ()
     started_at: float | None = None  # data time of the deploy; default: when it was recorded
+    # the pre-deployment checklist as CI answers it, e.g. {"tests_passed": True, "review_approved": True}
+    checklist: dict[str, bool] = field(default_factory=dict)
+    fast_track: str = ""  # a recorded reason to skip blocking policy checks (security patches, emergency fixes)
+    links: dict[str, str] = field(default_factory=dict)  # e.g. {"pr": url, "ci_run": url, "issue": url}
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,9 @@ MARKER: Spec = {
     "analysis": _record(AnalysisSettings, ANALYSIS),
     "steps": _many(_record(Step, STEP)),
     "started_at": PLAIN,
+    "checklist": DICT,
+    "fast_track": PLAIN,
+    "links": DICT,
 }
 HISTOGRAM: Spec = {"bounds": (list, tuple), "counts": (list, tuple)}
 SAMPLE: Spec = {
