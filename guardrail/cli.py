@@ -253,6 +253,34 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draft(args: argparse.Namespace) -> int:
+    """Draft a document from the database's record of a deploy (no server needed), store it as a
+    new version and print it (or write it to -o)."""
+    from guardrail.config import load_settings
+    from guardrail.main import open_drafts
+
+    settings = load_settings(args.config)
+    if args.database_url:
+        settings = settings.model_copy(update={"database_url": args.database_url})
+
+    async def run() -> tuple[str, str, int]:
+        drafts, close = await open_drafts(settings)
+        try:
+            d = await drafts.draft(args.id, args.kind, use_llm=bool(args.llm), trigger="cli")
+            return d.markdown, (f"{d.source}; {d.note}" if d.note else d.source), d.version
+        finally:
+            await close()
+
+    markdown, source, version = asyncio.run(run())
+    if args.output and args.output != "-":
+        Path(args.output).write_text(markdown)
+        print(f"{args.kind} draft version {version} ({source}) written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(markdown if markdown.endswith("\n") else markdown + "\n")
+        print(f"-- {args.kind} draft version {version} ({source}), stored", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from guardrail import demo
 
@@ -433,6 +461,19 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--config")
     up.add_argument("--database-url")
 
+    from guardrail.domain.drafts import DraftKind
+
+    dr = sub.add_parser(
+        "draft",
+        help="draft a document (post-mortem, rollback plan, checklist, ...) from the database's record of a deploy",
+    )
+    dr.add_argument("kind", choices=[k.value for k in DraftKind])
+    dr.add_argument("id", help="deploy id")
+    dr.add_argument("--llm", action="store_true", help="ask the configured LLM (falls back to the offline templates)")
+    dr.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
+    dr.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG): database_url, llm")
+    dr.add_argument("--database-url", dest="database_url", help="instead of the config's database_url")
+
     d = sub.add_parser("demo", help="run the end-to-end demo on SQLite")
     d.add_argument("--dir", default=None, help="work directory (default .demo)")
 
@@ -484,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_db(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "draft":
+            return cmd_draft(args)
         if args.command == "backtest":
             return cmd_backtest(args)
         return asyncio.run(_run_client(args))

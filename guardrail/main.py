@@ -18,12 +18,46 @@ from guardrail.adapters.notify import build_notification_service
 from guardrail.adapters.sources.prometheus import PrometheusMetricSource
 from guardrail.config import Settings
 from guardrail.plugins import load_deploy_adapter
-from guardrail.ports import DeployAdapter
+from guardrail.ports import DeployAdapter, Drafter, Store
+from guardrail.service.drafts import DraftService
 from guardrail.service.engine import Engine
 from guardrail.service.poller import Poller, PollSettings
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail")
+
+
+def build_drafts(settings: Settings, store: Store, *, clock: Callable[[], float] = time.time) -> DraftService:
+    """The drafting service: offline templates always, the LLM drafter when ``llm.enabled``."""
+    from guardrail.adapters.drafts.offline import OfflineDrafter
+
+    offline = OfflineDrafter()
+    llm: Drafter | None = None
+    if settings.llm.enabled:
+        from guardrail.adapters.llm import OpenAIDrafter
+
+        llm = OpenAIDrafter.from_settings(settings, fallback=offline)
+    return DraftService(
+        store=store,
+        offline=offline,
+        llm=llm,
+        public_url=settings.server.public_url,
+        grafana_url=settings.server.grafana_url,
+        clock=clock,
+    )
+
+
+async def open_drafts(settings: Settings) -> tuple[DraftService, Callable[[], Any]]:
+    """For the CLI: the drafting service on the configured database (migrated first), and a closer."""
+    await upgrade(settings.database_url)
+    store = SqlStore(settings.database_url)
+    drafts = build_drafts(settings, store)
+
+    async def close() -> None:
+        await drafts.close()
+        await store.close()
+
+    return drafts, close
 
 
 async def build_app(
@@ -41,7 +75,11 @@ async def build_app(
     notifications = build_notification_service(settings.notifications, store=store, clock=clock, telemetry=telemetry)
     engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock,
                     notifications=notifications)
-    app = create_app(engine=engine, settings=settings, telemetry=telemetry, alert_sink=engine.external_alerts)
+    drafts = build_drafts(settings, store, clock=clock)
+    engine.on_finished.append(drafts.on_finished)  # a post-mortem is drafted after every rollback
+    app = create_app(
+        engine=engine, settings=settings, telemetry=telemetry, alert_sink=engine.external_alerts, drafts=drafts
+    )
     if not settings.tokens:
         log.warning("no API tokens configured: authentication is OFF (fine on a laptop, not in production)")
 
@@ -68,6 +106,7 @@ async def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await timers
         await engine.close()
+        await drafts.close()
         await notifications.close()  # what is still pending stays in the outbox for the next start
         await store.close()
 

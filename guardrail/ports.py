@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from guardrail.domain.drafts import DraftKind, DraftText
+from guardrail.domain.drafts import Draft, DraftKind, DraftText
 from guardrail.domain.model import DeployState, Sample, Step
 from guardrail.domain.notifications import Notice
 from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
@@ -163,8 +163,29 @@ class Store(Protocol):
         Returns the new actions with their ids."""
         ...
 
+    # --- leases: several replicas share one database (guardrail.service.engine) ---
+
+    async def acquire_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> tuple[bool, str | None]:
+        """Take the deploy's lease if free, expired or already ``owner``'s: (acquired, last holder)."""
+        ...
+
+    async def renew_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> bool: ...
+
+    async def release_lease(self, deploy_id: str, owner: str) -> None: ...
+
+    async def claim_deploys(
+        self, owner: str, *, now: float, ttl_s: float, limit: int = 100
+    ) -> list[tuple[str, str | None]]:
+        """Lease active deploys that are free or expired (skipping rows other replicas lock)."""
+        ...
+
+    async def last_data_at(self, deploy_id: str) -> float | None:
+        """Wall time new samples last arrived for the deploy, on any replica."""
+        ...
+
     async def add_samples(self, deploy_id: str, samples: Sequence[Sample]) -> list[Sample]:
-        """Store samples; a (track, start, end) window already stored is ignored. Returns the new ones."""
+        """Store samples; a (track, start, end) window already stored is ignored. Returns the new ones.
+        New ones set the deploy's ``last_data_at`` (wall time) in the same transaction."""
         ...
 
     async def samples(self, deploy_id: str) -> list[Sample]:
@@ -188,6 +209,18 @@ class Store(Protocol):
         result: dict[str, Any],
         event: TimelineEvent | None = None,
     ) -> None: ...
+
+    # --- drafted documents (guardrail.service.drafts) ---
+
+    async def add_draft(self, draft: Draft) -> Draft:
+        """Store the next version of the draft's (deploy, kind); returns it with its version."""
+        ...
+
+    async def drafts(
+        self, deploy_id: str, kind: DraftKind | None = None, *, version: int | None = None
+    ) -> list[Draft]:
+        """Newest first."""
+        ...
 
     # --- notifications: incidents and the outbox (guardrail.service.notify) ---
 

@@ -46,5 +46,11 @@ class StoreError(GuardrailError):
     code = "store_failed"
 
 
+class BusyError(StoreError):
+    """Another replica is working on the deploy and did not let go in time: retry shortly."""
+
+    code = "busy"
+
+
 class ConfigError(GuardrailError):
     code = "config_invalid"

@@ -109,3 +109,4 @@ class Action:
     attempts: int = 0
     result: dict[str, Any] = field(default_factory=dict)
     id: int = 0  # assigned by the store
+    updated_at: float = field(default=0.0, compare=False)  # wall time of the last change (set by the store)

@@ -146,6 +146,10 @@ class DeployAlerts:
             ev.add_many(new)
         return ev.evaluate(deploy.data_time)
 
+    def forget(self, deploy_id: str) -> None:
+        """Another replica worked on the deploy: rebuild the evaluator from the stored samples."""
+        self._evaluators.pop(deploy_id, None)
+
     def needs_history(self, deploy: Deploy) -> bool:
         return deploy.id not in self._evaluators
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from guardrail.config import Settings
-from guardrail.domain.errors import ConflictError, NotFoundError, ValidationError
+from guardrail.domain.errors import BusyError, ConflictError, NotFoundError, ValidationError
 from guardrail.domain.judge import Judge
 from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
@@ -82,10 +84,90 @@ class Engine:
         self._last_data_wall: dict[str, float] = {}
         self._stalled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # observers (wired by the composition root): each is called once, on the process that made
+        # the change, must return at once (schedule its own work) and never raise into the engine
+        self.on_created: list[Callable[[Deploy], None]] = []
+        self.on_finished: list[Callable[[Deploy], None]] = []
+        cfg = settings.engine
+        self.replica = cfg.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.leases = cfg.leases == "on" or (
+            cfg.leases == "auto" and settings.database_url.startswith("postgresql")
+        )
+
+    def _observe(self, hooks: Sequence[Callable[[Deploy], None]], deploy: Deploy) -> None:
+        for hook in hooks:
+            try:
+                hook(deploy)
+            except Exception:  # an observer's bug must not stop a rollout or a rollback
+                log.exception("deploy observer %r failed", hook)
 
     # --- helpers -------------------------------------------------------------------------------------
     def _lock(self, deploy_id: str) -> asyncio.Lock:
         return self._locks.setdefault(deploy_id, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, deploy_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        """Exclusive work on a deploy: this process's lock and, with several replicas, the deploy's
+        row lease (renewed while held, released after). Yields False when ``wait`` is False and
+        another replica holds it; raises ``BusyError`` when waiting took longer than lease_wait_s."""
+        lock = self._lock(deploy_id)
+        if not wait and lock.locked():
+            yield False
+            return
+        async with lock:
+            if not self.leases:
+                yield True
+                return
+            cfg = self.settings.engine
+            deadline = time.monotonic() + cfg.lease_wait_s
+            delay = 0.02
+            while True:
+                got, last = await self.store.acquire_lease(
+                    deploy_id, self.replica, now=self.clock(), ttl_s=cfg.lease_s
+                )
+                if got:
+                    break
+                if not wait:
+                    yield False
+                    return
+                if time.monotonic() >= deadline:
+                    raise BusyError(
+                        f"deploy {deploy_id} is busy on another guardrail replica; retry in a few seconds",
+                        field="id",
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            if last is not None and last != self.replica:
+                self._forget(deploy_id)  # another replica worked on it since: rebuild from the store
+            beat = asyncio.get_running_loop().create_task(self._renew(deploy_id))
+            try:
+                yield True
+            finally:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+                try:
+                    await self.store.release_lease(deploy_id, self.replica)
+                except Exception:  # it expires by itself after lease_s
+                    log.warning("could not release the lease of deploy %s", deploy_id, exc_info=True)
+
+    async def _renew(self, deploy_id: str) -> None:
+        cfg = self.settings.engine
+        while True:
+            await asyncio.sleep(cfg.lease_s / 3)
+            try:
+                ok = await self.store.renew_lease(deploy_id, self.replica, now=self.clock(), ttl_s=cfg.lease_s)
+                if not ok:
+                    log.error("lost the lease of deploy %s (another replica took over)", deploy_id)
+                    return
+            except Exception:
+                log.warning("could not renew the lease of deploy %s", deploy_id, exc_info=True)
+
+    def _forget(self, deploy_id: str) -> None:
+        """Drop what this process cached about a deploy; the next use rebuilds it from the store."""
+        self._judges.pop(deploy_id, None)
+        self._last_verdict.pop(deploy_id, None)
+        self.alerts.forget(deploy_id)
 
     async def _get(self, deploy_id: str) -> Deploy:
         d = await self.store.get_deploy(deploy_id)
@@ -190,14 +272,15 @@ class Engine:
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
         self._last_data_wall[stored.id] = now
         await self.alerts.created(stored, now)
-        async with self._lock(stored.id):
+        self._observe(self.on_created, stored)
+        async with self._hold(stored.id):
             stored = await self._apply(stored, Start(stored.data_time))
         await self._refresh_state_gauges()
         return stored, True
 
     async def ingest(self, deploy_id: str, samples: Sequence[Sample]) -> IngestResult:
         """Store pushed samples (duplicates ignored) and analyse on their data time."""
-        async with self._lock(deploy_id):
+        async with self._hold(deploy_id):
             deploy = await self._get(deploy_id)
             t0 = time.perf_counter()
             new = await self.store.add_samples(deploy_id, samples)
@@ -277,7 +360,7 @@ class Engine:
                 if not (active or watched):
                     continue
                 matched += 1
-                async with self._lock(deploy.id):
+                async with self._hold(deploy.id):
                     fresh = await self._get(deploy.id)
                     ev = self._event(
                         EventKind.ALERT,
@@ -308,7 +391,7 @@ class Engine:
         """Manual promote / promote_full / rollback / pause / resume, audited with who and why."""
         if not why.strip():
             raise ValidationError("say why: the reason is recorded in the timeline", field="reason")
-        async with self._lock(deploy_id):
+        async with self._hold(deploy_id):
             deploy = await self._get(deploy_id)
             ev = self._event(
                 EventKind.OVERRIDE,
@@ -360,8 +443,8 @@ class Engine:
             left = deadline - self.clock()
             if deploy.state.terminal or left <= 0:
                 return deploy
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout=left)
+            with contextlib.suppress(TimeoutError):  # another replica's change is only seen by reading
+                await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0) if self.leases else left)
 
     # --- analysis ------------------------------------------------------------------------------------
     async def _judge(self, deploy: Deploy) -> Judge | None:
@@ -454,6 +537,7 @@ class Engine:
             self._close_adapter(deploy.id)
             self._last_verdict.pop(deploy.id, None)
             self._last_data_wall.pop(deploy.id, None)
+            self._observe(self.on_finished, deploy)
         if deploy.state is DeployState.ROLLBACK_FAILED:
             self.telemetry.rollback_failed.labels(deploy.id, m.service).set(1)
         elif before is DeployState.ROLLBACK_FAILED:
@@ -582,7 +666,7 @@ class Engine:
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            async with self._lock(deploy_id):
+            async with self._hold(deploy_id):
                 deploy = await self._get(deploy_id)
                 pending = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING,))
                 for a in pending:
@@ -595,65 +679,125 @@ class Engine:
 
     # --- start-up, timers, shutdown ------------------------------------------------------------------
     async def resume(self) -> int:
-        """Carry out every action left pending or running by a previous process. Returns how many."""
+        """Carry out every action left pending or running by a previous process (with several
+        replicas: of the deploys no live replica holds; the rest are swept up by ``tick`` once their
+        holder's lease expires). Returns how many."""
         leftover = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
-        for action in leftover:
-            async with self._lock(action.deploy_id):
-                deploy = await self._get(action.deploy_id)
-                if action.status is ActionStatus.RUNNING:
-                    await self.store.update_action(
-                        action.id,
-                        status=ActionStatus.PENDING,
-                        attempts=action.attempts,
-                        result={},
-                        event=self._event(
-                            EventKind.NOTE,
-                            "guardrail restarted during this action: carrying it out "
-                            "again with the same action key",
-                            deploy.data_time,
-                            action_id=action.id,
-                        ),
-                    )
-                await self._execute(deploy, action)
+        n = await self._resume(leftover, due_only=False)
         await self._refresh_state_gauges()
-        return len(leftover)
+        return n
 
-    async def tick(self) -> None:
-        """Wall-clock timers: a deploy that receives no data at all cannot advance on data time."""
-        now = self.clock()
-        for deploy in await self.store.active_deploys():
-            if deploy.state is not DeployState.ANALYZING:
-                continue
-            last = self._last_data_wall.setdefault(deploy.id, now)
-            quiet = now - last
-            if quiet >= self.settings.analysis.stall_after_s and deploy.id not in self._stalled:
-                self._stalled.add(deploy.id)
-                self.telemetry.stalled.labels(deploy.id, deploy.marker.service).set(1)
-                async with self._lock(deploy.id):
-                    await self.store.save(
-                        deploy.id,
-                        events=[
-                            self._event(
-                                EventKind.NOTE,
-                                f"analysis stalled: no new data for {quiet:.0f} s (metric source down, or "
-                                "nothing pushed?); holding, no promotion without data",
-                                deploy.data_time,
-                            )
-                        ],
+    def _due(self, action: Action) -> bool:
+        """A pending action is due now unless it is a rollback retry still in its backoff."""
+        if action.status is not ActionStatus.PENDING or action.attempts == 0:
+            return True
+        cfg = self.settings.engine
+        delay = min(cfg.rollback_backoff_s * 2 ** (action.attempts - 1), cfg.rollback_backoff_max_s)
+        return self.clock() - action.updated_at >= delay
+
+    async def _resume(self, actions: Sequence[Action], *, due_only: bool) -> int:
+        by_deploy: dict[str, list[Action]] = {}
+        for a in actions:
+            by_deploy.setdefault(a.deploy_id, []).append(a)
+        done = 0
+        for deploy_id, mine in by_deploy.items():
+            async with self._hold(deploy_id, wait=False) as held:
+                if not held:  # this process or a live replica is working on it
+                    continue
+                # read again under the lease: another replica may have finished them meanwhile
+                current = {
+                    a.id: a
+                    for a in await self.store.actions(
+                        deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)
                     )
-            if quiet >= deploy.marker.analysis.max_duration_s:
-                async with self._lock(deploy.id):
-                    fresh = await self._get(deploy.id)
-                    if fresh.state is DeployState.ANALYZING:
-                        await self._apply(
-                            fresh,
-                            VerdictReached(
-                                Decision.INCONCLUSIVE,
-                                fresh.data_time,
-                                f"no data for {quiet:.0f} s of wall time: nothing to judge",
+                }
+                for stale in mine:
+                    action = current.get(stale.id)
+                    if action is None or (due_only and not self._due(action)):
+                        continue
+                    deploy = await self._get(deploy_id)
+                    if action.status is ActionStatus.RUNNING:
+                        await self.store.update_action(
+                            action.id,
+                            status=ActionStatus.PENDING,
+                            attempts=action.attempts,
+                            result={},
+                            event=self._event(
+                                EventKind.NOTE,
+                                "the guardrail process carrying out this action stopped (restart, or a "
+                                "replica died): carrying it out again with the same action key",
+                                deploy.data_time,
+                                action_id=action.id,
+                                replica=self.replica,
                             ),
                         )
+                    await self._execute(deploy, action)
+                    done += 1
+        return done
+
+    async def tick(self) -> None:
+        """Wall-clock timers: a deploy that receives no data at all cannot advance on data time.
+        With several replicas, each sweep leases the deploys no live replica holds (``FOR UPDATE SKIP
+        LOCKED``: replicas split them), carries out actions a dead replica left behind, and checks
+        stalls on the database's record of when data last arrived."""
+        now = self.clock()
+        if self.leases:
+            claimed = {
+                deploy_id
+                for deploy_id, _ in await self.store.claim_deploys(
+                    self.replica, now=now, ttl_s=self.settings.engine.lease_s
+                )
+            }
+            stranded = [
+                a
+                for a in await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+                if a.deploy_id in claimed
+            ]
+            await self._resume(stranded, due_only=True)
+            deploys = [d for d in await self.store.active_deploys() if d.id in claimed]
+        else:
+            claimed = set()
+            deploys = await self.store.active_deploys()
+        for deploy in deploys:
+            async with self._hold(deploy.id, wait=False) as held:
+                if held and deploy.state is DeployState.ANALYZING:
+                    await self._check_quiet(deploy, now)
+        for deploy_id in claimed - {d.id for d in deploys if d.state is DeployState.ANALYZING}:
+            async with self._hold(deploy_id, wait=False):
+                pass  # let go of what the sweep leased and had nothing to do for
         await self._refresh_state_gauges()
+
+    async def _check_quiet(self, deploy: Deploy, now: float) -> None:
+        if self.leases:  # another replica may be receiving this deploy's data
+            last = await self.store.last_data_at(deploy.id) or deploy.created_at
+        else:
+            last = self._last_data_wall.setdefault(deploy.id, now)
+        quiet = now - last
+        if quiet >= self.settings.analysis.stall_after_s and deploy.id not in self._stalled:
+            self._stalled.add(deploy.id)
+            self.telemetry.stalled.labels(deploy.id, deploy.marker.service).set(1)
+            await self.store.save(
+                deploy.id,
+                events=[
+                    self._event(
+                        EventKind.NOTE,
+                        f"analysis stalled: no new data for {quiet:.0f} s (metric source down, or "
+                        "nothing pushed?); holding, no promotion without data",
+                        deploy.data_time,
+                    )
+                ],
+            )
+        if quiet >= deploy.marker.analysis.max_duration_s:
+            fresh = await self._get(deploy.id)
+            if fresh.state is DeployState.ANALYZING:
+                await self._apply(
+                    fresh,
+                    VerdictReached(
+                        Decision.INCONCLUSIVE,
+                        fresh.data_time,
+                        f"no data for {quiet:.0f} s of wall time: nothing to judge",
+                    ),
+                )
 
     async def run_timers(self) -> None:
         while True:

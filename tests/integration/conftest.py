@@ -30,7 +30,7 @@ from guardrail.adapters.db.store import SqlStore
 PG_URL_ENV = "GUARDRAIL_TEST_DATABASE_URL"
 REQUIRE_ENV = "GUARDRAIL_REQUIRE_INTEGRATION"
 DB_BACKENDS = ["sqlite", "postgresql"]
-_TABLES = ("notifications", "incidents", "actions", "samples", "events", "deploys")  # children first
+_TABLES = ("drafts", "notifications", "incidents", "actions", "samples", "events", "deploys")  # children first
 
 
 def _pg_server_url_or_skip() -> str:

@@ -187,6 +187,7 @@ ACTION: Spec = {
     "attempts": PLAIN,
     "result": DICT,
     "id": PLAIN,
+    "updated_at": PLAIN,
 }
 
 LINK: Spec = {"href": PLAIN, "text": PLAIN}

@@ -29,6 +29,7 @@ from guardrail.adapters.db.engine import (
     translate_errors,
 )
 from guardrail.adapters.db.migrate import current_revision_engine, head_revision, upgrade_engine
+from guardrail.domain.drafts import Draft, DraftKind
 from guardrail.domain.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from guardrail.domain.model import DeployState, Sample
 from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
@@ -243,6 +244,132 @@ class SqlStore:
                 stored.append(replace(a, id=int(res.inserted_primary_key[0])))
         return stored
 
+    # --- leases: several replicas on one database ----------------------------------------------
+
+    async def acquire_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> tuple[bool, str | None]:
+        """Take the deploy's lease for ``owner`` until ``now + ttl_s`` if it is free, expired or
+        already ``owner``'s. Returns (acquired, the replica that held it last before)."""
+        d = t.deploys
+        free = (d.c.lease_owner.is_(None)) | (d.c.lease_owner == owner) | (d.c.lease_until < now)
+        async with self._write(f"leasing deploy {deploy_id}") as conn:
+            res = await conn.execute(
+                update(d).where(d.c.id == deploy_id, free).values(lease_owner=owner, lease_until=now + ttl_s)
+            )
+            if res.rowcount == 0:
+                if (await conn.execute(select(d.c.id).where(d.c.id == deploy_id))).first() is None:
+                    raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
+                return False, None
+            last = (await conn.execute(select(d.c.last_owner).where(d.c.id == deploy_id))).scalar()
+            if last != owner:
+                await conn.execute(update(d).where(d.c.id == deploy_id).values(last_owner=owner))
+        return True, last
+
+    async def renew_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> bool:
+        d = t.deploys
+        async with self._write(f"renewing the lease of deploy {deploy_id}") as conn:
+            res = await conn.execute(
+                update(d).where(d.c.id == deploy_id, d.c.lease_owner == owner).values(lease_until=now + ttl_s)
+            )
+        return res.rowcount == 1
+
+    async def release_lease(self, deploy_id: str, owner: str) -> None:
+        d = t.deploys
+        async with self._write(f"releasing the lease of deploy {deploy_id}") as conn:
+            await conn.execute(
+                update(d).where(d.c.id == deploy_id, d.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
+            )
+
+    async def claim_deploys(self, owner: str, *, now: float, ttl_s: float, limit: int = 100) -> list[tuple[str, str | None]]:
+        """Active deploys whose lease is free or expired, leased to ``owner`` (PostgreSQL: ``FOR
+        UPDATE SKIP LOCKED``, so replicas sweeping at once split the work instead of queueing).
+        Returns (deploy id, the replica that held it last)."""
+        d = t.deploys
+        q = (
+            select(d.c.id, d.c.last_owner)
+            .where(
+                d.c.state.not_in(TERMINAL_STATES),
+                (d.c.lease_owner.is_(None)) | (d.c.lease_until < now) | (d.c.lease_owner == owner),
+            )
+            .order_by(d.c.updated_at)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True, of=d)
+        async with self._write("claiming deploys") as conn:
+            rows = (await conn.execute(q)).all()
+            if rows:
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_([r.id for r in rows]))
+                    .values(lease_owner=owner, lease_until=now + ttl_s, last_owner=owner)
+                )
+        return [(r.id, r.last_owner) for r in rows]
+
+    async def last_data_at(self, deploy_id: str) -> float | None:
+        async with self._read(f"reading deploy {deploy_id}") as conn:
+            return (await conn.execute(select(t.deploys.c.last_data_at).where(t.deploys.c.id == deploy_id))).scalar()
+
+    # --- drafts --------------------------------------------------------------------------------
+
+    async def add_draft(self, draft: Draft) -> Draft:
+        """Store ``draft`` as the next version of its (deploy, kind); returns it with its version."""
+        for attempt in range(3):
+            try:
+                async with self._write(f"storing a {draft.kind} draft of deploy {draft.deploy_id}") as conn:
+                    top = (
+                        await conn.execute(
+                            select(func.max(t.drafts.c.version)).where(
+                                t.drafts.c.deploy_id == draft.deploy_id, t.drafts.c.kind == draft.kind.value
+                            )
+                        )
+                    ).scalar()
+                    stored = replace(draft, version=int(top or 0) + 1)
+                    await conn.execute(
+                        insert(t.drafts).values(
+                            deploy_id=stored.deploy_id,
+                            kind=stored.kind.value,
+                            version=stored.version,
+                            markdown=stored.markdown,
+                            source=stored.source,
+                            note=stored.note,
+                            trigger=stored.trigger,
+                            created_at=stored.created_at,
+                        )
+                    )
+                return stored
+            except ConflictError:
+                if attempt == 2:  # another writer took the version each time; or the deploy is gone
+                    if await self.get_deploy(draft.deploy_id) is None:
+                        raise NotFoundError(f"no deploy with id {draft.deploy_id!r}", field="id") from None
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def drafts(
+        self, deploy_id: str, kind: DraftKind | None = None, *, version: int | None = None
+    ) -> list[Draft]:
+        """Drafts of a deploy, newest first (optionally one kind, or one version of it)."""
+        q = select(t.drafts).where(t.drafts.c.deploy_id == deploy_id)
+        if kind is not None:
+            q = q.where(t.drafts.c.kind == DraftKind(kind).value)
+        if version is not None:
+            q = q.where(t.drafts.c.version == version)
+        q = q.order_by(t.drafts.c.created_at.desc(), t.drafts.c.id.desc())
+        async with self._read(f"reading drafts of deploy {deploy_id}") as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            Draft(
+                deploy_id=r.deploy_id,
+                kind=DraftKind(r.kind),
+                version=r.version,
+                markdown=r.markdown,
+                source=r.source,
+                note=r.note,
+                created_at=r.created_at,
+                trigger=r.trigger,
+            )
+            for r in rows
+        ]
+
     # --- samples -------------------------------------------------------------------------------
 
     async def add_samples(self, deploy_id: str, samples: Sequence[Sample]) -> list[Sample]:
@@ -271,6 +398,10 @@ class SqlStore:
             f"storing samples of deploy {deploy_id}", missing=f"deploy {deploy_id!r} not found"
         ) as conn:
             new = {(r.track, r.start, r.end) for r in await conn.execute(stmt, rows)}
+            if new:
+                await conn.execute(
+                    update(t.deploys).where(t.deploys.c.id == deploy_id).values(last_data_at=self._clock())
+                )
         return [s for k, s in unique.items() if k in new]
 
     async def samples(self, deploy_id: str) -> list[Sample]:
@@ -607,6 +738,7 @@ def _action(r: Row[Any]) -> Action:
         status=ActionStatus(r.status),
         attempts=r.attempts,
         result=r.result,
+        updated_at=r.updated_at,
     )
 
 

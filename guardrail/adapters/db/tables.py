@@ -54,6 +54,11 @@ deploys = Table(
     Column("marker", JSON(), nullable=False),
     Column("rollout", JSON(), nullable=False),
     Column("verdict", JSON(none_as_null=True), nullable=True),
+    # several replicas: the replica analysing this deploy, and until when (wall time)
+    Column("lease_owner", String(), nullable=True),
+    Column("lease_until", Double(), nullable=True),
+    Column("last_owner", String(), nullable=True),  # the replica that held the lease last
+    Column("last_data_at", Double(), nullable=True),  # wall time new samples last arrived (any replica)
     Index(None, "service", "environment", "created_at"),
     Index(None, "state"),
     Index(None, "created_at"),
@@ -148,4 +153,21 @@ incidents = Table(
     Index(None, "deploy_id"),
 )
 
-__all__ = ["actions", "deploys", "events", "incidents", "metadata", "notifications", "samples"]
+# Drafted documents (post-mortems, plans, checklists): every draft is a new version, never overwritten.
+drafts = Table(
+    "drafts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("deploy_id", String(), ForeignKey("deploys.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("version", Integer(), nullable=False),
+    Column("markdown", Text(), nullable=False),
+    Column("source", String(), nullable=False),  # offline | llm:<model>
+    Column("note", Text(), nullable=False),
+    Column("trigger", String(), nullable=False),  # request | rollback | cli
+    Column("created_at", Double(), nullable=False),
+    UniqueConstraint("deploy_id", "kind", "version"),
+    sqlite_autoincrement=True,
+)
+
+__all__ = ["actions", "deploys", "drafts", "events", "incidents", "metadata", "notifications", "samples"]
