@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
+from guardrail.adapters.annotate import build_annotators
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.app import create_app
+from guardrail.adapters.http.dora_api import DORA
 from guardrail.adapters.notify import build_notification_service
 from guardrail.adapters.sources.prometheus import PrometheusMetricSource
 from guardrail.config import Settings
 from guardrail.plugins import load_deploy_adapter
 from guardrail.ports import DeployAdapter, Drafter, Store
+from guardrail.service.annotations import DeployAnnotations
+from guardrail.service.dora import DoraService
 from guardrail.service.drafts import DraftService
 from guardrail.service.engine import Engine
 from guardrail.service.poller import Poller, PollSettings
@@ -75,6 +80,15 @@ async def build_app(
     notifications = build_notification_service(settings.notifications, store=store, clock=clock, telemetry=telemetry)
     engine = Engine(store=store, settings=settings, adapter_factory=adapter_factory, telemetry=telemetry, clock=clock,
                     notifications=notifications)
+    public = settings.server.public_url.rstrip("/")
+    annotations = DeployAnnotations.from_config(
+        build_annotators(settings.annotations, env=os.environ),
+        settings.annotations,
+        deploy_url=lambda d: f"{public}/deploys/{d.id}",
+    )
+    engine.on_created.append(annotations.started)  # deploy markers in Grafana / Honeycomb
+    engine.on_finished.append(annotations.finished)
+    dora = DoraService(store=store, settings=settings, telemetry=telemetry, clock=clock)
     drafts = build_drafts(settings, store, clock=clock)
     engine.on_finished.append(drafts.on_finished)  # a post-mortem is drafted after every rollback
     app = create_app(
@@ -89,6 +103,7 @@ async def build_app(
             log.info("resumed %d unfinished adapter action(s)", resumed)
         notifications.start()  # delivers first what a previous process left in the outbox
         timers = asyncio.get_running_loop().create_task(engine.run_timers())
+        dora_task = asyncio.get_running_loop().create_task(dora.run())
         source = poller = None
         if settings.prometheus.url:  # deploys with metrics.source: prometheus are pulled
             source = PrometheusMetricSource.from_settings(settings.prometheus)
@@ -102,14 +117,18 @@ async def build_app(
                 await poller
         if source is not None:
             await source.close()
-        timers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await timers
+        for task in (timers, dora_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await engine.close()
+        await annotations.drain(timeout=5)
+        await annotations.close()
         await drafts.close()
         await notifications.close()  # what is still pending stays in the outbox for the next start
         await store.close()
 
+    app[DORA] = dora
     app.cleanup_ctx.append(lifecycle)
     app["engine"] = engine
     app["notifications"] = notifications

@@ -6,6 +6,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from guardrail.domain.dora import DoraFigures
+from guardrail.domain.dora import Result as DoraResult
 from guardrail.domain.model import DeployState
 
 
@@ -146,10 +148,84 @@ class Telemetry:
             "Age of the oldest notification waiting in the outbox (0 when none).",
             registry=r,
         )
+        # DORA key metrics over the trailing window (guardrail.service.dora): computed from the
+        # database, so every replica reports the same figures
+        dora = ["service", "environment"]
+        self.dora_frequency = Gauge(
+            "guardrail_dora_deployment_frequency_per_day",
+            "Deploys that reached production per day over the DORA window.",
+            dora,
+            registry=r,
+        )
+        self.dora_lead_time = Gauge(
+            "guardrail_dora_lead_time_seconds",
+            "Median change lead time (commit to promoted, wall time) over the DORA window.",
+            dora,
+            registry=r,
+        )
+        self.dora_failure_rate = Gauge(
+            "guardrail_dora_change_failure_rate",
+            "Failed deploys / finished deploys over the DORA window.",
+            dora,
+            registry=r,
+        )
+        self.dora_recovery_time = Gauge(
+            "guardrail_dora_recovery_time_seconds",
+            "Median failed-deployment recovery time (detection to rollback done or alert resolved).",
+            dora,
+            registry=r,
+        )
+        self.dora_rollback_rate = Gauge(
+            "guardrail_dora_rollback_rate",
+            "Rolled back (or rollback failed) deploys / finished deploys over the DORA window.",
+            dora,
+            registry=r,
+        )
+        self.dora_deployments = Gauge(
+            "guardrail_dora_deployments",
+            "Finished deploys over the DORA window by result (promoted, rolled_back, rollback_failed, "
+            "failed_after_promotion; disjoint).",
+            [*dora, "result"],
+            registry=r,
+        )
+        self._dora_groups: set[tuple[str, str]] = set()
         for s in DeployState:
             self.deploys.labels(s.value).set(0)
         for result in ("received", "accepted", "late"):
             self.otlp_points.labels(result)
+
+    def set_dora(self, figures: list[DoraFigures]) -> None:
+        """Set the DORA gauges to ``figures`` (one per service and environment). A figure that cannot
+        be computed (no lead times, nothing finished) and a group gone from the window are removed,
+        not set to zero: no data is not zero."""
+        per_group = (
+            (self.dora_lead_time, "lead_time_median_s"),
+            (self.dora_failure_rate, "change_failure_rate"),
+            (self.dora_recovery_time, "recovery_median_s"),
+            (self.dora_rollback_rate, "rollback_rate"),
+        )
+        seen: set[tuple[str, str]] = set()
+        for f in figures:
+            key = (f.service, f.environment)
+            seen.add(key)
+            self.dora_frequency.labels(*key).set(f.deployment_frequency_per_day)
+            for gauge, attr in per_group:
+                value = getattr(f, attr)
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*key)
+                else:
+                    gauge.labels(*key).set(value)
+            for result, n in f.results.items():
+                self.dora_deployments.labels(*key, result.value).set(n)
+        for key in self._dora_groups - seen:
+            for gauge in (self.dora_frequency, *(g for g, _ in per_group)):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
+            for result in DoraResult:
+                with contextlib.suppress(KeyError):
+                    self.dora_deployments.remove(*key, result.value)
+        self._dora_groups = seen
 
     def set_states(self, counts: dict[DeployState, int]) -> None:
         for s in DeployState:

@@ -1,0 +1,171 @@
+"""Annotators (the ``Annotator`` port): deploy markers as Grafana annotations and Honeycomb markers.
+
+Shared conventions (as for the notifiers): one attempt per call with its own ``timeout_s``, never an
+exception for a failed call; a 2xx is success; a 429, a 5xx, a timeout or a connection error is
+``retryable``, any other answer is not (redirects are not followed). Details are one line with
+the token redacted. Retrying, in the background, is :class:`guardrail.service.annotations.DeployAnnotations`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from yarl import URL
+
+from guardrail.adapters.http_body import read_redacted
+from guardrail.domain.errors import ConfigError
+from guardrail.ports import AnnotationResult, Annotator
+from guardrail.secrets import redact_text
+
+if TYPE_CHECKING:
+    from guardrail.config import AnnotationsConfig
+
+_READ_LIMIT = 4096
+_SHOWN = 200
+
+__all__ = ["Answer", "JsonHttp", "build_annotators", "check_url", "secret_from"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP exchange: the status (None when no answer came), the start of the body (secrets
+    redacted), a one-line outcome and whether another attempt could succeed."""
+
+    status: int | None
+    body: str
+    outcome: str
+    retryable: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def result(self, what: str, **extra: Any) -> AnnotationResult:
+        detail = f"{what} -> {self.outcome}"
+        if not self.ok:
+            if self.body:
+                tail = " ".join(self.body.split())
+                detail += f": {tail[:_SHOWN]}"
+            if not self.retryable:
+                detail += " (not retried)"
+        return AnnotationResult(ok=self.ok, retryable=not self.ok and self.retryable, detail=detail, **extra)
+
+
+class JsonHttp:
+    """JSON requests with a timeout, answers classified, secrets redacted. The session is injected
+    or made on first use (and closed by :meth:`close`)."""
+
+    def __init__(
+        self, *, session: aiohttp.ClientSession | None, timeout_s: float, secrets: Sequence[str]
+    ) -> None:
+        if not timeout_s > 0:
+            raise ConfigError(f"must be a number of seconds > 0, got {timeout_s}", field="timeout_s")
+        self._session = session
+        self._owns = session is None
+        self.timeout_s = timeout_s
+        self.secrets = tuple(s for s in secrets if s)
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns and self._session.closed):
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._owns and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, self.secrets)
+
+    async def send(
+        self, method: str, url: str | URL, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> Answer:
+        started = time.monotonic()
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        try:
+            async with self._get().request(
+                method,
+                url,
+                data=data,
+                headers={"Content-Type": "application/json", "Accept": "application/json", **headers},
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                text = await read_redacted(resp, self.secrets, _READ_LIMIT)
+                status = resp.status
+        except TimeoutError:
+            return Answer(None, "", f"timed out after {self.timeout_s:g} s", True)
+        except aiohttp.ClientConnectionError as e:
+            return Answer(None, "", self.redact(f"{type(e).__name__}: {e}"), True)
+        except aiohttp.ClientError as e:
+            return Answer(None, "", self.redact(f"{type(e).__name__}: {e}"), False)
+        outcome = f"{status} in {time.monotonic() - started:.2f} s"
+        return Answer(status, text, outcome, status == 429 or status >= 500)
+
+
+def check_url(value: str, key: str) -> URL:
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"must be an absolute http:// or https:// URL, got {value!r}", field=key)
+    if url.user is not None or url.password is not None:
+        raise ConfigError("must not carry credentials (user:password@); set the token instead", field=key)
+    return url
+
+
+def secret_from(value: str | None, env_name: str | None, env: Mapping[str, str], key: str) -> str:
+    """The secret given inline, or read from the environment variable ``env_name``."""
+    if value:
+        return value
+    if env_name:
+        found = env.get(env_name, "").strip()
+        if not found:
+            raise ConfigError(f"environment variable {env_name} is not set or empty", field=f"{key}_env")
+        return found
+    raise ConfigError(f"set {key.rsplit('.', 1)[-1]} or {key.rsplit('.', 1)[-1]}_env", field=key)
+
+
+def build_annotators(config: AnnotationsConfig, *, env: Mapping[str, str]) -> list[Annotator]:
+    """The annotators the ``annotations:`` settings describe (no I/O). Errors name the key."""
+    from guardrail.adapters.annotate.grafana import GrafanaAnnotator
+    from guardrail.adapters.annotate.honeycomb import HoneycombAnnotator
+
+    built: list[Annotator] = []
+    g = config.grafana
+    if g is not None:
+        token = secret_from(
+            g.token.get_secret_value() if g.token else None, g.token_env, env, "annotations.grafana.token"
+        )
+        built.append(
+            GrafanaAnnotator(
+                url=g.url,
+                token=token,
+                dashboard_uid=g.dashboard_uid,
+                tags=tuple(g.tags),
+                timeout_s=g.timeout_s,
+            )
+        )
+    h = config.honeycomb
+    if h is not None:
+        key = secret_from(
+            h.api_key.get_secret_value() if h.api_key else None,
+            h.api_key_env,
+            env,
+            "annotations.honeycomb.api_key",
+        )
+        built.append(
+            HoneycombAnnotator(api_url=h.api_url, dataset=h.dataset, api_key=key, timeout_s=h.timeout_s)
+        )
+    return built
