@@ -277,6 +277,7 @@ def cmd_draft(args: argparse.Namespace) -> int:
         print(f"{args.kind} draft version {version} ({source}) written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(markdown if markdown.endswith("\n") else markdown + "\n")
+        sys.stdout.flush()
         print(f"-- {args.kind} draft version {version} ({source}), stored", file=sys.stderr)
     return 0
 

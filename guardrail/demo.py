@@ -159,6 +159,28 @@ class Demo:
             _say(f"  {ev['metric']:<12} {ev['detail']}")
 
 
+    async def print_postmortem(self, http: aiohttp.ClientSession, deploy: dict[str, Any]) -> None:
+        """The post-mortem guardrail drafted by itself after the rollback (offline templates)."""
+        ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
+        url = f"{self.base}/deploys/{deploy['id']}/drafts/postmortem"
+        for _ in range(100):  # drafted in the background right after the rollback
+            async with http.get(url, headers=ops) as r:
+                if r.status == 200:
+                    draft = await r.json()
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            _say("\n(no post-mortem draft yet)")
+            return
+        lines = draft["markdown"].splitlines()
+        _say(f"\n-- post-mortem drafted automatically after the rollback ({draft['source']}, "
+             f"{len(lines)} lines; first 12) --")
+        for line in lines[:12]:
+            _say(f"  {line}")
+        _say(f"  ...\n  all of it: guardrail draft postmortem {deploy['id']} "
+             f"--database-url sqlite+aiosqlite:///{self.workdir / 'guardrail.db'}")
+
+
 async def run(workdir: Path) -> int:
     demo = Demo(workdir)
     demo.prepare()
@@ -179,6 +201,7 @@ async def run(workdir: Path) -> int:
                                         description="checkout: new payment client (regressed)")
             for d in (good, bad):
                 await demo.print_record(http, d)
+            await demo.print_postmortem(http, bad)
     finally:
         await runner.cleanup()
     _say(f"\ndeploy script log ({workdir / 'deploy.log'}):")

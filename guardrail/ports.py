@@ -274,8 +274,12 @@ class Store(Protocol):
 
 __all__ = [
     "ActionResult",
+    "AnnotationRef",
+    "AnnotationResult",
+    "Annotator",
     "Clock",
     "DeployAdapter",
+    "DeployAnnotation",
     "DeployTarget",
     "Drafter",
     "Marker",
@@ -285,3 +289,61 @@ __all__ = [
     "SourceQuery",
     "Store",
 ]
+
+
+# --- deploy markers in observability tools (guardrail.service.annotations) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationRef:
+    """What an annotator needs to find its annotation again (e.g. Grafana's annotation id)."""
+
+    annotator: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeployAnnotation:
+    """What an annotator is told about a deploy. Times are *data time* (unix seconds): the deploy's
+    ``started_at`` and the data time it reached its terminal state, so that a replayed deploy marks
+    the period its data covers."""
+
+    deploy_id: str
+    service: str
+    environment: str
+    version: str
+    previous_version: str
+    commit: str
+    url: str  # the deploy's page
+    started_at: float
+    finished_at: float | None = None  # set once the deploy is terminal
+    result: str | None = None  # promoted | rolled_back | rollback_failed, once terminal
+    summary: str = ""  # one line: the verdict summary or the rollback reason
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationResult:
+    ok: bool
+    retryable: bool  # a 429, a 5xx, a timeout or a refused connection: worth another attempt
+    detail: str  # one line for the log (never a secret)
+    ref: AnnotationRef | None = None  # the annotation made, when there is one to update later
+
+
+@runtime_checkable
+class Annotator(Protocol):
+    """Marks deploys in an observability tool (Grafana annotations, Honeycomb markers). Each call has
+    its own timeout and never raises for a failed call: it returns ``AnnotationResult(ok=False,
+    retryable=...)``. An annotator with nothing to do at a point (Honeycomb at the start) answers ok."""
+
+    name: str
+
+    async def deploy_started(self, info: DeployAnnotation) -> AnnotationResult:
+        """Mark the start; ``result.ref`` identifies the mark for :meth:`deploy_finished`."""
+        ...
+
+    async def deploy_finished(self, info: DeployAnnotation, ref: AnnotationRef | None) -> AnnotationResult:
+        """Mark the end (``info.finished_at``, ``info.result``): update the start mark ``ref``, or,
+        without one (never made, or forgotten by a restart), make a mark covering the whole deploy."""
+        ...
+
+    async def close(self) -> None: ...

@@ -30,6 +30,16 @@ class ConflictError(GuardrailError):
     code = "conflict"
 
 
+class PolicyBlockedError(ConflictError):
+    """The deploy policy blocks this deploy (a window or a checklist item); ``policy`` lists every check."""
+
+    code = "policy_blocked"
+
+    def __init__(self, detail: str, *, policy: dict[str, object], field: str | None = "policy") -> None:
+        super().__init__(detail, field=field)
+        self.policy = policy
+
+
 class AdapterError(GuardrailError):
     """A deploy adapter, metric source or notifier failed talking to the outside world."""
 

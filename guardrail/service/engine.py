@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from guardrail.config import Settings
-from guardrail.domain.errors import BusyError, ConflictError, NotFoundError, ValidationError
+from guardrail.domain.errors import BusyError, ConflictError, NotFoundError, PolicyBlockedError, ValidationError
 from guardrail.domain.judge import Judge
+from guardrail.domain.policy import derive_facts, evaluate_policy
 from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
 from guardrail.domain.rollout import (
@@ -88,6 +89,7 @@ class Engine:
         # the change, must return at once (schedule its own work) and never raise into the engine
         self.on_created: list[Callable[[Deploy], None]] = []
         self.on_finished: list[Callable[[Deploy], None]] = []
+        self._policy = settings.policy.to_policy()
         cfg = settings.engine
         self.replica = cfg.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.leases = cfg.leases == "on" or (
@@ -242,6 +244,20 @@ class Engine:
         )
         analysis_spec(deploy, self.settings.analysis)  # reject bad metric overrides before storing anything
         self.adapter_for(deploy)  # likewise an unknown adapter or a bad adapter config
+        adapter_type, _ = self.adapter_config(deploy)
+        policy = evaluate_policy(
+            marker,
+            self._policy,
+            at=deploy.data_time,
+            facts=derive_facts(
+                marker, prometheus_configured=self.settings.prometheus.url is not None, adapter_type=adapter_type
+            ),
+        )
+        if policy.blocked:  # nothing is stored: CI gets the checks and the reason, and can fast-track
+            self._adapters.pop(deploy.id, None)
+            raise PolicyBlockedError(policy.summary(), policy=policy.to_dict())
+        marker = replace(marker, policy=policy.to_dict())
+        deploy = replace(deploy, marker=marker)
         created_event = self._event(
             EventKind.CREATED,
             f"deploy of {marker.service} {marker.version} to {marker.environment} recorded ({marker.strategy.value}, "
@@ -252,7 +268,21 @@ class Engine:
             commit=marker.commit,
             author=marker.author,
             change_type=marker.change_type.value,
+            policy=policy.to_dict(),
         )
+        first_events = []
+        if policy.fast_tracked:
+            first_events.append(
+                self._event(
+                    EventKind.OVERRIDE,
+                    f"policy fast-tracked by {marker.author or 'the marker'}: {marker.fast_track}",
+                    deploy.data_time,
+                    action="fast_track",
+                    who=marker.author,
+                    why=marker.fast_track,
+                    overridden=[c.name for c in policy.checks if c.status == "overridden"],
+                )
+            )
         stored, created = await self.store.create_deploy(deploy, created_event, idempotency_key)
         if not created:
             self._adapters.pop(deploy.id, None)
@@ -269,6 +299,8 @@ class Engine:
                     field="Idempotency-Key",
                 )
             return stored, False
+        if first_events:
+            await self.store.save(stored.id, events=first_events)
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
         self._last_data_wall[stored.id] = now
         await self.alerts.created(stored, now)

@@ -25,7 +25,12 @@ async def test_marker_is_recorded_and_its_first_step_applied(api: Api) -> None:
         "self": f"{PUBLIC_URL}/api/v1/deploys/{d['id']}",
         "events": f"{PUBLIC_URL}/api/v1/deploys/{d['id']}/events",
         "wait": f"{PUBLIC_URL}/api/v1/deploys/{d['id']}/wait",
+        "page": f"{PUBLIC_URL}/deploys/{d['id']}",
+        "drafts": f"{PUBLIC_URL}/api/v1/deploys/{d['id']}/drafts",
     }
+    # the default policy only warns: the unanswered checklist is listed, nothing blocks
+    assert d["policy"]["blocked"] is False
+    assert {c["name"]: c["status"] for c in d["policy"]["checks"]}["tests_passed"] == "warn"
     status, again = await api.call("GET", f"/api/v1/deploys/{d['id']}")
     assert status == 200 and again["id"] == d["id"] and again["state"] == "analyzing"
 

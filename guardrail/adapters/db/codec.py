@@ -159,6 +159,7 @@ MARKER: Spec = {
     "checklist": DICT,
     "fast_track": PLAIN,
     "links": DICT,
+    "policy": DICT,
 }
 HISTOGRAM: Spec = {"bounds": (list, tuple), "counts": (list, tuple)}
 SAMPLE: Spec = {

@@ -15,12 +15,13 @@ from aiohttp import web
 
 from guardrail.adapters.http.alertmanager_hook import AlertSink, install_alert_hook
 from guardrail.adapters.http.auth import Authenticator
+from guardrail.adapters.http.dora_api import DORA_ROUTES
+from guardrail.adapters.http.drafts_api import DRAFT_ROUTES, DRAFTS
 from guardrail.adapters.http.errors import (
     from_guardrail_error,
     from_http_exception,
     internal_error,
 )
-from guardrail.adapters.http.drafts_api import DRAFT_ROUTES
 from guardrail.adapters.http.integrations import INTEGRATION_ROUTES
 from guardrail.adapters.http.openapi import build_openapi
 from guardrail.adapters.http.otlp import OTLP
@@ -38,6 +39,7 @@ from guardrail.adapters.http.routes import (
 )
 from guardrail.config import Settings
 from guardrail.domain.errors import GuardrailError
+from guardrail.service.drafts import DraftService
 from guardrail.service.engine import Engine
 from guardrail.service.otlp_ingest import OtlpIngest
 from guardrail.telemetry import Telemetry
@@ -48,7 +50,7 @@ AUTH = web.AppKey("guardrail.auth", Authenticator)
 ROUTE_OF = web.AppKey("guardrail.route_of", dict)
 
 # every route the app serves: the core table plus the drafts, the pages and the integrations
-ALL_ROUTES: tuple[Route, ...] = (*ROUTES, *DRAFT_ROUTES, *PAGE_ROUTES, *INTEGRATION_ROUTES)
+ALL_ROUTES: tuple[Route, ...] = (*ROUTES, *DRAFT_ROUTES, *PAGE_ROUTES, *INTEGRATION_ROUTES, *DORA_ROUTES)
 
 
 def _version() -> str:
@@ -100,6 +102,7 @@ def create_app(
     telemetry: Telemetry,
     otlp: OtlpIngest | None = None,
     alert_sink: AlertSink | None = None,
+    drafts: DraftService | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -108,6 +111,8 @@ def create_app(
     app[ENGINE] = engine
     app[SETTINGS] = settings
     app[TELEMETRY] = telemetry
+    if drafts is not None:  # without it the drafts routes answer 503 (the composition root passes it)
+        app[DRAFTS] = drafts
     app[AUTH] = Authenticator(settings.tokens)
     app[ROUTE_OF] = {r.handler: r for r in ALL_ROUTES}
     install_alert_hook(app, alert_sink)  # POST /hooks/alertmanager hands alerts to alert_sink

@@ -19,6 +19,7 @@ from guardrail.domain.errors import (
     ConflictError,
     GuardrailError,
     NotFoundError,
+    PolicyBlockedError,
     StoreError,
     ValidationError,
 )
@@ -127,7 +128,13 @@ def from_guardrail_error(error: GuardrailError) -> web.Response:
         )
         return error_response(status, error.code, detail)
     headers = error.headers if isinstance(error, ApiError) else None
-    return error_response(status, error.code, error.detail, error.field, headers)
+    response = error_response(status, error.code, error.detail, error.field, headers)
+    if isinstance(error, PolicyBlockedError):  # the marker response lists what was checked and why
+        return web.json_response(
+            {"error": error.code, "detail": error.detail, "field": error.field, "policy": error.policy},
+            status=status,
+        )
+    return response
 
 
 def from_http_exception(request: web.Request, exc: web.HTTPException, *, max_body_bytes: int) -> web.Response:

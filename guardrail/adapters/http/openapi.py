@@ -57,9 +57,13 @@ def build_openapi(routes: Sequence[Route], *, version: str, server_url: str) -> 
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     error_ref = refs[(ErrorOut, "serialization")]
 
+    query_defs: dict[str, Any] = {}  # a query model may serve several routes (the API and a page)
+
     def query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
         name = refs[(model, "validation")]["$ref"].rsplit("/", 1)[-1]
-        definition = schemas.pop(name)  # parameters, not a body: not a component of its own
+        if name not in query_defs:  # parameters, not a body: not a component of its own
+            query_defs[name] = schemas.pop(name)
+        definition = query_defs[name]
         required = set(definition.get("required", []))
         return [
             {
@@ -104,6 +108,11 @@ def build_openapi(routes: Sequence[Route], *, version: str, server_url: str) -> 
                 "description": "Prometheus text exposition (OpenMetrics if asked for in Accept)",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
+        elif r.response == "html":
+            responses[str(r.status)] = {
+                "description": "An HTML page (inline CSS and SVG, no scripts)",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
         elif r.response == "openapi":
             responses[str(r.status)] = {
                 "description": "An OpenAPI 3.1 document",
@@ -120,7 +129,10 @@ def build_openapi(routes: Sequence[Route], *, version: str, server_url: str) -> 
                 "content": _json_content(refs[(r.response, "serialization")]),  # type: ignore[index]
             }
         for status in sorted({*r.errors, 500}):
-            responses[str(status)] = {"description": ERROR_HELP[status], "content": _json_content(error_ref)}
+            # a page answers its own errors with a page; a 500 is JSON everywhere
+            html = r.response == "html" and status != 500
+            content = {"text/html": {"schema": {"type": "string"}}} if html else _json_content(error_ref)
+            responses[str(status)] = {"description": ERROR_HELP[status], "content": content}
         op["responses"] = dict(sorted(responses.items()))
         paths.setdefault(r.path, {})[r.method.lower()] = op
 

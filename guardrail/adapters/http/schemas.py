@@ -215,6 +215,19 @@ class MarkerIn(_In):
     started_at: Timestamp | None = Field(
         None, description="data time of the deploy (default: when it is recorded). " + TIMESTAMP_HELP
     )
+    checklist: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], bool], Field(max_length=50)] = Field(
+        default_factory=dict,
+        description="the pre-deployment checklist as CI answers it: tests_passed, review_approved, "
+        "migrations_tested_on_staging, rollback_plan_documented, monitoring_configured, oncall_available",
+    )
+    fast_track: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = Field(
+        "", description="a reason to fast-track a security patch or emergency bug fix past blocking policy "
+        "checks; recorded in the timeline"
+    )
+    links: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=50)], Annotated[str, StringConstraints(max_length=2000)]],
+        Field(max_length=20),
+    ] = Field(default_factory=dict, description='e.g. {"pr": url, "ci_run": url, "issue": url}')
 
     def check_steps(self) -> None:
         """Weight steps for strategies that move traffic, server steps for rolling."""
@@ -255,6 +268,9 @@ class MarkerIn(_In):
             analysis=self.analysis.to_domain(defaults),
             steps=tuple(s.to_domain() for s in self.steps or ()),
             started_at=self.started_at,
+            checklist=dict(self.checklist),
+            fast_track=self.fast_track,
+            links=dict(self.links),
         )
 
 
@@ -407,6 +423,21 @@ class Links(_Out):
     self: str
     events: str
     wait: str
+    page: str = Field(description="the deploy page (HTML)")
+    drafts: str = Field(description="drafted documents (post-mortem, plans, checklists)")
+
+
+class PolicyCheckOut(_Out):
+    name: str
+    status: Literal["pass", "warn", "block", "overridden", "skipped"]
+    detail: str
+
+
+class PolicyOut(_Out):
+    blocked: bool
+    fast_tracked: bool
+    summary: str
+    checks: list[PolicyCheckOut]
 
 
 class DeployOut(_Out):
@@ -434,7 +465,11 @@ class DeployOut(_Out):
     updated_at: UnixTime
     data_time: UnixTime = Field(description="latest data time seen (unix seconds)")
     verdict: VerdictOut | None
+    checklist: dict[str, bool]
+    fast_track: str
+    policy: PolicyOut | None = Field(description="the deploy policy's checks when the marker was recorded")
     links: Links
+    marker_links: dict[str, str]
 
     @classmethod
     def of(cls, d: Deploy, public_url: str, **extra: Any) -> DeployOut:
@@ -476,7 +511,17 @@ class DeployOut(_Out):
             updated_at=d.updated_at,
             data_time=d.data_time,
             verdict=VerdictOut.model_validate(d.verdict) if d.verdict is not None else None,
-            links=Links(self=base, events=f"{base}/events", wait=f"{base}/wait"),
+            checklist=dict(m.checklist),
+            fast_track=m.fast_track,
+            policy=PolicyOut.model_validate(m.policy) if m.policy else None,
+            links=Links(
+                self=base,
+                events=f"{base}/events",
+                wait=f"{base}/wait",
+                page=f"{public_url.rstrip('/')}/deploys/{d.id}",
+                drafts=f"{base}/drafts",
+            ),
+            marker_links=dict(m.links),
             **extra,
         )
 
