@@ -35,11 +35,19 @@ class DeployAlerts:
 
     # --- links and sending -------------------------------------------------------------------------
     def deploy_url(self, deploy: Deploy) -> str:
-        return f"{self.settings.server.public_url.rstrip('/')}/api/v1/deploys/{deploy.id}"
+        """The deploy page (timeline, charts, evidence, drafts): what a person opens from a page."""
+        return f"{self.settings.server.public_url.rstrip('/')}/deploys/{deploy.id}"
+
+    def dashboard_url(self, deploy: Deploy) -> str:
+        """Grafana's canary dashboard for the service when configured, else the deploy page."""
+        grafana = self.settings.server.grafana_url
+        if not grafana:
+            return self.deploy_url(deploy)
+        return f"{grafana.rstrip('/')}/d/guardrail-canary?var-service={deploy.marker.service}"
 
     def links(self, deploy: Deploy) -> tuple[Link, ...]:
         return (
-            Link(self.deploy_url(deploy), f"{deploy.marker.service} {deploy.marker.version} deploy record"),
+            Link(self.deploy_url(deploy), f"{deploy.marker.service} {deploy.marker.version} deploy page"),
         )
 
     async def _send(self, notice: Notice) -> None:
@@ -54,7 +62,7 @@ class DeployAlerts:
     async def created(self, deploy: Deploy, now: float) -> None:
         notice = announcements.before(
             deploy,
-            dashboard_url=self.deploy_url(deploy),
+            dashboard_url=self.dashboard_url(deploy),
             rollback_time_s=self.settings.engine.rollback_backoff_s * 4 + 60,
             deploy_url=self.deploy_url(deploy),
         )
@@ -115,7 +123,7 @@ class DeployAlerts:
                     announcements.after(
                         deploy,
                         deploy.verdict,
-                        dashboard_url=self.deploy_url(deploy),
+                        dashboard_url=self.dashboard_url(deploy),
                         deploy_url=self.deploy_url(deploy),
                         occurred_at=now,
                     ),

@@ -161,4 +161,4 @@ async def test_kill_9_mid_rollout_then_restart_finishes_with_each_action_once(tm
     repeated = [c for c in distinct if sum(1 for _, kk, ss in calls if (kk, ss) == c) > 1]
     assert repeated == ([("apply", "3")] if crash == "during_an_action" else [])
     if crash == "during_an_action":
-        assert any("restarted during this action" in e["message"] for e in events)
+        assert any("carrying it out again with the same action key" in e["message"] for e in events)
