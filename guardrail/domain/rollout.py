@@ -137,7 +137,8 @@ def _action_done(r: Rollout, ev: ActionDone) -> tuple[Rollout, list[Command]]:
         return _rollback(r, f"promotion failed: {ev.detail}")
     # APPLY_STEP
     if not ev.ok:
-        return _rollback(r, f"step {cmd.step} ({r.steps[cmd.step].describe()}) failed: {ev.detail}")
+        n = (cmd.step or 0) + 1  # people count steps from 1, as the timeline does ("step 1/3")
+        return _rollback(r, f"step {n}/{len(r.steps)} ({r.steps[cmd.step or 0].describe()}) failed: {ev.detail}")
     i = cmd.step if cmd.step is not None else 0
     state = DeployState.PAUSED if r.state is DeployState.PAUSED else DeployState.ANALYZING
     r = replace(

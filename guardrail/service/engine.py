@@ -622,6 +622,8 @@ class Engine:
         cmd = action.command
         what = self._describe(deploy, cmd)
         attempts = action.attempts + 1
+        # each rollback retry is a new action: count the deploy's rollback attempts for the timeline
+        shown = deploy.rollout.rollback_attempts + attempts if cmd.kind is CommandKind.ROLLBACK else attempts
         await self.store.update_action(
             action.id,
             status=ActionStatus.RUNNING,
@@ -629,7 +631,7 @@ class Engine:
             result={},
             event=self._event(
                 EventKind.ACTION_STARTED,
-                f"{what}: started (attempt {attempts})",
+                f"{what}: started (attempt {shown})",
                 deploy.data_time,
                 action_id=action.id,
                 kind=cmd.kind.value,
