@@ -1,7 +1,320 @@
-"""Routes of this part of the API (added to the app's table by `guardrail.adapters.http.app`)."""
+"""guardrail as the analysis step of Argo Rollouts and Flagger (the other direction from the deploy
+adapters: there guardrail drives the rollout, here a rollout controller asks guardrail).
+
+``GET /api/v1/analysis?service=&environment=&version=`` (any valid token) answers the newest matching
+deploy's judgement in a flat shape an Argo ``AnalysisTemplate`` reads with ``jsonPath: "{$.decision}"``.
+``decision`` is the judgement of the whole deploy, not just of the latest window:
+
+=====================  ==============================================================================
+deploy state           decision
+=====================  ==============================================================================
+promoted               ``pass``: every step passed (or an operator promoted it)
+rolling_back,          ``fail``: the judge failed it, a step failed, or an operator rolled it back
+rolled_back,
+rollback_failed
+paused                 ``inconclusive``: held for a human (an inconclusive analysis or a manual pause)
+pending, analyzing     ``continue`` (a step that passed is not a deploy that passed: guardrail
+                       promotes only after every step), ``none`` before the first verdict
+=====================  ==============================================================================
+
+``POST /hooks/flagger?type=<webhook type>`` answers Flagger's webhooks. Flagger's body
+(``{"name", "namespace", "phase", "checksum", "metadata"}``) does not say which kind of webhook is
+calling, so the webhook's URL carries it in ``type``. Flagger reads only the status: 200-202
+advances, anything else halts (and counts as a failed check, except for ``rollback``):
+
+- ``confirm-rollout``, ``pre-rollout``, ``rollout``, ``confirm-traffic-increase``: 200 while the
+  decision is not ``fail``; 409 once it is (so Flagger stops and, past its threshold, rolls back).
+- ``confirm-promotion``: 200 only once the decision is ``pass``; 409 before (Flagger keeps the canary
+  where it is and keeps running its checks) and after a ``fail``.
+- ``rollback``: 200 means "roll back" in Flagger, so 200 only when the decision is ``fail``; 409
+  otherwise.
+
+No matching deploy is a 404 (a failed check; no rollback). The deploy is looked up by
+``metadata.service`` / ``metadata.environment`` / ``metadata.version`` when given, else by the
+canary's ``name`` as the service and its ``namespace`` as the environment (newest deploy).
+
+Flagger cannot send request headers with a webhook (fluxcd/flagger#1192), so this route accepts the
+``ci`` token either as ``Authorization: Bearer <token>`` or as ``metadata.token``; it does its own
+authentication (the route table marks it open so that the auth middleware lets the body through).
+"""
 
 from __future__ import annotations
 
-from guardrail.adapters.http.routes import Route
+from typing import Annotated, Literal
 
-INTEGRATION_ROUTES: tuple[Route, ...] = ()
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from guardrail.adapters.http.errors import ApiError
+from guardrail.adapters.http.parsing import read_json, read_query
+from guardrail.adapters.http.routes import API, ENGINE, SETTINGS, Route
+from guardrail.adapters.http.schemas import EvidenceOut, StepInfo
+from guardrail.domain.errors import NotFoundError
+from guardrail.domain.model import DeployState
+from guardrail.domain.records import Deploy
+from guardrail.service.engine import Engine
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+JudgementDecision = Literal["pass", "fail", "continue", "inconclusive", "none"]
+FlaggerHookType = Literal[
+    "confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion", "rollback"
+]
+SEARCH_LIMIT = 500  # deploys of one service and environment looked through for a version
+SUMMARY_MAX = 400
+
+_FAILED_STATES = (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK, DeployState.ROLLBACK_FAILED)
+_CHECK_HOOKS = ("confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase")
+
+
+# --- schemas ---------------------------------------------------------------------------------------
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty parameter (an unset template argument, e.g. ``version=``) means no filter."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+Filter = Annotated[Name | None, BeforeValidator(_blank_is_none)]
+
+
+class AnalysisQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: Name = Field(description="the service of the deploy (as in its marker)")
+    environment: Filter = Field(None, description="only deploys to this environment (empty: any)")
+    version: Filter = Field(None, description="only deploys of this version (empty: the newest deploy)")
+
+
+class FlaggerHookQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: FlaggerHookType = Field(description="the webhook's type in the Canary spec; Flagger does not send it")
+
+
+class FlaggerHookIn(BaseModel):
+    """Flagger's webhook payload."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: Name = Field(description="the Canary's name: the service, unless metadata.service is set")
+    namespace: Name = Field(description="the Canary's namespace: the environment, unless metadata.environment")
+    phase: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        None, description="Flagger's canary phase, e.g. Progressing"
+    )
+    checksum: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="hash of the canary's configuration (sent by Flagger >= 1.x; not used)"
+    )
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=10_000)]] = Field(
+        default_factory=dict,
+        description="the webhook's metadata; service, environment and version select the deploy; "
+        "token may carry the ci token (Flagger cannot send headers)",
+    )
+
+
+class JudgementOut(BaseModel):
+    """One deploy's judgement, flat, for rollout controllers (Argo's jsonPath, Flagger's logs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deploy_id: str
+    service: str
+    environment: str
+    version: str
+    previous_version: str
+    state: DeployState
+    decision: JudgementDecision = Field(
+        description="the whole deploy's judgement: pass (promoted), fail (rolling back or rolled back), "
+        "inconclusive (held for a human), continue while the steps go on, none before the first verdict"
+    )
+    verdict_decision: Literal["fail", "pass", "continue", "inconclusive"] | None = Field(
+        description="the latest verdict of the judge as it is (null before the first)"
+    )
+    summary: str = Field(description="one line: what the judge or the rollout said last")
+    step: StepInfo
+    data_time: float = Field(description="latest data time seen (unix seconds)")
+    evidence: list[EvidenceOut] = Field(description="per metric, from the latest verdict")
+    deploy_url: str = Field(description="the deploy's page")
+    api_url: str = Field(description="the deploy in the API")
+
+
+class FlaggerHookOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    hook: FlaggerHookType
+    answer: Literal["advance", "roll back"]
+    judgement: JudgementOut
+
+
+class HookRefused(ApiError):
+    """The judge's answer to a Flagger webhook is no (a non-2xx status is Flagger's "no")."""
+
+    status = 409
+    code = "refused"
+
+
+# --- the judgement (pure) --------------------------------------------------------------------------
+
+
+def decision_of(deploy: Deploy) -> JudgementDecision:
+    """The deploy-level decision (see the module docstring)."""
+    state = deploy.state
+    if state is DeployState.PROMOTED:
+        return "pass"
+    if state in _FAILED_STATES:
+        return "fail"
+    if state is DeployState.PAUSED:
+        return "inconclusive"
+    raw = (deploy.verdict or {}).get("decision")
+    if raw in ("fail", "inconclusive"):  # transient: the rollout acts on it at once
+        return raw
+    return "continue" if raw in ("pass", "continue") else "none"
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= SUMMARY_MAX else line[: SUMMARY_MAX - 1] + "…"
+
+
+def summary_of(deploy: Deploy) -> str:
+    m, r = deploy.marker, deploy.rollout
+    head = f"{m.service} {m.version} ({m.environment}): {deploy.state.value}"
+    verdict_summary = (deploy.verdict or {}).get("summary") or ""
+    if deploy.state in (*_FAILED_STATES, DeployState.PAUSED) and r.reason:
+        return _one_line(f"{head}: {r.reason}")
+    if verdict_summary:
+        return _one_line(f"{head}: {verdict_summary}")
+    return _one_line(f"{head}: no verdict yet (waiting for data)")
+
+
+def judgement(deploy: Deploy, public_url: str) -> JudgementOut:
+    m, r = deploy.marker, deploy.rollout
+    base = public_url.rstrip("/")
+    raw = (deploy.verdict or {}).get("decision")
+    return JudgementOut(
+        deploy_id=deploy.id,
+        service=m.service,
+        environment=m.environment,
+        version=m.version,
+        previous_version=m.previous_version,
+        state=deploy.state,
+        decision=decision_of(deploy),
+        verdict_decision=raw if raw in ("pass", "fail", "continue", "inconclusive") else None,
+        summary=summary_of(deploy),
+        step=StepInfo(
+            index=r.step,
+            total=len(r.steps),
+            description=r.steps[r.step].describe() if 0 <= r.step < len(r.steps) else None,
+        ),
+        data_time=deploy.data_time,
+        evidence=[EvidenceOut.model_validate(e) for e in (deploy.verdict or {}).get("evidence", [])],
+        deploy_url=f"{base}/deploys/{deploy.id}",
+        api_url=f"{base}{API}/deploys/{deploy.id}",
+    )
+
+
+def flagger_answer(hook: FlaggerHookType, decision: JudgementDecision) -> bool:
+    """True: answer 2xx. See the module docstring for each webhook type."""
+    if hook == "confirm-promotion":
+        return decision == "pass"
+    if hook == "rollback":
+        return decision == "fail"
+    return decision != "fail"
+
+
+# --- handlers --------------------------------------------------------------------------------------
+
+
+async def newest_deploy(
+    engine: Engine, *, service: str, environment: str | None, version: str | None
+) -> Deploy:
+    deploys = await engine.list_deploys(service=service, environment=environment, limit=SEARCH_LIMIT)
+    for d in deploys:  # newest first
+        if version is None or d.marker.version == version:
+            return d
+    where = f"service {service!r}" + (f", environment {environment!r}" if environment else "")
+    if version is not None:
+        where += f", version {version!r}"
+        if len(deploys) == SEARCH_LIMIT:
+            where += f" (among its newest {SEARCH_LIMIT} deploys)"
+    raise NotFoundError(f"no deploy matches {where}; CI records one with POST {API}/deploys", field="service")
+
+
+async def get_analysis(request: web.Request) -> web.Response:
+    q = read_query(request, AnalysisQuery)
+    engine: Engine = request.app[ENGINE]
+    deploy = await newest_deploy(engine, service=q.service, environment=q.environment, version=q.version)
+    out = judgement(deploy, request.app[SETTINGS].server.public_url)
+    return web.Response(body=out.model_dump_json().encode(), content_type="application/json")
+
+
+def _authenticate_flagger(request: web.Request, body: FlaggerHookIn | None) -> None:
+    """The ci scope, from the Authorization header or (Flagger cannot send headers) metadata.token."""
+    from guardrail.adapters.http.app import AUTH  # the app module imports this one: import at call time
+
+    auth = request.app[AUTH]
+    header = request.headers.get("Authorization")
+    if header is None and body is not None and "token" in body.metadata:
+        header = f"Bearer {body.metadata['token']}"
+    auth.authorize(auth.authenticate(header), "ci")
+
+
+async def flagger_hook(request: web.Request) -> web.Response:
+    if "Authorization" in request.headers:  # checked before anything is read
+        _authenticate_flagger(request, None)
+        body = await read_json(request, FlaggerHookIn)
+    else:
+        body = await read_json(request, FlaggerHookIn)
+        _authenticate_flagger(request, body)
+    hook = read_query(request, FlaggerHookQuery).type
+    meta = body.metadata
+    service = (meta.get("service") or "").strip() or body.name
+    environment = (meta.get("environment") or "").strip() or body.namespace
+    version = (meta.get("version") or "").strip() or None
+    engine: Engine = request.app[ENGINE]
+    try:
+        deploy = await newest_deploy(engine, service=service, environment=environment, version=version)
+    except NotFoundError as e:
+        field = "metadata.service" if "service" in meta else "name"
+        raise NotFoundError(e.detail, field=field) from None
+    out = judgement(deploy, request.app[SETTINGS].server.public_url)
+    if not flagger_answer(hook, out.decision):
+        wanted = {"confirm-promotion": "pass", "rollback": "fail"}.get(hook, "anything but fail")
+        raise HookRefused(
+            f"{hook}: no (the judge says {out.decision}, this webhook advances on {wanted}): "
+            f"{out.summary} — {out.deploy_url}"
+        )
+    answer: Literal["advance", "roll back"] = "roll back" if hook == "rollback" else "advance"
+    resp = FlaggerHookOut(hook=hook, answer=answer, judgement=out)
+    return web.Response(body=resp.model_dump_json().encode(), content_type="application/json")
+
+
+INTEGRATION_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        f"{API}/analysis",
+        get_analysis,
+        "getAnalysis",
+        "The newest matching deploy's judgement, flat, for an Argo Rollouts AnalysisTemplate "
+        '(web provider, jsonPath "{$.decision}": pass | fail | continue | inconclusive | none)',
+        "read",
+        tag="integrations",
+        query=AnalysisQuery,
+        response=JudgementOut,
+        errors=(400, 401, 404),
+    ),
+    Route(
+        "POST",
+        "/hooks/flagger",
+        flagger_hook,
+        "flaggerHook",
+        "Flagger webhook (the type in the query): 200 advances; confirm-promotion needs a pass, rollback "
+        "answers 200 on a fail (roll back), the other types 200 until a fail. Needs a ci token, as "
+        "Authorization: Bearer or as metadata.token (Flagger cannot send headers)",
+        None,
+        tag="integrations",
+        body=FlaggerHookIn,
+        query=FlaggerHookQuery,
+        response=FlaggerHookOut,
+        errors=(400, 401, 403, 404, 409, 413, 415),
+    ),
+)
