@@ -4,16 +4,19 @@ overrides (nested keys with ``__``, e.g. ``GUARDRAIL_SERVER__PORT=9090``). Error
 from __future__ import annotations
 
 import os
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,6 +40,8 @@ class ServerConfig(_Strict):
     public_url: str = "http://127.0.0.1:8080"  # used in links (pages, Slack, GitHub statuses)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     wait_max_s: float = Field(3600, gt=0)  # longest long-poll a client may ask for
+    grafana_url: str | None = None  # set: deploy pages link to the guardrail-canary dashboard there
+    pages_public: bool = True  # the HTML pages (/deploys) need no token; False: a token as for reads
 
 
 class AnalysisDefaults(_Strict):
@@ -55,6 +60,13 @@ class EngineConfig(_Strict):
     rollback_backoff_s: float = Field(2.0, gt=0)  # doubled per failed attempt
     rollback_backoff_max_s: float = Field(60.0, gt=0)
     tick_s: float = Field(5.0, gt=0)  # how often timers (stalls, retries) are checked
+    # Several replicas on one PostgreSQL: a replica works on a deploy only while it holds the deploy's
+    # row lease (renewed while it works; a dead replica's lease expires after lease_s and another
+    # replica takes over). auto: on for PostgreSQL, off for SQLite (one process).
+    leases: Literal["auto", "on", "off"] = "auto"
+    lease_s: float = Field(15.0, gt=0)
+    lease_wait_s: float = Field(30.0, gt=0)  # how long a request waits for another replica to let go
+    replica_id: str | None = None  # default: host-pid-random, unique per process
 
 
 class AdapterPreset(_Strict):
@@ -203,6 +215,412 @@ class RulesConfig(_Strict):
         )
 
 
+class DoraConfig(_Strict):
+    """DORA key metrics (guardrail.domain.dora): the trailing window the Prometheus gauges cover and
+    how often they are recomputed from the database."""
+
+    window_days: float = Field(30, gt=0, le=366)
+    refresh_s: float = Field(300, gt=0)
+
+
+class GrafanaAnnotationsConfig(_Strict):
+    """Deploy markers as Grafana annotations (``POST /api/annotations``, a service-account token)."""
+
+    url: str  # e.g. https://grafana.example.com
+    token: SecretStr | None = None  # a service-account token; or token_env
+    token_env: str | None = None  # name of the environment variable holding the token
+    dashboard_uid: str | None = None  # unset: an org-wide annotation, shown through a tag query
+    tags: list[str] = []  # added to ["deploy", service, version, environment]
+    timeout_s: float = Field(5, gt=0)  # per HTTP call
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://grafana.example.com")
+        return v
+
+    @model_validator(mode="after")
+    def _one_token(self) -> GrafanaAnnotationsConfig:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("set exactly one of token and token_env")
+        return self
+
+
+class HoneycombAnnotationsConfig(_Strict):
+    """Deploy markers in Honeycomb (``POST {api_url}/1/markers/{dataset}``), sent when a deploy ends."""
+
+    api_url: str = "https://api.honeycomb.io"
+    dataset: str = Field(min_length=1)  # a dataset slug, or __all__ for an environment-wide marker
+    api_key: SecretStr | None = None  # or api_key_env
+    api_key_env: str | None = None
+    timeout_s: float = Field(5, gt=0)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://api.honeycomb.io")
+        return v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> HoneycombAnnotationsConfig:
+        if (self.api_key is None) == (self.api_key_env is None):
+            raise ValueError("set exactly one of api_key and api_key_env")
+        return self
+
+
+class AnnotationsConfig(_Strict):
+    """Deploy markers fanned out to Grafana and Honeycomb, in the background with bounded retries
+    (backoff doubling from backoff_s up to backoff_max_s); a rollback never waits on them."""
+
+    grafana: GrafanaAnnotationsConfig | None = None
+    honeycomb: HoneycombAnnotationsConfig | None = None
+    retries: int = Field(4, ge=0, le=10)  # after the first attempt, on 429, 5xx, timeouts, refused connections
+    backoff_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _action_text(value: Any) -> Any:
+    if value is False:  # YAML 1.1 reads an unquoted off as false
+        return "off"
+    if value is True:
+        raise ValueError("got true: write the action as off, warn or block")
+    return value
+
+
+_PolicyAction = Annotated[Literal["off", "warn", "block"], BeforeValidator(_action_text)]
+_ChangeTypeName = Literal["feature", "bugfix", "infrastructure", "security"]
+_WINDOW_CHECKS = ("freeze", "friday_afternoon", "peak_hours", "team_hours")
+_CHECKLIST_ITEMS = (
+    "tests_passed",
+    "review_approved",
+    "migrations_tested_on_staging",
+    "rollback_plan_documented",
+    "rollback_configured",
+    "monitoring_configured",
+    "oncall_available",
+)
+
+
+def _clock_seconds(value: str, *, end: bool = False) -> int:
+    """``HH:MM`` or ``HH:MM:SS`` -> seconds after midnight (``24:00`` only as an end)."""
+    parts = value.split(":")
+    widths_ok = 2 <= len(parts) <= 3 and len(parts[0]) in (1, 2) and all(len(p) == 2 for p in parts[1:])
+    ok = widths_ok and all(p.isascii() and p.isdigit() for p in parts)
+    nums = [int(p) for p in parts] if ok else []
+    if ok and nums[0] == 24 and end and all(n == 0 for n in nums[1:]):
+        return 86_400
+    if not ok or nums[0] > 23 or any(n > 59 for n in nums[1:]):
+        upper = "23:59, or 24:00 as an end" if end else "23:59"
+        raise ValueError(f"{value!r} is not a time of day; write HH:MM from 00:00 to {upper}, e.g. \"12:00\"")
+    return nums[0] * 3600 + nums[1] * 60 + (nums[2] if len(nums) == 3 else 0)
+
+
+def _time_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 12:00 as 720
+        raise ValueError(
+            f"got the number {value}: write the time in quotes, e.g. \"12:00\" (unquoted, YAML reads 12:00 as 720)"
+        )
+    return value
+
+
+def _clock_field(value: str, info: ValidationInfo) -> str:
+    _clock_seconds(value, end=info.field_name == "end")
+    return value
+
+
+def _zone_name(value: str) -> str:
+    from guardrail.domain.policy import zone_or_error  # lazy: keep `import guardrail.config` light
+
+    zone_or_error(value)
+    return value
+
+
+def _known_keys(value: Any, known: tuple[str, ...], what: str) -> Any:
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+    return value
+
+
+def _check_hours(days: list[str], start: str, end: str) -> None:
+    if not days:
+        raise ValueError(f"days is empty; list some of {', '.join(_DAYS)}")
+    if _clock_seconds(start) == _clock_seconds(end, end=True) % 86_400:
+        raise ValueError(f"start and end are the same time ({start}): the range would be empty or a whole day")
+
+
+def _weekly(days: list[str], start: str, end: str, zone: str) -> Any:
+    from guardrail.domain.policy import WeeklyRange, zone_or_error
+
+    return WeeklyRange(
+        zone=zone_or_error(zone),
+        days=frozenset(_DAYS.index(d) for d in days),
+        start_s=_clock_seconds(start),
+        end_s=_clock_seconds(end, end=True) % 86_400,
+    )
+
+
+class PolicyTeam(_Strict):
+    """A team or on-call rotation, with its working hours in its own time zone."""
+
+    name: str
+    zone: str
+    days: list[_Day] = ["mon", "tue", "wed", "thu", "fri"]
+    start: str = "09:00"
+    end: str = "18:00"
+
+    _zone = field_validator("zone")(_zone_name)
+    _times = field_validator("start", "end", mode="before")(_time_text)
+    _clock = field_validator("start", "end")(_clock_field)
+
+    @model_validator(mode="after")
+    def _range(self) -> PolicyTeam:
+        _check_hours(self.days, self.start, self.end)
+        return self
+
+
+class PolicyPeakHours(_Strict):
+    """Peak traffic: local times on some weekdays, in ``zone``."""
+
+    name: str = "peak hours"
+    zone: str
+    days: list[_Day] = ["mon", "tue", "wed", "thu", "fri"]
+    start: str
+    end: str
+
+    _zone = field_validator("zone")(_zone_name)
+    _times = field_validator("start", "end", mode="before")(_time_text)
+    _clock = field_validator("start", "end")(_clock_field)
+
+    @model_validator(mode="after")
+    def _range(self) -> PolicyPeakHours:
+        _check_hours(self.days, self.start, self.end)
+        return self
+
+
+class PolicyFreeze(_Strict):
+    """No deploys from ``start`` (inclusive) until ``end`` (exclusive). ISO datetimes with an offset
+    (2024-12-20T00:00:00+01:00), or without one (or a bare date) when ``zone`` is set."""
+
+    start: datetime
+    end: datetime
+    reason: str
+    zone: str | None = None
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        return v if v is None else _zone_name(v)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _dates(cls, v: Any) -> Any:
+        if isinstance(v, date) and not isinstance(v, datetime):  # a bare YAML date: midnight
+            return datetime(v.year, v.month, v.day)
+        return v
+
+    def _aware(self, key: str) -> datetime:
+        from guardrail.domain.policy import zone_or_error
+
+        value: datetime = getattr(self, key)
+        if value.tzinfo is not None:
+            return value
+        if self.zone is None:
+            raise ValueError(
+                f"{key} {value.isoformat()} has no UTC offset; add one (e.g. {value.isoformat()}+01:00) "
+                "or set zone (e.g. zone: Europe/Berlin)"
+            )
+        return value.replace(tzinfo=zone_or_error(self.zone))
+
+    @model_validator(mode="after")
+    def _order(self) -> PolicyFreeze:
+        start, end = self._aware("start"), self._aware("end")
+        if end <= start:
+            raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        if not self.reason.strip():
+            raise ValueError("reason is empty: say why deploys are frozen (it is shown on blocked deploys)")
+        return self
+
+
+class PolicyWindowActions(_Strict):
+    """What a deploy inside a window gets: off (not checked), warn or block."""
+
+    freeze: _PolicyAction = "warn"
+    friday_afternoon: _PolicyAction = "warn"
+    peak_hours: _PolicyAction = "warn"
+    team_hours: _PolicyAction = "warn"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        return _known_keys(v, _WINDOW_CHECKS, "window check")
+
+
+class PolicyChecklist(_Strict):
+    """What a missing or false checklist answer gets: off (not checked), warn or block."""
+
+    tests_passed: _PolicyAction = "warn"
+    review_approved: _PolicyAction = "warn"
+    migrations_tested_on_staging: _PolicyAction = "warn"  # only for markers with db_migrations
+    rollback_plan_documented: _PolicyAction = "warn"
+    rollback_configured: _PolicyAction = "warn"  # verified by guardrail: the adapter is not noop
+    monitoring_configured: _PolicyAction = "warn"  # verified by guardrail: a metric source exists
+    oncall_available: _PolicyAction = "warn"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        return _known_keys(v, _CHECKLIST_ITEMS, "checklist item")
+
+
+class PolicyRuleConfig(_Strict):
+    """Actions for some environments and change types; unset checks keep what less specific rules say."""
+
+    environments: list[str] = ["*"]  # shell-style globs: production, prod*, *
+    change_types: list[_ChangeTypeName] = []  # empty: every change type
+    actions: dict[str, _PolicyAction] = {}  # window check -> action
+    checklist: dict[str, _PolicyAction] = {}  # checklist item -> action
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _windows(cls, v: Any) -> Any:
+        return _known_keys(v, _WINDOW_CHECKS, "window check")
+
+    @field_validator("checklist", mode="before")
+    @classmethod
+    def _items(cls, v: Any) -> Any:
+        return _known_keys(v, _CHECKLIST_ITEMS, "checklist item")
+
+    @field_validator("environments")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        if not v or any(not g.strip() for g in v):
+            raise ValueError("list environment names or globs, e.g. [production] or [\"prod*\"] (\"*\": all)")
+        return v
+
+
+class PolicyConfig(_Strict):
+    """Deploy policy checked when a marker is recorded (guardrail.domain.policy): deployment windows
+    and the pre-deployment checklist. ``actions`` and ``checklist`` apply to ``environments``;
+    ``rules`` refine them per environment and change type (more specific wins, then the later)."""
+
+    enabled: bool = True
+    environments: list[str] = ["prod*"]
+    zone: str = "UTC"  # Friday afternoon is judged here when no teams are listed
+    friday_afternoon_start: str = "12:00"
+    fast_track_change_types: list[_ChangeTypeName] = ["security", "bugfix"]
+    actions: PolicyWindowActions = PolicyWindowActions()
+    checklist: PolicyChecklist = PolicyChecklist()
+    teams: list[PolicyTeam] = []
+    peak_hours: list[PolicyPeakHours] = []
+    freezes: list[PolicyFreeze] = []
+    rules: list[PolicyRuleConfig] = []
+
+    _zone = field_validator("zone")(_zone_name)
+    _start_text = field_validator("friday_afternoon_start", mode="before")(_time_text)
+
+    @field_validator("friday_afternoon_start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        _clock_seconds(v)
+        return v
+
+    def to_policy(self) -> Any:
+        """The domain :class:`guardrail.domain.policy.Policy` these settings describe."""
+        from guardrail.domain.model import ChangeType
+        from guardrail.domain.policy import Freeze, PeakHours, Policy, PolicyRule, Team, zone_or_error
+
+        def hours(h: PolicyTeam | PolicyPeakHours) -> Any:
+            return _weekly(h.days, h.start, h.end, h.zone)
+
+        return Policy(
+            enabled=self.enabled,
+            environments=tuple(self.environments),
+            base={**self.actions.model_dump(), **self.checklist.model_dump()},
+            rules=tuple(
+                PolicyRule(
+                    actions={**r.actions, **r.checklist},
+                    environments=tuple(r.environments),
+                    change_types=frozenset(ChangeType(t) for t in r.change_types),
+                )
+                for r in self.rules
+            ),
+            zone=zone_or_error(self.zone),
+            friday_start_s=_clock_seconds(self.friday_afternoon_start),
+            teams=tuple(Team(t.name, hours(t)) for t in self.teams),
+            peak_hours=tuple(PeakHours(p.name, hours(p)) for p in self.peak_hours),
+            freezes=tuple(
+                Freeze(
+                    start=f._aware("start").timestamp(),
+                    end=f._aware("end").timestamp(),
+                    reason=f.reason,
+                    zone=zone_or_error(f.zone) if f.zone else f._aware("start").tzinfo,  # type: ignore[arg-type]
+                )
+                for f in self.freezes
+            ),
+            fast_track_change_types=frozenset(ChangeType(t) for t in self.fast_track_change_types),
+        )
+
+
+class LLMConfig(_Strict):
+    """Drafting documents with an LLM (guardrail.adapters.llm) through any OpenAI-compatible API.
+    Off by default: drafts are then rendered offline. The API key is never in this file: it is read
+    at start-up from the environment variable named by ``api_key_env``."""
+
+    enabled: bool = False
+    base_url: str | None = None  # unset: the openai client's default (https://api.openai.com/v1)
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(30, gt=0)  # per request
+    max_retries: int = Field(1, ge=0, le=10)  # on connection errors, 408, 409, 429 and 5xx
+    temperature: float = Field(0, ge=0, le=2)
+    redact_fields: list[str] = []  # field names whose values are never sent (any depth), e.g. author
+    max_facts_chars: int = Field(60_000, ge=1000)  # cap on the facts JSON sent; long lists are thinned
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError(
+                "must be an http:// or https:// URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1"
+            )
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model, e.g. gpt-4o-mini")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c == "_" for c in v) or v[0].isdigit():
+            raise ValueError(f"must be an environment variable name like OPENAI_API_KEY, got {v!r}")
+        return v
+
+    def api_key(self, env: dict[str, str] | None = None) -> str:
+        """The API key from the environment (``os.environ`` when ``env`` is None). Raises
+        :class:`ConfigError` naming the variable when it is unset or empty."""
+        value = (os.environ if env is None else env).get(self.api_key_env, "")
+        if not value.strip():
+            raise ConfigError(
+                f"llm.enabled is true but the environment variable {self.api_key_env} (llm.api_key_env) "
+                "is not set: set it to the provider's API key (a local OpenAI-compatible server accepts "
+                "any non-empty value), or set llm.enabled to false",
+                field="llm.api_key_env",
+            )
+        return value
+
+
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
@@ -214,6 +632,10 @@ class Settings(_Strict):
     prometheus: PrometheusConfig = PrometheusConfig()  # metric source for deploys that pull
     notifications: NotificationsConfig = NotificationsConfig()  # pages, tickets, announcements
     rules: RulesConfig = RulesConfig()  # in-service alert rules (guardrail.domain.rules)
+    policy: PolicyConfig = PolicyConfig()  # deploy windows and the pre-deployment checklist
+    dora: DoraConfig = DoraConfig()  # DORA key metrics (GET /api/v1/dora, guardrail_dora_* gauges)
+    annotations: AnnotationsConfig = AnnotationsConfig()  # deploy markers in Grafana and Honeycomb
+    llm: LLMConfig = LLMConfig()  # drafting documents with an LLM (off: offline templates)
 
     @field_validator("database_url")
     @classmethod

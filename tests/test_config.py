@@ -362,3 +362,180 @@ def test_every_change_type_the_workflow_picks_is_one_the_cli_accepts():
 def test_the_invocation_finder_sees_substitutions_and_skips_arguments():
     script = 'pip install guardrail\nID=$(guardrail mark \\\n  --service "a b")\nif x; then guardrail wait "$ID"; fi\n'
     assert guardrail_invocations(script) == [["mark", "--service", "a b"], ["wait", "$ID"]]
+
+
+# --- deploy policy (guardrail.domain.policy) -----------------------------------------------------------
+
+
+def _policy_settings(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
+    path = tmp_path / "guardrail.yaml"
+    path.write_text(text)
+    return load_settings(path, env=env or {})
+
+
+def test_the_default_policy_warns_on_friday_afternoons_and_the_checklist_in_production_and_blocks_nothing():
+    from guardrail.domain.policy import CHECKS
+
+    s = Settings()
+    p = s.policy.to_policy()
+    assert p.enabled and p.environments == ("prod*",)
+    assert p.base["friday_afternoon"] == "warn" and p.friday_start_s == 12 * 3600
+    assert {p.base[item] for item in ("tests_passed", "review_approved", "rollback_plan_documented")} == {"warn"}
+    assert set(p.base) == set(CHECKS) and "block" not in p.base.values()
+    assert p.freezes == () and p.peak_hours == () and p.rules == ()
+    assert {t.value for t in p.fast_track_change_types} == {"security", "bugfix"}
+
+
+def test_the_config_knows_the_same_checks_as_the_domain():
+    from guardrail.config import PolicyChecklist, PolicyWindowActions
+    from guardrail.domain.policy import CHECKLIST, WINDOW_CHECKS
+
+    assert tuple(PolicyWindowActions.model_fields) == WINDOW_CHECKS
+    assert tuple(PolicyChecklist.model_fields) == tuple(CHECKLIST)
+
+
+POLICY_YAML = """
+policy:
+  zone: Europe/Berlin
+  teams:
+    - {name: berlin, zone: Europe/Berlin}
+  peak_hours:
+    - {name: lunch, zone: Europe/Berlin, start: "12:00", end: "14:00"}
+  freezes:
+    - {start: 2025-12-22, end: 2026-01-05, zone: Europe/Berlin, reason: year-end}
+    - {start: "2025-06-01T00:00:00+02:00", end: 2025-06-02T00:00:00Z, reason: migration weekend}
+  actions: {freeze: block}
+  rules:
+    - {environments: [production], change_types: [feature], checklist: {tests_passed: block}}
+    - {environments: ["staging*"], actions: {freeze: warn, peak_hours: off}}
+"""
+
+
+def _check(result: Any, name: str) -> str:
+    (c,) = [c for c in result.checks if c.name == name]
+    return c.status
+
+
+def test_a_policy_section_becomes_the_domain_policy(tmp_path: Path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from guardrail.domain.model import ChangeType, Strategy
+    from guardrail.domain.policy import PolicyFacts, evaluate_policy
+    from guardrail.domain.records import Marker
+
+    policy = _policy_settings(tmp_path, POLICY_YAML).policy.to_policy()
+    berlin = ZoneInfo("Europe/Berlin")
+    facts = PolicyFacts(monitoring_configured=True, rollback_configured=True)
+
+    def run(env: str, when: datetime, **kw: Any) -> Any:
+        m = Marker(service="s", environment=env, version="2", previous_version="1", commit="c",
+                   strategy=Strategy.CANARY, change_type=ChangeType.FEATURE, **kw)
+        return evaluate_policy(m, policy, at=when.timestamp(), facts=facts)
+
+    # a bare date with a zone is midnight there; the freeze ends exclusive at 2026-01-05 00:00 Berlin
+    assert _check(run("production", datetime(2025, 12, 22, 0, 0, tzinfo=berlin)), "freeze") == "block"
+    assert _check(run("production", datetime(2026, 1, 5, 0, 0, tzinfo=berlin)), "freeze") == "pass"
+    # an offset and a YAML timestamp: 2025-06-01 00:00 +02:00 until 2025-06-02 00:00 UTC
+    assert _check(run("production", datetime(2025, 6, 2, 1, 59, tzinfo=berlin)), "freeze") == "block"
+    tuesday_lunch = datetime(2025, 6, 3, 12, 30, tzinfo=berlin)
+    r = run("production", tuesday_lunch, checklist={"tests_passed": False})
+    assert _check(r, "peak_hours") == "warn" and _check(r, "tests_passed") == "block"
+    r = run("staging-eu", datetime(2025, 12, 23, 12, 30, tzinfo=berlin), checklist={"tests_passed": False})
+    assert _check(r, "freeze") == "warn" and _check(r, "peak_hours") == "skipped"  # unquoted off
+    assert _check(r, "tests_passed") == "skipped" and not r.blocked
+
+
+def test_env_overrides_reach_the_policy(tmp_path: Path):
+    s = _policy_settings(tmp_path, POLICY_YAML, env={
+        "GUARDRAIL_POLICY__ACTIONS__FRIDAY_AFTERNOON": "block",
+        "GUARDRAIL_POLICY__CHECKLIST__ONCALL_AVAILABLE": "off",
+        "GUARDRAIL_POLICY__FRIDAY_AFTERNOON_START": '"13:30"',
+    })
+    p = s.policy.to_policy()
+    assert p.base["friday_afternoon"] == "block" and p.base["oncall_available"] == "off"
+    assert p.friday_start_s == 13 * 3600 + 30 * 60
+    assert load_settings(env={"GUARDRAIL_POLICY__ENABLED": "false"}).policy.to_policy().enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("policy: {zone: Europe/Berln}\n", "policy.zone", "IANA name such as UTC, Europe/Berlin"),
+        ("policy: {teams: [{name: a, zone: CEST}]}\n", "policy.teams.0.zone", "IANA name"),
+        ("policy: {friday_afternoon_start: '25:00'}\n", "policy.friday_afternoon_start",
+         "'25:00' is not a time of day; write HH:MM"),
+        ("policy: {friday_afternoon_start: 12:00}\n", "policy.friday_afternoon_start", 'in quotes, e.g. "12:00"'),
+        ("policy: {peak_hours: [{zone: UTC, start: '09:00', end: '24:30'}]}\n", "policy.peak_hours.0.end",
+         "or 24:00 as an end"),
+        ("policy: {peak_hours: [{zone: UTC, start: '09:00', end: '09:00'}]}\n", "policy.peak_hours.0",
+         "the same time"),
+        ("policy: {checklist: {tests_pased: block}}\n", "policy.checklist",
+         "unknown checklist item 'tests_pased'; known: tests_passed, review_approved"),
+        ("policy: {rules: [{checklist: {tests: block}}]}\n", "policy.rules.0.checklist", "known: tests_passed"),
+        ("policy: {rules: [{actions: {friday: block}}]}\n", "policy.rules.0.actions", "known: freeze, friday"),
+        ("policy: {actions: {freeze: deny}}\n", "policy.actions.freeze", "'off', 'warn' or 'block'"),
+        ("policy: {checklist: {tests_passed: true}}\n", "policy.checklist.tests_passed", "off, warn or block"),
+        ("policy: {rules: [{checklist: {review_approved: must}}]}\n", "policy.rules.0.checklist.review_approved",
+         "'off', 'warn' or 'block'"),
+        ("policy: {fast_track_change_types: [hotfix]}\n", "policy.fast_track_change_types.0", "security"),
+        ("policy: {rules: [{environments: []}]}\n", "policy.rules.0.environments", "globs"),
+        ("policy: {freezes: [{start: 2025-12-22T00:00:00, end: 2026-01-05T00:00:00, reason: x}]}\n",
+         "policy.freezes.0", "has no UTC offset; add one"),
+        ("policy: {freezes: [{start: 2026-01-05, end: 2025-12-22, zone: UTC, reason: x}]}\n",
+         "policy.freezes.0", "must be after start"),
+        ("policy: {freezes: [{start: 2025-12-22, end: 2026-01-05, zone: UTC}]}\n", "policy.freezes.0.reason",
+         "Field required"),
+    ],
+)
+def test_policy_errors_name_the_key_and_what_is_accepted(tmp_path: Path, text: str, field: str, message: str):
+    with pytest.raises(ConfigError) as e:
+        _policy_settings(tmp_path, text)
+    assert e.value.field == field
+    assert message in str(e.value)
+
+
+# --- llm -----------------------------------------------------------------------------------------------
+
+
+def test_llm_is_off_by_default_with_the_documented_defaults():
+    llm = load_settings(env={}).llm
+    assert (llm.enabled, llm.base_url, llm.model, llm.api_key_env) == (False, None, "gpt-4o-mini", "OPENAI_API_KEY")
+    assert (llm.timeout_s, llm.max_retries, llm.temperature, llm.redact_fields) == (30, 1, 0, [])
+
+
+def test_llm_settings_come_from_the_environment_too():
+    env = {
+        "GUARDRAIL_LLM__ENABLED": "true",
+        "GUARDRAIL_LLM__BASE_URL": "http://127.0.0.1:8000/v1",
+        "GUARDRAIL_LLM__REDACT_FIELDS": "[author, owner]",
+        "GUARDRAIL_LLM__TIMEOUT_S": "2.5",
+    }
+    llm = load_settings(env=env).llm
+    assert (llm.enabled, llm.base_url, llm.redact_fields, llm.timeout_s) == (
+        True, "http://127.0.0.1:8000/v1", ["author", "owner"], 2.5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("BASE_URL", "127.0.0.1:8000/v1", "http:// or https://"),
+        ("TIMEOUT_S", "0", "greater than 0"),
+        ("MAX_RETRIES", "-1", "greater than or equal to 0"),
+        ("API_KEY_ENV", "'my key'", "environment variable name"),
+        ("MODEL", "' '", "must name a model"),
+    ],
+)
+def test_a_bad_llm_setting_names_its_key(key: str, value: str, message: str):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_settings(env={f"GUARDRAIL_LLM__{key}": value})
+    assert e.value.field == f"llm.{key.lower()}"
+
+
+def test_the_llm_key_is_read_from_the_named_variable_and_its_absence_names_it():
+    llm = load_settings(env={"GUARDRAIL_LLM__ENABLED": "true", "GUARDRAIL_LLM__API_KEY_ENV": "LOCAL_LLM_KEY"}).llm
+    assert llm.api_key({"LOCAL_LLM_KEY": "anything"}) == "anything"
+    for env in ({}, {"LOCAL_LLM_KEY": " "}):
+        with pytest.raises(ConfigError, match="environment variable LOCAL_LLM_KEY") as e:
+            llm.api_key(env)
+        assert e.value.field == "llm.api_key_env"

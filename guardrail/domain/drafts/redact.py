@@ -6,14 +6,15 @@
   keys that always name secrets (``password``, ``token``, ``api_key``, ``authorization``, ...),
   becomes ``"[redacted]"`` whatever it held;
 - in every string (values and list items, at any depth) these are replaced by ``[redacted]``:
-  the ``secret_values`` passed in (API tokens, notifier secrets; longest first), ``Bearer`` tokens,
-  the value of ``password=`` / ``token=`` / ``secret=`` / ``api_key=`` pairs (also ``:`` with no
-  space, and quoted values), AWS access key ids, GitHub tokens (``ghp_``, ``gho_``, ``ghs_``,
-  ``ghu_``, ``ghr_``, ``github_pat_``), Slack tokens (``xox?-``), private key blocks, and long
-  high-entropy runs: 32 or more hex digits, or 32 or more base64 characters mixing upper case,
-  lower case (and digits) that switches between them as often as random text does (CamelCase names
-  and file paths do not). Commit hashes given under a key ending in ``commit`` or ``sha`` stay, there
-  and wherever else they are quoted.
+  the ``secret_values`` passed in (API tokens, notifier secrets; longest first), ``Bearer`` and
+  ``Basic`` credentials, the value of ``password=`` / ``token=`` / ``secret=`` / ``api_key=`` pairs
+  (also ``:`` with no space, and quoted values), AWS access key ids, GitHub tokens (``ghp_``,
+  ``gho_``, ``ghs_``, ``ghu_``, ``ghr_``, ``github_pat_``), Slack tokens (``xox?-``), JSON web
+  tokens, private key blocks, and long high-entropy runs: 32 or more hex digits, or 32 or more
+  base64 characters mixing upper and lower case (and digits) that switch between them as often as
+  random text does (CamelCase names and file paths do not; a random run is missed about once in
+  500). Commit hashes given under a key ending in ``commit`` or ``sha`` stay, there and wherever
+  else they are quoted.
 
 Numbers, booleans and ``None`` are kept. Pure: no I/O.
 """
@@ -47,6 +48,7 @@ _PRIVATE_KEY = re.compile(
 )
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")
 _GITHUB = re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 _SLACK = re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")
 _HEX_RUN = re.compile(r"(?<![A-Za-z0-9])[0-9a-fA-F]{32,}(?![A-Za-z0-9])")
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}={0,2}")
@@ -84,6 +86,7 @@ def redact_string(text: str, secret_values: Iterable[str] = (), keep: Iterable[s
     text = _AWS_KEY_ID.sub(REDACTED, text)
     text = _GITHUB.sub(REDACTED, text)
     text = _SLACK.sub(REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
     kept = {k.lower() for k in keep}
     text = _HEX_RUN.sub(lambda m: m.group(0) if m.group(0).lower() in kept else REDACTED, text)
     return _B64_RUN.sub(lambda m: REDACTED if _looks_random(m.group(0)) else m.group(0), text)
