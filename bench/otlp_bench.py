@@ -45,6 +45,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from guardrail.adapters.http.routes import ENGINE
 from guardrail.adapters.otlp import decode_json, decode_protobuf
 from guardrail.config import Settings
 from guardrail.main import build_app
@@ -363,7 +364,7 @@ async def http_run(replay: Replay, interval_s: float, tmp: Path, run: str) -> Ht
         await loop.run_in_executor(None, proc.join)
         requests = replay.deploys * replay.requests_per_deploy
         assert codes == {200: requests}, codes
-        telemetry = app["engine"].telemetry
+        telemetry = app[ENGINE].telemetry
         return HttpRun(
             interval_s,
             replay.points_per_stream * replay.deploys,

@@ -26,10 +26,13 @@ from guardrail.service.annotations import DeployAnnotations
 from guardrail.service.dora import DoraService
 from guardrail.service.drafts import DraftService
 from guardrail.service.engine import Engine
+from guardrail.service.notify import NotificationService
 from guardrail.service.poller import Poller, PollSettings
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail")
+
+NOTIFICATIONS = web.AppKey("guardrail.notifications", NotificationService)
 
 
 def build_drafts(settings: Settings, store: Store, *, clock: Callable[[], float] = time.time) -> DraftService:
@@ -130,8 +133,7 @@ async def build_app(
 
     app[DORA] = dora
     app.cleanup_ctx.append(lifecycle)
-    app["engine"] = engine
-    app["notifications"] = notifications
+    app[NOTIFICATIONS] = notifications  # the engine is app[ENGINE] (set by create_app)
     return app
 
 

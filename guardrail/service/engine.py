@@ -26,10 +26,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from guardrail.config import Settings
-from guardrail.domain.errors import BusyError, ConflictError, NotFoundError, PolicyBlockedError, ValidationError
+from guardrail.domain.errors import (
+    BusyError,
+    ConflictError,
+    NotFoundError,
+    PolicyBlockedError,
+    ValidationError,
+)
 from guardrail.domain.judge import Judge
-from guardrail.domain.policy import derive_facts, evaluate_policy
 from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
+from guardrail.domain.policy import derive_facts, evaluate_policy
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
 from guardrail.domain.rollout import (
     ActionDone,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from guardrail.adapters.db import SqlStore
 from guardrail.adapters.drafts.offline import OfflineDrafter
 from guardrail.adapters.http import create_app
-from guardrail.adapters.db import SqlStore
 from guardrail.config import Settings
 from guardrail.domain.drafts import DOCS, DraftKind
 from guardrail.plugins import load_deploy_adapter

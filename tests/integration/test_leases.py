@@ -70,8 +70,8 @@ async def test_sweeping_replicas_split_active_deploys_and_skip_finished_ones(sto
 
 
 async def test_new_samples_record_when_data_last_arrived(store: SqlStore) -> None:
-    from tests.integration.test_store import window
     from guardrail.domain.model import Track
+    from tests.integration.test_store import window
 
     (d,) = await _deploys(store, 1)
     assert await store.last_data_at(d) is None

@@ -28,6 +28,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from guardrail.adapters.http.routes import ENGINE
 from guardrail.config import Settings
 from guardrail.main import build_app
 
@@ -85,7 +86,7 @@ class Guardrail:
         )
 
     async def samples(self, deploy_id: str) -> list[Any]:
-        return await self.app["engine"].store.samples(deploy_id)
+        return await self.app[ENGINE].store.samples(deploy_id)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import text
 
 from guardrail.adapters.db.engine import create_engine
@@ -36,7 +38,7 @@ echo "$GUARDRAIL_ACTION_KEY $1 $2 $PPID done" >> "$(dirname "$0")/calls.log"
 
 
 class Replica:
-    def __init__(self, tmp: Path, n: int, db_url: str) -> None:
+    def __init__(self, tmp: Path, n: int, db_url: str, hook_url: str) -> None:
         self.port = _free_port()
         self.log = tmp / f"replica-{n}.log"
         self.config = tmp / f"replica-{n}.yaml"
@@ -54,6 +56,10 @@ class Replica:
                   finalize: "{script} finalize 0"
                   rollback: "{script} rollback 0"
                   timeout_s: 60
+            notifications:
+              poll_s: 0.2
+              notifiers: {{hook: {{type: webhook, config: {{url: "{hook_url}", timeout_s: 5}}}}}}
+              routes: [{{severity: info, notifiers: [hook]}}, {{severity: page, notifiers: [hook]}}]
         """))
         self.proc: subprocess.Popen[bytes] | None = None
         self.alive = False
@@ -115,7 +121,17 @@ async def test_three_replicas_one_killed_mid_action_finish_the_rollout_with_each
     script.write_text(SCRIPT)
     script.chmod(0o755)
     (tmp_path / "hang-on-apply-2").touch()  # the 50% step hangs once: the kill lands inside it
-    replicas = [Replica(tmp_path, n, pg_url) for n in range(3)]
+    received: list[dict[str, object]] = []  # notifications, as a webhook receiver gets them
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hook", receive)
+    hook = TestServer(hook_app)
+    await hook.start_server()
+    replicas = [Replica(tmp_path, n, pg_url, str(hook.make_url("/hook"))) for n in range(3)]
     traffic, rng = SyntheticTraffic(rate=400), np.random.default_rng(11)
     marker = {"service": "checkout", "environment": "production", "version": "3.0.0", "previous_version": "2.9.9",
               "commit": "c0ffee1", "change_type": "feature", "strategy": "canary", "started_at": T0,
@@ -175,7 +191,7 @@ async def test_three_replicas_one_killed_mid_action_finish_the_rollout_with_each
             async with http.get(f"{base(replicas[2] if replicas[2].alive else replicas[0])}/deploys/{deploy_id}/wait",
                                 params={"timeout": "20"}) as resp:
                 final = await resp.json()
-            async with http.get(f"{base([r for r in replicas if r.alive][0])}/deploys/{deploy_id}/events") as resp:
+            async with http.get(f"{base(next(r for r in replicas if r.alive))}/deploys/{deploy_id}/events") as resp:
                 events = (await resp.json())["events"]
 
         assert killed is not None, "the 50% step never started"
@@ -201,6 +217,17 @@ async def test_three_replicas_one_killed_mid_action_finish_the_rollout_with_each
             await engine.dispose()
         assert set(statuses) == {"done"} and len(statuses) == 4
         assert owner is None or owner != f"replica-{replicas.index(killed)}"
+        # notifications once: the before and after announcements, each under one outbox delivery
+        for _ in range(100):
+            if {str(n["key"]).rsplit(":", 1)[-1] for n in received} >= {"before", "after"}:
+                break
+            await asyncio.sleep(0.1)
+        by_key: dict[str, set[object]] = {}
+        for n in received:
+            by_key.setdefault(str(n["key"]), set()).add(n["delivery_id"])
+        assert sorted(k.rsplit(":", 1)[-1] for k in by_key) == ["after", "before"], received
+        assert all(len(ids) == 1 for ids in by_key.values()), by_key
     finally:
         for r in replicas:
             r.stop()
+        await hook.close()
