@@ -132,6 +132,10 @@ class Store(Protocol):
 
     async def get_deploy(self, deploy_id: str) -> Deploy | None: ...
 
+    async def deploy_by_key(self, idempotency_key: str) -> Deploy | None:
+        """The deploy recorded under an idempotency key, if any."""
+        ...
+
     async def list_deploys(
         self,
         *,

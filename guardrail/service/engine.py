@@ -250,6 +250,11 @@ class Engine:
         )
         analysis_spec(deploy, self.settings.analysis)  # reject bad metric overrides before storing anything
         self.adapter_for(deploy)  # likewise an unknown adapter or a bad adapter config
+        if idempotency_key is not None:  # a retry is answered with the first deploy, not checked again
+            first = await self.store.deploy_by_key(idempotency_key)
+            if first is not None:
+                self._adapters.pop(deploy.id, None)
+                return self._replayed(first, marker, idempotency_key), False
         adapter_type, _ = self.adapter_config(deploy)
         policy = evaluate_policy(
             marker,
@@ -292,19 +297,7 @@ class Engine:
         stored, created = await self.store.create_deploy(deploy, created_event, idempotency_key)
         if not created:
             self._adapters.pop(deploy.id, None)
-            old = stored.marker
-            if (old.service, old.environment, old.version, old.commit) != (
-                marker.service,
-                marker.environment,
-                marker.version,
-                marker.commit,
-            ):
-                raise ConflictError(
-                    f"idempotency key {idempotency_key!r} was used for {old.service} {old.version} "
-                    f"({old.environment}, commit {old.commit}), not for this marker; use a new key",
-                    field="Idempotency-Key",
-                )
-            return stored, False
+            return self._replayed(stored, marker, idempotency_key), False
         if first_events:
             await self.store.save(stored.id, events=first_events)
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
@@ -315,6 +308,23 @@ class Engine:
             stored = await self._apply(stored, Start(stored.data_time))
         await self._refresh_state_gauges()
         return stored, True
+
+    @staticmethod
+    def _replayed(stored: Deploy, marker: Marker, idempotency_key: str | None) -> Deploy:
+        """A retried marker: the deploy recorded the first time, if the key was used for the same one."""
+        old = stored.marker
+        if (old.service, old.environment, old.version, old.commit) != (
+            marker.service,
+            marker.environment,
+            marker.version,
+            marker.commit,
+        ):
+            raise ConflictError(
+                f"idempotency key {idempotency_key!r} was used for {old.service} {old.version} "
+                f"({old.environment}, commit {old.commit}), not for this marker; use a new key",
+                field="Idempotency-Key",
+            )
+        return stored
 
     async def ingest(self, deploy_id: str, samples: Sequence[Sample]) -> IngestResult:
         """Store pushed samples (duplicates ignored) and analyse on their data time."""

@@ -161,6 +161,10 @@ class SqlStore:
             raise ConflictError(f"a deploy with id {deploy.id!r} is already recorded", field="id") from None
         return deploy, True
 
+    async def deploy_by_key(self, idempotency_key: str) -> Deploy | None:
+        async with self._read("reading a deploy by its idempotency key") as conn:
+            return await self._deploy_by_key(conn, idempotency_key)
+
     async def get_deploy(self, deploy_id: str) -> Deploy | None:
         async with self._read(f"reading deploy {deploy_id}") as conn:
             row = (await conn.execute(select(t.deploys).where(t.deploys.c.id == deploy_id))).first()
