@@ -465,6 +465,7 @@ def grafana_link(base: str | None, deploy: Deploy) -> str | None:
     query = urlencode(
         {
             "var-service": deploy.marker.service,
+            "var-deploy_id": deploy.id,
             "from": int((start - GRAFANA_PRE_S) * 1000),
             "to": int((max(deploy.data_time, start) + GRAFANA_POST_S) * 1000),
         }
