@@ -4,12 +4,6 @@ adapter action carried out once (a call cut short by the crash is repeated with 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +11,7 @@ import numpy as np
 import pytest
 
 from guardrail.testing import T0, SyntheticTraffic, sample_json
+from tests.integration.servers import GuardrailProcess, command_target_config, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -29,66 +24,23 @@ if [ -f "$(dirname "$0")/hang-on-$1-$2" ]; then rm "$(dirname "$0")/hang-on-$1-$
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(GuardrailProcess):
+    """One guardrail on SQLite in ``tmp``, its target adapter the logging ``deploy.sh``."""
 
-
-class Server:
     def __init__(self, tmp: Path, port: int) -> None:
-        self.tmp, self.port = tmp, port
-        self.config = tmp / "guardrail.yaml"
+        super().__init__(tmp / "guardrail.yaml", tmp / "server.log", port)
         script = tmp / "deploy.sh"
         script.write_text(SCRIPT)
         script.chmod(0o755)
-        self.config.write_text(textwrap.dedent(f"""
-            database_url: sqlite+aiosqlite:///{tmp / 'guardrail.db'}
-            server: {{host: 127.0.0.1, port: {port}, public_url: "http://127.0.0.1:{port}"}}
-            tokens: [{{name: ci, token: {TOKEN}, scopes: [ci, operator, read]}}]
-            engine: {{tick_s: 0.5}}
-            adapters:
-              target:
-                type: command
-                config:
-                  apply_step: "{script} apply {{step}}"
-                  finalize: "{script} finalize 0"
-                  rollback: "{script} rollback 0"
-                  timeout_s: 60
-        """))
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.config.write_text(command_target_config(
+            database_url=f"sqlite+aiosqlite:///{tmp / 'guardrail.db'}", port=port, token=TOKEN,
+            engine="{tick_s: 0.5}", script=script,
+        ))
 
     async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
-        with open(self.tmp / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guardrail.cli", "serve", "--config", str(self.config)],
-                env=env, stdout=subprocess.DEVNULL, stderr=log,
-            )
+        self.spawn()
         async with aiohttp.ClientSession() as s:
-            for _ in range(150):
-                try:
-                    async with s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"server did not start: {(self.tmp / 'server.log').read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            await self.ready(s, tries=150)
 
 
 def _calls(tmp: Path) -> list[tuple[str, str, str]]:
@@ -97,7 +49,7 @@ def _calls(tmp: Path) -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("crash", ["between_actions", "during_an_action"])
 async def test_kill_9_mid_rollout_then_restart_finishes_with_each_action_once(tmp_path: Path, crash: str):
-    port = _free_port()
+    port = free_port()
     server = Server(tmp_path, port)
     base = f"http://127.0.0.1:{port}/api/v1"
     headers = {"Authorization": f"Bearer {TOKEN}"}

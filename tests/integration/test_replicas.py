@@ -5,11 +5,6 @@ every adapter action carried out once (the one cut short is repeated with the sa
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -23,7 +18,7 @@ from sqlalchemy import text
 from guardrail.adapters.db.engine import create_engine
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.testing import T0, SyntheticTraffic, sample_json
-from tests.integration.test_crash import _free_port
+from tests.integration.servers import GuardrailProcess, command_target_config, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,67 +32,24 @@ echo "$GUARDRAIL_ACTION_KEY $1 $2 $PPID done" >> "$(dirname "$0")/calls.log"
 """
 
 
-class Replica:
+class Replica(GuardrailProcess):
+    """Replica ``n``: leases on, the shared PostgreSQL, notifications to ``hook_url``."""
+
+    what = "replica"
+
     def __init__(self, tmp: Path, n: int, db_url: str, hook_url: str) -> None:
-        self.port = _free_port()
-        self.log = tmp / f"replica-{n}.log"
-        self.config = tmp / f"replica-{n}.yaml"
+        super().__init__(tmp / f"replica-{n}.yaml", tmp / f"replica-{n}.log", free_port())
         script = tmp / "deploy.sh"
-        self.config.write_text(textwrap.dedent(f"""
-            database_url: {db_url}
-            server: {{host: 127.0.0.1, port: {self.port}, public_url: "http://127.0.0.1:{self.port}"}}
-            tokens: [{{name: ci, token: {TOKEN}, scopes: [ci, operator, read]}}]
-            engine: {{tick_s: 0.3, leases: "on", lease_s: 2, lease_wait_s: 20, replica_id: replica-{n}}}
-            adapters:
-              target:
-                type: command
-                config:
-                  apply_step: "{script} apply {{step}}"
-                  finalize: "{script} finalize 0"
-                  rollback: "{script} rollback 0"
-                  timeout_s: 60
+        self.config.write_text(command_target_config(
+            database_url=db_url, port=self.port, token=TOKEN, script=script,
+            engine=f'{{tick_s: 0.3, leases: "on", lease_s: 2, lease_wait_s: 20, replica_id: replica-{n}}}',
+            extra=f"""
             notifications:
               poll_s: 0.2
               notifiers: {{hook: {{type: webhook, config: {{url: "{hook_url}", timeout_s: 5}}}}}}
               routes: [{{severity: info, notifiers: [hook]}}, {{severity: page, notifiers: [hook]}}]
-        """))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.alive = False
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guardrail.cli", "serve", "--config", str(self.config)],
-                env=env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-        self.alive = True
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for _ in range(200):
-            try:
-                async with http.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"replica did not start: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.alive = False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            """,
+        ))
 
 
 def _calls(tmp: Path) -> list[list[str]]:
@@ -138,7 +90,7 @@ async def test_three_replicas_one_killed_mid_action_finish_the_rollout_with_each
               "adapter": {"name": "target"},
               "steps": [{"weight": 10, "min_duration_s": 60}, {"weight": 50, "min_duration_s": 60}, {"weight": 100}]}
     for r in replicas:
-        r.start()
+        r.spawn()
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as http:

@@ -9,7 +9,6 @@ the token redacted. Retrying, in the background, is :class:`guardrail.service.an
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from guardrail.adapters.http_body import read_redacted
+from guardrail.adapters.outbound import Exchange, Outbound, one_line
 from guardrail.domain.errors import ConfigError
 from guardrail.ports import AnnotationResult, Annotator
-from guardrail.secrets import redact_text
 
 if TYPE_CHECKING:
     from guardrail.config import AnnotationsConfig
@@ -32,18 +30,9 @@ __all__ = ["Answer", "JsonHttp", "build_annotators", "check_url", "secret_from"]
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(Exchange):
     """One HTTP exchange: the status (None when no answer came), the start of the body (secrets
     redacted), a one-line outcome and whether another attempt could succeed."""
-
-    status: int | None
-    body: str
-    outcome: str
-    retryable: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
 
     def json(self) -> Any:
         try:
@@ -55,14 +44,13 @@ class Answer:
         detail = f"{what} -> {self.outcome}"
         if not self.ok:
             if self.body:
-                tail = " ".join(self.body.split())
-                detail += f": {tail[:_SHOWN]}"
+                detail += f": {one_line(self.body)[:_SHOWN]}"
             if not self.retryable:
                 detail += " (not retried)"
         return AnnotationResult(ok=self.ok, retryable=not self.ok and self.retryable, detail=detail, **extra)
 
 
-class JsonHttp:
+class JsonHttp(Outbound):
     """JSON requests with a timeout, answers classified, secrets redacted. The session is injected
     or made on first use (and closed by :meth:`close`)."""
 
@@ -71,49 +59,16 @@ class JsonHttp:
     ) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"must be a number of seconds > 0, got {timeout_s}", field="timeout_s")
-        self._session = session
-        self._owns = session is None
-        self.timeout_s = timeout_s
-        self.secrets = tuple(s for s in secrets if s)
-
-    def _get(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns and self._session.closed):
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        if self._owns and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def redact(self, text: str) -> str:
-        return redact_text(text, self.secrets)
+        super().__init__(session=session, timeout_s=timeout_s, secrets=secrets)
 
     async def send(
         self, method: str, url: str | URL, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> Answer:
-        started = time.monotonic()
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        try:
-            async with self._get().request(
-                method,
-                url,
-                data=data,
-                headers={"Content-Type": "application/json", "Accept": "application/json", **headers},
-                timeout=timeout,
-                allow_redirects=False,
-            ) as resp:
-                text = await read_redacted(resp, self.secrets, _READ_LIMIT)
-                status = resp.status
-        except TimeoutError:
-            return Answer(None, "", f"timed out after {self.timeout_s:g} s", True)
-        except aiohttp.ClientConnectionError as e:
-            return Answer(None, "", self.redact(f"{type(e).__name__}: {e}"), True)
-        except aiohttp.ClientError as e:
-            return Answer(None, "", self.redact(f"{type(e).__name__}: {e}"), False)
-        outcome = f"{status} in {time.monotonic() - started:.2f} s"
-        return Answer(status, text, outcome, status == 429 or status >= 500)
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+        return await self.exchange(
+            method, url, data=data, headers=headers, read_limit=_READ_LIMIT, flatten=False, kind=Answer
+        )
 
 
 def check_url(value: str, key: str) -> URL:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from guardrail.adapters.outbound import Outbound, retryable_status
 from guardrail.domain.errors import ConfigError
 from guardrail.secrets import redact_text
 
@@ -90,25 +91,21 @@ class JsonApi:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
-        self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self._secrets = secrets
-        self._session = session
-        self._owns_session = session is None
+        # the session and the timeout; secrets are redacted here, as they may grow between calls
+        self._http = Outbound(session=session, timeout_s=timeout_s, secrets=())
         self._sleep = sleep
         self._retryable = retryable
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
-        return self._session
+    @property
+    def timeout_s(self) -> float:
+        return self._http.timeout_s
 
     async def close(self) -> None:
         """Close the session if this client created it (an injected one is the caller's)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def call(
         self,
@@ -200,16 +197,8 @@ class JsonApi:
         headers: Mapping[str, str],
         ssl_context: ssl.SSLContext | bool,
     ) -> tuple[int, bytes, bool, float | None]:
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with self._get_session().request(
-            method,
-            self.base_url + path,
-            params=params,
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            ssl=ssl_context,
+        async with self._http.request(
+            method, self.base_url + path, params=params, data=data, headers=headers, ssl=ssl_context
         ) as resp:
             chunks: list[bytes] = []
             size = 0
@@ -218,7 +207,7 @@ class JsonApi:
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
                     raise aiohttp.ClientPayloadError(f"response body larger than {MAX_BODY_BYTES} bytes")
-            retryable = resp.status == 429 or resp.status >= 500
+            retryable = retryable_status(resp.status)
             if not retryable and self._retryable is not None:
                 retryable = self._retryable(resp)
             raw_after = resp.headers.get("Retry-After", "").strip()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -228,6 +228,16 @@ def _box(width: int, height: int) -> tuple[float, float, float, float]:
     return MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM
 
 
+def _frame(
+    chart_id: str, title: str, caption: str, unit: str, domain: tuple[float, float], width: int, height: int
+) -> tuple[Chart, Linear]:
+    """A chart with nothing drawn yet, in the standard box and with its data-time axis over
+    ``domain``; and that axis's scale."""
+    left, top, right, bottom = _box(width, height)
+    x, x_ticks = _x_axis(*domain, left, right)
+    return Chart(chart_id, title, caption, unit, width, height, left, top, right, bottom, x_ticks, ()), x
+
+
 def _fmt(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".") if v != int(v) else str(int(v))
 
@@ -321,9 +331,8 @@ def track_chart(
 ) -> Chart:
     """Canary and baseline per window over data time; ``scale`` converts a value to the unit shown
     (100 for percent, 1000 for milliseconds)."""
-    left, top, right, bottom = _box(width, height)
+    frame, x = _frame(chart_id, title, caption, unit, domain, width, height)
     t0, t1 = domain
-    x, x_ticks = _x_axis(t0, t1, left, right)
 
     def scaled(w: WindowValue) -> float | None:
         v = pick(w)
@@ -332,23 +341,9 @@ def track_chart(
     shown = {track: [(w.end, scaled(w)) for w in ws if t0 <= w.end <= t1] for track, ws in values.items()}
     numbers = [v for pts in shown.values() for _, v in pts if v is not None and math.isfinite(v)]
     if not numbers:
-        return Chart(
-            chart_id,
-            title,
-            caption,
-            unit,
-            width,
-            height,
-            left,
-            top,
-            right,
-            bottom,
-            x_ticks,
-            (),
-            empty="no windows with data in this range yet",
-        )
+        return replace(frame, empty="no windows with data in this range yet")
     y_ticks_v = nice_ticks(0.0, max(numbers) * 1.05 or 1.0)
-    y = Linear(0.0, y_ticks_v[-1], bottom, top)
+    y = Linear(0.0, y_ticks_v[-1], frame.bottom, frame.top)
     series = []
     for track in (Track.BASELINE, Track.CANARY):
         pts = shown.get(track, [])
@@ -358,19 +353,9 @@ def track_chart(
             if v is not None and math.isfinite(v)
         )
         series.append(Series(track.value, track.value, line_path(pts, x, y), dots))
-    return Chart(
-        chart_id,
-        title,
-        caption,
-        unit,
-        width,
-        height,
-        left,
-        top,
-        right,
-        bottom,
-        x_ticks,
-        tuple(Tick(round(y(v), 1), label(v)) for v in y_ticks_v),
+    return replace(
+        frame,
+        y_ticks=tuple(Tick(round(y(v), 1), label(v)) for v in y_ticks_v),
         series=tuple(series),
         marks=_marks(events, x, t0, t1),
         legend=(("baseline", "baseline"), ("canary", "canary")),
@@ -422,9 +407,8 @@ def ratio_chart(
 ) -> Chart:
     """The judge's canary/baseline ratio over data time with its confidence sequence (log scale).
     An unbounded side of the interval is drawn to the chart's edge."""
-    left, top, right, bottom = _box(width, height)
+    frame, x = _frame(chart_id, title, caption, "ratio", domain, width, height)
     t0, t1 = domain
-    x, x_ticks = _x_axis(t0, t1, left, right)
     pts = [p for p in points if t0 <= p.at <= t1]
     finite = [
         v
@@ -435,7 +419,7 @@ def ratio_chart(
     finite += [v for v in (1.0, allowed, critical) if v is not None and v > 0]
     lo = max(RATIO_FLOOR, 2.0 ** math.floor(math.log2(min(finite) * 0.95)))
     hi = min(RATIO_CEIL, 2.0 ** math.ceil(math.log2(max(finite) * 1.05)))
-    y = Log(lo, hi, bottom, top)
+    y = Log(lo, hi, frame.bottom, frame.top)
     has_estimate = any(p.estimate is not None for p in pts)
     rules = []
     if allowed is not None and allowed > 0:
@@ -461,19 +445,9 @@ def ratio_chart(
         for p in pts
         if p.estimate is not None and p.estimate > 0
     )
-    return Chart(
-        chart_id,
-        title,
-        caption,
-        "ratio",
-        width,
-        height,
-        left,
-        top,
-        right,
-        bottom,
-        x_ticks,
-        tuple(Tick(round(y(v), 1), f"{v:g}") for v in log_ticks(lo, hi)),
+    return replace(
+        frame,
+        y_ticks=tuple(Tick(round(y(v), 1), f"{v:g}") for v in log_ticks(lo, hi)),
         series=(
             Series(
                 "estimate",

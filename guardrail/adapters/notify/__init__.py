@@ -27,15 +27,13 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 from yarl import URL
 
-from guardrail.adapters.http_body import read_redacted
+from guardrail.adapters.outbound import Exchange, Outbound
 from guardrail.domain.errors import ConfigError
 from guardrail.domain.notifications import Link, Notice, Severity
 from guardrail.plugins import load_plugin, parse_config
 from guardrail.ports import Notifier, NotifyResult, Store
-from guardrail.secrets import redact_text
 from guardrail.service.notify import DispatchSettings, NotificationService, Route
 from guardrail.telemetry import Telemetry
 
@@ -181,66 +179,19 @@ def fallback_summary(notice: Notice) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Posted:
+class Posted(Exchange):
     """What one POST got: the status (None when no answer came), the start of the answer (one line,
     secrets redacted), a one-line outcome and whether trying again later could succeed."""
 
-    status: int | None
-    body: str
-    outcome: str
-    retryable: bool
 
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-class HttpClient:
+class HttpClient(Outbound):
     """One POST with a timeout and a classified answer, for the notifiers. The session is injected
     or made on first use (and then closed by :meth:`close`)."""
 
-    def __init__(
-        self, *, session: aiohttp.ClientSession | None, timeout_s: float, secrets: Sequence[str]
-    ) -> None:
-        self._session = session
-        self._owns_session = session is None
-        self.timeout_s = timeout_s
-        self.secrets = tuple(s for s in secrets if s)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def redact(self, text: str) -> str:
-        return redact_text(text, self.secrets)
-
     async def post(self, url: str | URL, body: bytes, headers: Mapping[str, str]) -> Posted:
-        started = time.monotonic()
-        try:
-            status, text = await self._post(url, body, headers)
-        except TimeoutError:
-            return Posted(None, "", f"timed out after {self.timeout_s:g} s", True)
-        except aiohttp.ClientConnectionError as e:
-            return Posted(None, "", self.redact(_one_line(f"{type(e).__name__}: {e}")), True)
-        except aiohttp.ClientError as e:
-            return Posted(None, "", self.redact(_one_line(f"{type(e).__name__}: {e}")), False)
-        outcome = f"{status} in {time.monotonic() - started:.2f} s"
-        return Posted(status, text, outcome, status == 429 or status >= 500)
-
-    async def _post(self, url: str | URL, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        session = self._get_session()
-        async with session.post(
-            url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-        ) as resp:
-            text = await read_redacted(resp, self.secrets, _READ_LIMIT)
-            return resp.status, _one_line(text)
+        return await self.exchange(
+            "POST", url, data=body, headers=headers, read_limit=_READ_LIMIT, flatten=True, kind=Posted
+        )
 
     def result(self, what: str, posted: Posted, *, ok: bool | None = None, why: str = "") -> NotifyResult:
         """The NotifyResult of ``posted`` (``ok`` overrides the 2xx rule, ``why`` explains a refusal)."""
@@ -255,10 +206,6 @@ class HttpClient:
         return NotifyResult(
             ok=delivered, retryable=not delivered and posted.retryable, detail=self.redact(detail)
         )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- building the service from settings ------------------------------------------------------------
