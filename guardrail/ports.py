@@ -178,9 +178,18 @@ class Store(Protocol):
     async def release_lease(self, deploy_id: str, owner: str) -> None: ...
 
     async def claim_deploys(
-        self, owner: str, *, now: float, ttl_s: float, limit: int = 100
+        self, owner: str, *, now: float, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
     ) -> list[tuple[str, str | None]]:
-        """Lease active deploys that are free or expired (skipping rows other replicas lock)."""
+        """Lease active deploys (optionally only ``ids``) that are free or expired (skipping rows
+        other replicas lock)."""
+        ...
+
+    async def data_arrivals(self) -> dict[str, float]:
+        """Analysing deploys: when data last arrived (wall time; creation time before any)."""
+        ...
+
+    async def state_counts(self) -> dict[DeployState, int]:
+        """Deploys per non-terminal state."""
         ...
 
     async def last_data_at(self, deploy_id: str) -> float | None:

@@ -787,35 +787,41 @@ class Engine:
 
     async def tick(self) -> None:
         """Wall-clock timers: a deploy that receives no data at all cannot advance on data time.
-        With several replicas, each sweep leases the deploys no live replica holds (``FOR UPDATE SKIP
-        LOCKED``: replicas split them), carries out actions a dead replica left behind, and checks
-        stalls on the database's record of when data last arrived."""
+        With several replicas, each sweep looks at the database for the little work there is (actions
+        a dead replica left behind, deploys that went quiet) and leases just those deploys with ``FOR
+        UPDATE SKIP LOCKED``, so replicas sweeping at once split them; stalls are judged on the
+        database's record of when data last arrived, whichever replica received it."""
         now = self.clock()
         if self.leases:
+            cfg = self.settings.engine
+            stranded = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+            quiet = [d for d, last in (await self.store.data_arrivals()).items() if self._quiet_due(d, now - last)]
+            wanted = {a.deploy_id for a in stranded} | set(quiet)
             claimed = {
                 deploy_id
                 for deploy_id, _ in await self.store.claim_deploys(
-                    self.replica, now=now, ttl_s=self.settings.engine.lease_s
+                    self.replica, now=now, ttl_s=cfg.lease_s, ids=sorted(wanted)
                 )
             }
-            stranded = [
-                a
-                for a in await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
-                if a.deploy_id in claimed
-            ]
-            await self._resume(stranded, due_only=True)
-            deploys = [d for d in await self.store.active_deploys() if d.id in claimed]
+            await self._resume([a for a in stranded if a.deploy_id in claimed], due_only=True)
+            for deploy_id in claimed:
+                async with self._hold(deploy_id, wait=False) as held:  # released at the end of its turn
+                    if held and deploy_id in quiet:
+                        deploy = await self._get(deploy_id)
+                        if deploy.state is DeployState.ANALYZING:
+                            await self._check_quiet(deploy, now)
         else:
-            claimed = set()
-            deploys = await self.store.active_deploys()
-        for deploy in deploys:
-            async with self._hold(deploy.id, wait=False) as held:
-                if held and deploy.state is DeployState.ANALYZING:
-                    await self._check_quiet(deploy, now)
-        for deploy_id in claimed - {d.id for d in deploys if d.state is DeployState.ANALYZING}:
-            async with self._hold(deploy_id, wait=False):
-                pass  # let go of what the sweep leased and had nothing to do for
+            for deploy in await self.store.active_deploys():
+                async with self._hold(deploy.id, wait=False) as held:
+                    if held and deploy.state is DeployState.ANALYZING:
+                        await self._check_quiet(deploy, now)
         await self._refresh_state_gauges()
+
+    def _quiet_due(self, deploy_id: str, quiet: float) -> bool:
+        """Whether a deploy quiet for ``quiet`` seconds may need a stall note or the no-data verdict
+        (``_check_quiet`` decides with the deploy's own limits)."""
+        a = self.settings.analysis
+        return quiet >= min(a.stall_after_s, a.max_duration_s)
 
     async def _check_quiet(self, deploy: Deploy, now: float) -> None:
         if self.leases:  # another replica may be receiving this deploy's data
@@ -858,10 +864,7 @@ class Engine:
             await asyncio.sleep(self.settings.engine.tick_s)
 
     async def _refresh_state_gauges(self) -> None:
-        counts: dict[DeployState, int] = {}
-        for d in await self.store.active_deploys():
-            counts[d.state] = counts.get(d.state, 0) + 1
-        self.telemetry.set_states(counts)
+        self.telemetry.set_states(await self.store.state_counts())
 
     async def close(self) -> None:
         for t in list(self._tasks):

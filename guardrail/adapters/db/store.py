@@ -283,10 +283,12 @@ class SqlStore:
                 update(d).where(d.c.id == deploy_id, d.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
             )
 
-    async def claim_deploys(self, owner: str, *, now: float, ttl_s: float, limit: int = 100) -> list[tuple[str, str | None]]:
-        """Active deploys whose lease is free or expired, leased to ``owner`` (PostgreSQL: ``FOR
-        UPDATE SKIP LOCKED``, so replicas sweeping at once split the work instead of queueing).
-        Returns (deploy id, the replica that held it last)."""
+    async def claim_deploys(
+        self, owner: str, *, now: float, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
+    ) -> list[tuple[str, str | None]]:
+        """Active deploys (optionally only ``ids``) whose lease is free or expired, leased to ``owner``
+        (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas sweeping at once split the work instead of
+        queueing). Returns (deploy id, the replica that held it last)."""
         d = t.deploys
         q = (
             select(d.c.id, d.c.last_owner)
@@ -297,6 +299,10 @@ class SqlStore:
             .order_by(d.c.updated_at)
             .limit(limit)
         )
+        if ids is not None:
+            if not ids:
+                return []
+            q = q.where(d.c.id.in_(list(ids)))
         if self._dialect == "postgresql":
             q = q.with_for_update(skip_locked=True, of=d)
         async with self._write("claiming deploys") as conn:
@@ -308,6 +314,22 @@ class SqlStore:
                     .values(lease_owner=owner, lease_until=now + ttl_s, last_owner=owner)
                 )
         return [(r.id, r.last_owner) for r in rows]
+
+    async def data_arrivals(self) -> dict[str, float]:
+        """For each analysing deploy: when data last arrived (wall time), or its creation before any."""
+        d = t.deploys
+        q = select(d.c.id, func.coalesce(d.c.last_data_at, d.c.created_at)).where(
+            d.c.state == DeployState.ANALYZING.value
+        )
+        async with self._read("reading when data last arrived") as conn:
+            return {r[0]: float(r[1]) for r in (await conn.execute(q)).all()}
+
+    async def state_counts(self) -> dict[DeployState, int]:
+        """How many deploys are in each state that is not terminal."""
+        d = t.deploys
+        q = select(d.c.state, func.count()).where(d.c.state.not_in(TERMINAL_STATES)).group_by(d.c.state)
+        async with self._read("counting deploys by state") as conn:
+            return {DeployState(r[0]): int(r[1]) for r in (await conn.execute(q)).all()}
 
     async def last_data_at(self, deploy_id: str) -> float | None:
         async with self._read(f"reading deploy {deploy_id}") as conn:

@@ -1,0 +1,88 @@
+"""The engine's timers with and without deploy leases: a deploy that gets no data is noted as stalled
+and then judged inconclusive; with leases, an action left running by a replica that stopped is carried
+out by another replica's sweep, with the same action key, and a live replica's work is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from guardrail.domain.model import DeployState
+from guardrail.domain.records import ActionStatus, EventKind
+from guardrail.ports import ActionResult, DeployTarget
+from guardrail.testing import ManualClock, RecordingDeployAdapter
+from tests.integration.test_engine import make_engine, marker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("leases", ["on", "off"])
+async def test_a_deploy_without_data_is_noted_stalled_then_judged_inconclusive(store, leases: str) -> None:
+    clock, adapter = ManualClock(), RecordingDeployAdapter()
+    engine = make_engine(store, adapter, clock, engine={"leases": leases, "rollback_backoff_s": 0.01},
+                         analysis={"stall_after_s": 60, "max_duration_s": 1800})
+    try:
+        d, _ = await engine.record_deploy(marker())
+        assert d.state is DeployState.ANALYZING
+        clock.advance(30)
+        await engine.tick()
+        assert not [e for e in await store.events(d.id) if "stalled" in e.message]
+        clock.advance(31)
+        await engine.tick()
+        await engine.tick()  # noted once
+        assert len([e for e in await store.events(d.id) if "analysis stalled" in e.message]) == 1
+        clock.advance(1800)
+        await engine.tick()
+        after = await store.get_deploy(d.id)
+        assert after is not None and after.state is not DeployState.ANALYZING
+        assert any("nothing to judge" in e.message for e in await store.events(d.id))
+        if leases == "on":  # nothing stays leased once the sweep is done
+            assert (await store.acquire_lease(d.id, "other", now=clock(), ttl_s=5))[0]
+    finally:
+        await engine.close()
+
+
+class HangingRollback(RecordingDeployAdapter):
+    """Steps work; a rollback hangs until released (a replica stopped in the middle of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def rollback(self, target: DeployTarget, reason: str) -> ActionResult:
+        self.calls.append(("rollback", target.action_key, None))
+        await self.release.wait()
+        return ActionResult(True, "back")
+
+
+async def test_another_replica_carries_out_an_action_a_stopped_replica_left_running(store) -> None:
+    clock = ManualClock()
+    hanging, survivor = HangingRollback(), RecordingDeployAdapter()
+    a = make_engine(store, hanging, clock, engine={"leases": "on", "replica_id": "a", "lease_s": 30})
+    b = make_engine(store, survivor, clock, engine={"leases": "on", "replica_id": "b", "lease_s": 30})
+    try:
+        d, _ = await a.record_deploy(marker())
+        stuck = asyncio.ensure_future(a.override(d.id, "rollback", who="oncall", why="bad"))
+        for _ in range(200):
+            if hanging.methods()[-1:] == ["rollback"]:
+                break
+            await asyncio.sleep(0.01)
+        running = await store.actions(d.id, statuses=(ActionStatus.RUNNING,))
+        assert len(running) == 1
+        await b.tick()  # a is alive and holds the lease: b leaves the action alone
+        assert survivor.methods() == [] and await store.actions(d.id, statuses=(ActionStatus.RUNNING,))
+        stuck.cancel()  # a stops mid-call (its lease goes with it)
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        await b.tick()
+        assert survivor.methods() == ["rollback"]
+        assert survivor.calls[0][1] == hanging.calls[-1][1]  # the same action key
+        final = await store.get_deploy(d.id)
+        assert final is not None and final.state is DeployState.ROLLED_BACK
+        notes = [e for e in await store.events(d.id) if e.kind is EventKind.NOTE and "same action key" in e.message]
+        assert len(notes) == 1 and notes[0].details["replica"] == "b"
+    finally:
+        hanging.release.set()
+        await a.close()
+        await b.close()
