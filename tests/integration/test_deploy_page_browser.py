@@ -112,7 +112,7 @@ def test_evidence_table_has_every_metric_of_the_failing_verdict(rendered: dict[s
 
 def test_grafana_link_points_at_the_dashboard(rendered: dict[str, Any]) -> None:
     href = rendered["dom"].one("a", id="grafana").attrs["href"]
-    assert href.startswith("https://grafana.example.com/d/guardrail-canary?var-service=checkout&from=")
+    assert href.startswith("https://grafana.example.com/d/guardrail-canary?var-service=checkout&var-deploy_id=")
 
 
 def _pixels(png: bytes) -> tuple[int, int, list[bytes]]:
