@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint fmt clean
+.PHONY: venv demo test bench bench-capacity lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.judge_bench
+
+bench-capacity: $(STAMP)
+	$(BIN)/python -m bench.capacity_bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check guardrail tests bench

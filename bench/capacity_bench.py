@@ -4,18 +4,27 @@ How many active deploys guardrail keeps up with when each deploy reports every 1
 
 1. **Push path.** Real ``python -m guardrail.cli serve`` processes; this process is the load driver.
    Each deploy is a canary marker (adapter preset ``noop``, first step 10% with a one-day
-   ``min_duration_s``, so it stays analysing) with 10 minutes of baseline history, then pushes one
-   canary + one baseline 10-s window (``SyntheticTraffic(rate=400)``: histogram latency, as in the
-   demo) per round. A round is one push for every one of the N deploys, sent with at most
+   ``min_duration_s``, so it stays analysing) with 10 minutes of baseline history, recorded before
+   the servers start (see ``seed_deploys``), then pushes one canary + one baseline 10-s window
+   (``SyntheticTraffic(rate=400)``: histogram latency, as in the demo) per round through the API.
+   The first round after the servers start is a warm-up (judges are built from the store) and is
+   not counted. A round is one push for every one of the N deploys, sent with at most
    ``--concurrency`` requests in flight; rounds run back to back, so the server is never idle and a
    round's wall time is the time it needs for N deploys' 10 s of data. N is *sustained* when every
-   measured round took at most 10 s. Configurations, side by side for each N in one run:
-   ``sqlite`` (one replica, a fresh SQLite file), and ``postgresql`` with 1, 2 and 3 replicas on one
-   fresh database (``engine.leases: "on"`` on each; pushes spread over the replicas by deploy,
-   deploy i always to replica i mod R, as a load balancer with keep-alive connections or routing by
-   deploy would; the replica order alternates between N to even out drift). ``--rotating`` adds a
+   measured round took at most 10 s. Configurations, side by side for each N in one run (N
+   ascending; the fleets grow, so earlier deploys are older; one SQLite file and one fresh
+   PostgreSQL database for the whole run, dropped after it): ``sqlite`` (one replica), and
+   ``postgresql`` with 1, 2 and 3 replicas (``engine.leases: "on"`` on each; pushes spread over the
+   replicas by deploy, deploy i always to replica i mod R, as a balancer with keep-alive connections
+   or routing by deploy would; the replica order alternates between N to even out drift). A
+   configuration that did not sustain N is not run at larger N. ``--rotating`` adds a
    3-replica run where every push of a deploy goes to the next replica (a plain round-robin balancer),
-   which makes each push rebuild the deploy's judge from the store.
+   which makes each push rebuild the deploy's judge from the store. ``--tick-ablation`` adds a
+   3-replica run with ``engine.tick_s: 3600``, i.e. without the 5-s timer sweeps, to show what the
+   sweeps cost. After the rounds, 10 marker POSTs (one at a time) give
+   the marker latency with N deploys active (those 10 are rolled back right after).
+   A separate probe pushes 30 minutes of windows to 4 deploys, one request at a time, to show
+   whether a push gets dearer as a deploy accumulates samples.
    CPU is read from ``/proc/<pid>/stat`` (utime + stime) for each server process, for this driver,
    and for the PostgreSQL backends of the benchmark database plus the server's background writers.
 2. **Pull path.** One in-process ``Poller`` + ``Engine`` (SQLite) against a real Prometheus, as in
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -118,7 +128,7 @@ def postgres_cpu_s(dbname: str) -> float | None:
 class Server:
     """One ``guardrail serve`` process on a free loopback port."""
 
-    def __init__(self, work: Path, name: str, database_url: str, *, leases: str) -> None:
+    def __init__(self, work: Path, name: str, database_url: str, *, leases: str, tick_s: float | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/api/v1"
         self.log = work / f"{name}.log"
@@ -126,9 +136,9 @@ class Server:
         self.config.write_text(json.dumps({  # JSON is YAML
             "database_url": database_url,
             "server": {"host": "127.0.0.1", "port": self.port, "public_url": f"http://127.0.0.1:{self.port}"},
-            "tokens": [{"name": "bench", "token": TOKEN, "scopes": ["ci", "read"]}],
+            "tokens": [{"name": "bench", "token": TOKEN, "scopes": ["ci", "operator", "read"]}],
             "adapters": {"bench": {"type": "noop"}},
-            "engine": {"leases": leases, "replica_id": name},
+            "engine": {"leases": leases, "replica_id": name, **({"tick_s": tick_s} if tick_s else {})},
         }))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
         with self.log.open("ab") as log:
@@ -179,22 +189,29 @@ async def _admin(server_url: str, *statements: str) -> None:
 # --- the load --------------------------------------------------------------------------------------
 @dataclass
 class Fleet:
-    """N deploys and their seeded traffic; ``next_round`` is the next window each deploy pushes."""
+    """The deploys and their seeded traffic. Deploy i's data depends only on the seed and i, so the
+    fleet can grow between deploy counts; each deploy keeps its own next window."""
 
-    n: int
     seed: int
     traffic: SyntheticTraffic = field(default_factory=lambda: SyntheticTraffic(rate=400.0))
-    ids: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # of the deploys recorded so far
     rngs: list[np.random.Generator] = field(default_factory=list)
-    next_round: int = 0
+    windows_done: list[int] = field(default_factory=list)
+    rounds_sent: int = 0
 
-    def __post_init__(self) -> None:
-        self.rngs = [np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.n, i)))
-                     for i in range(self.n)]
+    @property
+    def n(self) -> int:
+        return len(self.rngs)
 
-    def marker(self, i: int) -> dict[str, Any]:
+    def grow(self, n: int) -> None:
+        for i in range(self.n, n):
+            self.rngs.append(np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(i,))))
+            self.windows_done.append(0)
+
+    @staticmethod
+    def marker(i: int, service: str | None = None) -> dict[str, Any]:
         return {
-            "service": f"svc-{i:04d}", "environment": "production", "version": "2.0.0",
+            "service": service or f"svc-{i:04d}", "environment": "production", "version": "2.0.0",
             "previous_version": "1.9.9", "commit": f"{i:07x}", "author": "bench", "change_type": "feature",
             "strategy": "canary", "started_at": T_START, "adapter": {"name": "bench"},
             "analysis": {"interval_s": INTERVAL_S, "max_duration_s": DAY_S},
@@ -203,14 +220,12 @@ class Fleet:
 
     def bodies(self, rounds: int) -> list[list[bytes]]:
         """The next ``rounds`` rounds of push bodies (serialised before any timing starts)."""
-        out = []
-        for k in range(self.next_round, self.next_round + rounds):
-            row = []
-            for rng in self.rngs:
-                c, b = self.traffic.window(rng, T_START + INTERVAL_S * k)
-                row.append(json.dumps({"samples": [sample_json(c), sample_json(b)]}).encode())
-            out.append(row)
-        self.next_round += rounds
+        out: list[list[bytes]] = [[] for _ in range(rounds)]
+        for i, rng in enumerate(self.rngs):
+            for j in range(rounds):
+                c, b = self.traffic.window(rng, T_START + INTERVAL_S * (self.windows_done[i] + j))
+                out[j].append(json.dumps({"samples": [sample_json(c), sample_json(b)]}).encode())
+            self.windows_done[i] += rounds
         return out
 
 
@@ -223,6 +238,7 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes, want: int) -
 
 
 async def create_deploys(http: aiohttp.ClientSession, fleet: Fleet, bases: Sequence[str], concurrency: int) -> None:
+    """Record the fleet's markers and push their baseline history through the API (small fleets)."""
     sem = asyncio.Semaphore(concurrency)
     ids: list[str] = [""] * fleet.n
 
@@ -269,25 +285,32 @@ class Config:
     name: str  # sqlite | postgresql
     replicas: int
     rotating: bool = False
+    tick_s: float | None = None  # engine.tick_s (None: the default, 5 s)
 
     @property
     def label(self) -> str:
-        return f"{self.name} x{self.replicas}" + (" rotating" if self.rotating else "")
+        extra = (" rotating" if self.rotating else "") + (f" tick_s={self.tick_s:g}" if self.tick_s else "")
+        return f"{self.name} x{self.replicas}{extra}"
 
 
 async def measure(http: aiohttp.ClientSession, cfg: Config, fleet: Fleet, servers: Sequence[Server],
-                  rounds: int, concurrency: int, pg_db: str | None) -> dict[str, Any]:
-    """A warm-up round (not counted: judges rebuilt after a replica change), then ``rounds`` rounds."""
+                  rounds: int, concurrency: int, pg_db: str | None, warmup: bool) -> dict[str, Any]:
+    """With ``warmup``, a round not counted (servers that did not create the deploys rebuild their
+    judges from the store on their first push), then ``rounds`` measured rounds."""
     bases = [s.base for s in servers]
-    bodies = fleet.bodies(rounds + 1)
-    k0 = fleet.next_round - rounds - 1
-    _, _, warm_errors = await push_round(http, fleet, bodies[0], bases, k0, concurrency, cfg.rotating)
+    warm = 1 if warmup else 0
+    bodies = fleet.bodies(rounds + warm)
+    k0 = fleet.rounds_sent
+    fleet.rounds_sent += rounds + warm
+    warm_errors = 0
+    if warm:
+        _, _, warm_errors = await push_round(http, fleet, bodies[0], bases, k0, concurrency, cfg.rotating)
     cpu0 = [proc_cpu_s(s.pid) for s in servers]
     pg0 = postgres_cpu_s(pg_db) if pg_db else None
     me0 = proc_cpu_s(os.getpid())
     walls, errors, states = [], warm_errors, {}
     t0 = time.perf_counter()
-    for j in range(1, rounds + 1):
+    for j in range(warm, warm + rounds):
         wall, st, err = await push_round(http, fleet, bodies[j], bases, k0 + j, concurrency, cfg.rotating)
         walls.append(wall)
         errors += err
@@ -300,7 +323,8 @@ async def measure(http: aiohttp.ClientSession, cfg: Config, fleet: Fleet, server
     pushes = fleet.n * rounds
     return {
         "config": cfg.label, "backend": cfg.name, "replicas": cfg.replicas, "rotating": cfg.rotating,
-        "deploys": fleet.n, "rounds": rounds, "concurrency": concurrency,
+        "tick_s": cfg.tick_s, "deploys": fleet.n, "rounds": rounds, "warmup_round": warmup,
+        "concurrency": concurrency,
         "round_median_s": round(statistics.median(walls), 3),
         "round_p90_s": round(percentile(walls, 0.9), 3),
         "round_max_s": round(max(walls), 3),
@@ -318,58 +342,118 @@ async def measure(http: aiohttp.ClientSession, cfg: Config, fleet: Fleet, server
     }
 
 
+async def seed_deploys(db_url: str, fleet: Fleet) -> float:
+    """Record the fleet's new markers and push their 10 minutes of baseline history with an
+    in-process engine on the benchmark database, before any server starts (returns the seconds it
+    took). Setup, not measured: it stays out of the servers' CPU counters, and a fleet can grow
+    between deploy counts without a server running. The marker cost through the API is measured
+    by ``marker_probe``."""
+    from guardrail.adapters.db.store import SqlStore
+    from guardrail.adapters.http.schemas import MarkerIn
+    from guardrail.config import Settings
+    from guardrail.plugins import load_deploy_adapter
+    from guardrail.service.engine import Engine
+
+    t0 = time.perf_counter()
+    settings = Settings.model_validate({"database_url": db_url, "adapters": {"bench": {"type": "noop"}},
+                                       "engine": {"leases": "off"}})
+    await upgrade(db_url)
+    store = SqlStore(db_url)
+    engine = Engine(store=store, settings=settings, adapter_factory=load_deploy_adapter)
+    try:
+        for i in range(len(fleet.ids), fleet.n):
+            marker = MarkerIn.model_validate_json(json.dumps(fleet.marker(i))).to_domain(settings.analysis)
+            deploy, _ = await engine.record_deploy(marker)
+            if deploy.state.value != "analyzing":
+                raise RuntimeError(f"deploy {i} is {deploy.state.value} right after its marker, expected analyzing")
+            await engine.ingest(deploy.id, fleet.traffic.history(fleet.rngs[i], minutes=10, end=T_START))
+            fleet.ids.append(deploy.id)
+    finally:
+        await engine.close()
+        await store.close()
+    return time.perf_counter() - t0
+
+
+async def marker_probe(http: aiohttp.ClientSession, base: str, n: int, count: int) -> float:
+    """Median latency (ms) of ``count`` marker POSTs, one at a time, with ``n`` deploys active. The
+    probe deploys are rolled back afterwards (operator override), so they do not stay active."""
+    lat, ids = [], []
+    for j in range(count):
+        body = json.dumps(Fleet.marker(j, service=f"probe-{n}-{j}")).encode()
+        t0 = time.perf_counter()
+        ids.append((await _post(http, f"{base}/deploys", body, 201))["id"])
+        lat.append(time.perf_counter() - t0)
+    for deploy_id in ids:
+        await _post(http, f"{base}/deploys/{deploy_id}/rollback", b'{"reason": "capacity bench probe"}', 200)
+    return round(1000 * statistics.median(lat), 1)
+
+
 async def push_benchmark(args: argparse.Namespace, work: Path, log: list[str]) -> list[dict[str, Any]]:
-    counts = [int(x) for x in args.deploys.split(",")]
+    """For each N (ascending; the fleets grow, so a deploy measured at N=250 is older at N=1000):
+    SQLite with one replica, then PostgreSQL with each replica count side by side. One SQLite file
+    and one PostgreSQL database for the whole run. A configuration that did not sustain N is not
+    run at larger N."""
+    counts = sorted(int(x) for x in args.deploys.split(","))
     replica_counts = [int(x) for x in args.replicas.split(",")]
     rows: list[dict[str, Any]] = []
-    saturated: set[str] = set()  # configs whose rounds already exceeded the limit: larger N is skipped
+    failed: set[str] = set()
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(connector=connector, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=120)) as http:
+    sqlite_url = f"sqlite+aiosqlite:///{work / 'push.db'}"
+    sqlite_fleet, pg_fleet = Fleet(args.seed), Fleet(args.seed)
+    pg_name = f"guardrail_capbench_{uuid.uuid4().hex[:10]}"
+    pg_url = make_url(args.pg_url).set(database=pg_name).render_as_string(hide_password=False)
+    if not args.no_postgres:
+        await _admin(args.pg_url, f'CREATE DATABASE "{pg_name}"')
+        log.append(f"database {pg_name} created for the run and dropped after it")
+    try:
+        async with aiohttp.ClientSession(connector=connector, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=120)) as http:
 
-        async def run(cfg: Config, fleet: Fleet, urls: list[str], pg_db: str | None, fresh: bool) -> None:
-            if cfg.label in saturated:
-                return
-            servers = [Server(work, f"{cfg.name}-n{fleet.n}-r{r}-of{cfg.replicas}", urls[0],
-                              leases="on" if cfg.name == "postgresql" else "off") for r in range(cfg.replicas)]
-            try:
-                for s in servers:
-                    await s.ready(http)
-                if fresh:
-                    await create_deploys(http, fleet, [s.base for s in servers], args.concurrency)
-                row = await measure(http, cfg, fleet, servers, args.rounds, args.concurrency, pg_db)
-            finally:
-                for s in servers:
-                    s.stop()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if row["round_median_s"] > INTERVAL_S * args.stop_factor:
-                saturated.add(cfg.label)
+            async def run(cfg: Config, fleet: Fleet, url: str, pg_db: str | None, setup_s: float,
+                          probe: bool) -> None:
+                tag = f"{cfg.name}-n{fleet.n}-{cfg.replicas}{'-rot' if cfg.rotating else ''}{'-tick' if cfg.tick_s else ''}"
+                servers = [Server(work, f"{tag}-r{r}", url, leases="on" if cfg.name == "postgresql" else "off",
+                                  tick_s=cfg.tick_s) for r in range(cfg.replicas)]
+                try:
+                    for s in servers:
+                        await s.ready(http)
+                    row = await measure(http, cfg, fleet, servers, args.rounds, args.concurrency, pg_db,
+                                        warmup=True)
+                    row["setup_s"] = round(setup_s, 1)
+                    row["marker_post_ms"] = await marker_probe(http, servers[0].base, fleet.n, 10) if probe else None
+                finally:
+                    for s in servers:
+                        s.stop()
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if not row["sustained"]:
+                    failed.add(cfg.label)
 
-        for idx, n in enumerate(counts):
-            # SQLite, one replica, fresh file
-            sqlite_url = f"sqlite+aiosqlite:///{work / f'sqlite-{n}.db'}"
-            await run(Config("sqlite", 1), Fleet(n, args.seed), [sqlite_url], None, fresh=True)
-            if args.no_postgres:
-                continue
-            # PostgreSQL: one fresh database for this N, the same deploys for every replica count
-            name = f"guardrail_capbench_{uuid.uuid4().hex[:10]}"
-            url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
-            await _admin(args.pg_url, f'CREATE DATABASE "{name}"')
-            log.append(f"created database {name} (N={n})")
-            try:
-                await upgrade(url)
-                fleet = Fleet(n, args.seed)
+            for idx, n in enumerate(counts):
+                if "sqlite x1" not in failed:
+                    sqlite_fleet.grow(n)
+                    setup_s = await seed_deploys(sqlite_url, sqlite_fleet)
+                    await run(Config("sqlite", 1), sqlite_fleet, sqlite_url, None, setup_s, probe=True)
+                if args.no_postgres:
+                    continue
                 order = replica_counts if idx % 2 == 0 else list(reversed(replica_counts))
                 configs = [Config("postgresql", r) for r in order]
                 if args.rotating and n == args.rotating:
                     configs.append(Config("postgresql", max(replica_counts), rotating=True))
-                for cfg in configs:
-                    await run(cfg, fleet, [url], name, fresh=not fleet.ids)
-            finally:
-                await _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                log.append(f"dropped database {name}")
+                if args.tick_ablation and n == args.tick_ablation:
+                    configs.append(Config("postgresql", max(replica_counts), tick_s=3600.0))
+                configs = [c for c in configs if c.label not in failed]
+                if not configs:
+                    continue
+                pg_fleet.grow(n)
+                setup_s = await seed_deploys(pg_url, pg_fleet)
+                plain = [j for j, c in enumerate(configs) if not c.rotating and not c.tick_s]
+                for j, cfg in enumerate(configs):
+                    await run(cfg, pg_fleet, pg_url, pg_name, setup_s, probe=bool(plain) and j == plain[-1])
+    finally:
+        if not args.no_postgres:
+            await _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     return rows
 
 
@@ -384,7 +468,8 @@ async def age_probe(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"},
                                          timeout=aiohttp.ClientTimeout(total=60)) as http:
             await server.ready(http)
-            fleet = Fleet(n, args.seed + 1)
+            fleet = Fleet(args.seed + 1)
+            fleet.grow(n)
             await create_deploys(http, fleet, [server.base], n)
             bodies = fleet.bodies(rounds)
             lat: list[float] = []
@@ -457,8 +542,9 @@ async def pull_step_times(url: str, n: int, steps: int, work: Path, deploy_at: f
             walls.append(time.perf_counter() - t0)
         cpu, prom_cpu = proc_cpu_s(os.getpid()) - cpu0, proc_cpu_s(prom_pid) - prom0
         active = await engine.active_deploys()
-        if any(g != 2 * n for g in got):
+        if any(g > 2 * n for g in got) or got[0] < 2 * n:
             raise RuntimeError(f"expected {2 * n} samples per step, got {got}")
+        # fewer later on: a deploy left analysing (a verdict ended it), so the poller stopped pulling it
         return {
             "deploys": n, "steps": steps, "first_step_s": round(first, 3),
             "step_median_s": round(statistics.median(walls), 3),
@@ -471,6 +557,7 @@ async def pull_step_times(url: str, n: int, steps: int, work: Path, deploy_at: f
             "prometheus_cores": round(prom_cpu / sum(walls), 2),
             "keeps_up": max(walls) <= INTERVAL_S,
             "still_active": len(active),
+            "samples_per_step": got,
         }
     finally:
         await source.inner.close()
@@ -506,7 +593,7 @@ async def pull_benchmark(args: argparse.Namespace, work: Path, log: list[str]) -
             rows.append(await pull_step_times(f"http://127.0.0.1:{port}", n, args.pull_steps, work, deploy_at,
                                               proc.pid))
             print(json.dumps(rows[-1]), flush=True)
-            if rows[-1]["step_median_s"] > INTERVAL_S * args.stop_factor:
+            if not rows[-1]["keeps_up"]:
                 break
     finally:
         proc.terminate()
@@ -547,6 +634,80 @@ def summary(push: list[dict[str, Any]], pull: list[dict[str, Any]]) -> list[dict
     return out
 
 
+def findings(push: list[dict[str, Any]], age: list[dict[str, Any]], pull: list[dict[str, Any]]) -> list[str]:
+    """What the numbers say, computed from them (nothing here is typed in by hand)."""
+    out: list[str] = []
+    by = {(r["config"], r["deploys"]): r for r in push}
+    ns = sorted({r["deploys"] for r in push})
+    top = max((n for n in ns if all((c, n) in by for c in ("sqlite x1", "postgresql x1"))), default=None)
+    if top is not None:
+        sq, pg = by[("sqlite x1", top)], by[("postgresql x1", top)]
+        out.append(
+            f"One replica at N={top}: SQLite {sq['pushes_per_s']:.0f} pushes/s with the server at "
+            f"{sq['server_cores'][0]:.2f} cores, PostgreSQL {pg['pushes_per_s']:.0f} pushes/s at "
+            f"{pg['server_cores'][0]:.2f} cores (+ {pg['postgres_cores']:.2f} for PostgreSQL). A guardrail process "
+            f"is one event loop: near 1.00 core it is CPU-bound, and its CPU per push "
+            f"({sq['server_cpu_ms_per_push']:.1f} / {pg['server_cpu_ms_per_push']:.1f} ms) sets its ceiling "
+            f"(~{1000 / sq['server_cpu_ms_per_push'] * INTERVAL_S:.0f} / "
+            f"~{1000 / pg['server_cpu_ms_per_push'] * INTERVAL_S:.0f} deploys at 10 s per core)."
+        )
+    reps = sorted({r["replicas"] for r in push if r["backend"] == "postgresql" and not r["rotating"] and not r["tick_s"]})
+    if top is not None and len(reps) > 1 and all((f"postgresql x{k}", top) in by for k in reps):
+        cells, busiest = [], 0.0
+        for k in reps:
+            r = by[(f"postgresql x{k}", top)]
+            busy = sum(r["server_cores"]) + (r["postgres_cores"] or 0) + r["driver_cores"]
+            busiest = max(busiest, busy)
+            cells.append(f"x{k}: {r['pushes_per_s']:.0f} pushes/s, {r['server_cpu_ms_per_push']:.1f} ms server CPU "
+                         f"per push, {busy:.2f} of {os.cpu_count()} cores busy")
+        why = (" The machine's cores are the limit here: more replicas split the same CPU, and each adds its "
+               "own timer sweep." if busiest >= 0.85 * (os.cpu_count() or 1) else "")
+        out.append(f"Replicas on one PostgreSQL at N={top}: " + "; ".join(cells) + "." + why)
+    tick = [r for r in push if r["tick_s"]]
+    for r in tick:
+        plain = by.get((f"postgresql x{r['replicas']}", r["deploys"]))
+        if plain:
+            out.append(
+                f"Lease sweeps (engine.tick_s 5 s) at N={r['deploys']}, x{r['replicas']}: "
+                f"{plain['server_cpu_ms_per_push']:.1f} ms server CPU per push with them, "
+                f"{r['server_cpu_ms_per_push']:.1f} ms with tick_s=3600 "
+                f"({plain['pushes_per_s']:.0f} vs {r['pushes_per_s']:.0f} pushes/s)."
+            )
+    for r in (r for r in push if r["rotating"]):
+        plain = by.get((f"postgresql x{r['replicas']}", r["deploys"]))
+        if plain:
+            out.append(
+                f"Routing at N={r['deploys']}, x{r['replicas']}: deploy-sticky {plain['server_cpu_ms_per_push']:.1f} ms "
+                f"server CPU per push ({plain['pushes_per_s']:.0f}/s), plain round-robin "
+                f"{r['server_cpu_ms_per_push']:.1f} ms ({r['pushes_per_s']:.0f}/s): every push that lands on another "
+                "replica than the last one rebuilds the judge."
+            )
+    probes = sorted((r["deploys"], r["marker_post_ms"], r["config"]) for r in push if r.get("marker_post_ms"))
+    if probes:
+        out.append("Marker POST latency with N deploys active: " + ", ".join(
+            f"{ms:.0f} ms at N={n} ({c})" for n, ms, c in probes) + " (median of 10, one at a time).")
+    ended = [(r["config"], r["deploys"], r["deploys"] - r["states_last_round"].get("analyzing", 0)) for r in push]
+    ended = [e for e in ended if e[2]]
+    if ended:
+        out.append("Deploys that left analysing (a verdict on the A/A data rolled them back, within the "
+                   "alpha = 0.01 budget; their later pushes are stored but not judged): "
+                   + ", ".join(f"{k} of {n} ({c})" for c, n, k in ended) + ".")
+    if len(age) > 1:
+        out.append(f"Deploy age: a push took {age[0]['push_median_ms']:.1f} ms (median) in the first 10 minutes of "
+                   f"data and {age[-1]['push_median_ms']:.1f} ms in minutes {age[-1]['data_minutes']}.")
+    if pull:
+        ok = [r for r in pull if r["keeps_up"]]
+        r = max(pull, key=lambda r: r["deploys"])
+        out.append(
+            f"Pull: one poller kept up with N={max(x['deploys'] for x in ok) if ok else 0} "
+            f"(largest measured); at N={r['deploys']} a step took {r['step_median_s']:.2f} s "
+            f"({r['per_deploy_ms']:.1f} ms per deploy, poller+engine {r['poller_cores']:.2f} cores, Prometheus "
+            f"{r['prometheus_cores']:.2f}), i.e. ~{INTERVAL_S * 1000 / r['per_deploy_ms']:.0f} deploys per 10 s "
+            "for one poller process."
+        )
+    return out
+
+
 def render(meta: dict[str, Any], push: list[dict[str, Any]], age: list[dict[str, Any]], pull: list[dict[str, Any]],
            summ: list[dict[str, Any]]) -> str:
     lines = [
@@ -560,28 +721,31 @@ def render(meta: dict[str, Any], push: list[dict[str, Any]], age: list[dict[str,
         "",
         "## Summary",
         "",
-        "| path | largest sustained N measured | headroom there | best rate (windows pairs/s) | N at 10 s from that rate |",
+        "| path | largest sustained N measured | headroom there | best rate (deploy windows/s) | N at 10 s from that rate |",
         "|---|---|---|---|---|",
     ]
     for s in summ:
         head = f"{s['headroom_at_it']:.2f}x" if s["headroom_at_it"] else "-"
         lines.append(f"| {s['path']} | {s['largest_sustained_n']} | {head} | {s['max_pushes_per_s']:.0f} | "
                      f"{s['deploys_at_10s_from_rate']} |")
+    lines += ["", "## What the numbers say", ""]
+    lines += [f"- {f}" for f in findings(push, age, pull)]
     lines += [
         "",
         "## Push path: round time per N",
         "",
         "| config | N | round median s | p90 s | max s | pushes/s | sustained | headroom | server ms CPU/push | "
-        "server cores (per replica) | PostgreSQL cores (ms/push) | driver cores | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "server cores (per replica) | PostgreSQL cores (ms/push) | driver cores | errors | marker POST ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(push, key=lambda r: (r["backend"], r["rotating"], r["replicas"], r["deploys"])):
+    for r in sorted(push, key=lambda r: (r["backend"], r["rotating"], bool(r["tick_s"]), r["replicas"], r["deploys"])):
         pg = f"{r['postgres_cores']:.2f} ({r['postgres_cpu_ms_per_push']:.1f})" if r["postgres_cores"] is not None else "-"
         lines.append(
             f"| {r['config']} | {r['deploys']} | {r['round_median_s']:.2f} | {r['round_p90_s']:.2f} | "
             f"{r['round_max_s']:.2f} | {r['pushes_per_s']:.0f} | {'yes' if r['sustained'] else 'no'} | "
             f"{r['headroom']:.2f}x | {r['server_cpu_ms_per_push']:.1f} | "
-            f"{' + '.join(f'{c:.2f}' for c in r['server_cores'])} | {pg} | {r['driver_cores']:.2f} | {r['errors']} |"
+            f"{' + '.join(f'{c:.2f}' for c in r['server_cores'])} | {pg} | {r['driver_cores']:.2f} | {r['errors']} | "
+            f"{r['marker_post_ms'] if r['marker_post_ms'] is not None else '-'} |"
         )
     if age:
         lines += [
@@ -598,23 +762,46 @@ def render(meta: dict[str, Any], push: list[dict[str, Any]], age: list[dict[str,
             "## Pull path: one poller, one 10-s window per deploy per step",
             "",
             "| N | step median s | p90 s | max s | per deploy ms | fetch median ms | ingest+verdict median ms | "
-            "keeps up | poller+engine cores | Prometheus cores | first step s (10 min history) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "keeps up | poller+engine cores | Prometheus cores | first step s (10 min history) | still analysing at the end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in pull:
             lines.append(
                 f"| {r['deploys']} | {r['step_median_s']:.2f} | {r['step_p90_s']:.2f} | {r['step_max_s']:.2f} | "
                 f"{r['per_deploy_ms']:.1f} | {r['fetch_median_ms']:.1f} | {r['ingest_median_ms']:.1f} | "
                 f"{'yes' if r['keeps_up'] else 'no'} | {r['poller_cores']:.2f} | {r['prometheus_cores']:.2f} | "
-                f"{r['first_step_s']:.2f} |"
+                f"{r['first_step_s']:.2f} | {r['still_active']} of {r['deploys']} |"
             )
     lines += ["", "Environment and parameters:", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     return "\n".join(lines) + "\n"
 
 
+def _git_revision() -> str:
+    """The commit the servers ran, and whether guardrail/ had uncommitted changes at the end."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "guardrail"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return f"{rev or 'unknown'}" + (" + uncommitted changes under guardrail/" if dirty else "")
+
+
+def _source_hash() -> str:
+    """A hash of guardrail/'s Python sources: the servers load them at start, so a change in the
+    middle of a run would mix two versions of the code in one table."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.parent.joinpath("guardrail").rglob("*.py")):
+        h.update(f.as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 async def main_async(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
+    source_at_start = _source_hash()
     log: list[str] = []
     if not args.no_postgres:
         try:
@@ -632,14 +819,17 @@ async def main_async(args: argparse.Namespace) -> int:
     meta = {
         "command": "python -m bench.capacity_bench " + " ".join(sys.argv[1:]),
         "seed": args.seed,
-        "push": f"N in {args.deploys}; {args.rounds} measured rounds after 1 warm-up round; "
+        "push": f"N in {args.deploys}; {args.rounds} measured rounds after a warm-up round; "
                 f"{args.concurrency} requests in flight at most; replicas {args.replicas}",
         "pull": f"N in {args.pull_deploys}; {args.pull_steps} measured steps after the first (history) step",
-        "stop rule": f"a configuration is not run at larger N once its median round exceeds "
-                     f"{args.stop_factor:g} x 10 s",
-        "postgresql": "skipped" if args.no_postgres else make_url(args.pg_url).set(database="<fresh per N>")
-        .render_as_string(hide_password=True),
+        "stop rule": "a configuration that did not sustain N (a round over 10 s) is not run at larger N",
+        "postgresql": "skipped" if args.no_postgres else
+        f"server of {make_url(args.pg_url).render_as_string(hide_password=True)}, one fresh database for the run",
         "notes": "; ".join(log) or "-",
+        "guardrail code": _git_revision(),
+        "guardrail sources": f"sha256 {source_at_start}"
+        + (" at the start, CHANGED during the run: the rows mix two versions of the code"
+           if _source_hash() != source_at_start else ", unchanged during the run"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.platform()}",
         "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -657,17 +847,17 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.capacity_bench", description=__doc__.splitlines()[0])
-    p.add_argument("--deploys", default="100,500,1000,2000", help="push path deploy counts")
+    p.add_argument("--deploys", default="250,1000,1500", help="push path deploy counts")
     p.add_argument("--replicas", default="1,2,3", help="PostgreSQL replica counts, side by side")
     p.add_argument("--rounds", type=int, default=3, help="measured push rounds per configuration and N")
     p.add_argument("--concurrency", type=int, default=32, help="push requests in flight at most")
-    p.add_argument("--rotating", type=int, default=500, metavar="N",
+    p.add_argument("--rotating", type=int, default=250, metavar="N",
                    help="also run the rotating (plain round-robin) 3-replica case at this N (0: never)")
-    p.add_argument("--age-minutes", type=int, default=60, help="data minutes of the push-cost-by-age probe (0: skip)")
-    p.add_argument("--pull-deploys", default="250,500,1000", help="pull path deploy counts")
-    p.add_argument("--pull-steps", type=int, default=4, help="measured pull steps per N")
-    p.add_argument("--stop-factor", type=float, default=1.5,
-                   help="stop growing N for a configuration once its median round is over this many intervals")
+    p.add_argument("--tick-ablation", type=int, default=1000, metavar="N",
+                   help="also run 3 replicas with engine.tick_s=3600 (no lease sweeps) at this N (0: never)")
+    p.add_argument("--age-minutes", type=int, default=30, help="data minutes of the push-cost-by-age probe (0: skip)")
+    p.add_argument("--pull-deploys", default="1000", help="pull path deploy counts")
+    p.add_argument("--pull-steps", type=int, default=3, help="measured pull steps per N")
     p.add_argument("--pg-url", default=os.environ.get("GUARDRAIL_TEST_DATABASE_URL")
                    or "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
                    help="a PostgreSQL database on a server that allows CREATE DATABASE")
@@ -677,9 +867,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--quick", action="store_true", help="N 25,100; 2 rounds; pull N 20,100, 2 steps (~2 min)")
     p.add_argument("--out", default=None, help="default bench/results (--quick: a temp dir, printed)")
+    p.add_argument("--render", metavar="JSON", help="only re-render the Markdown from a capacity.json")
     args = p.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        report = render(data["meta"], data["push"], data["age"], data["pull"], data["summary"])
+        Path(args.render).with_suffix(".md").write_text(report)
+        print(report)
+        return 0
     if args.quick:
         args.deploys, args.rounds, args.rotating, args.age_minutes = "25,100", 2, 100, 20
+        args.tick_ablation = 100
         args.pull_deploys, args.pull_steps = "20,100", 2
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="capacity-quick-") if args.quick else "bench/results"
