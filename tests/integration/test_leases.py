@@ -4,6 +4,7 @@ is taken over, and replicas sweeping at once split the active deploys between th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -96,5 +97,7 @@ async def test_drafts_are_versioned_per_kind_newest_first(store: SqlStore) -> No
     assert [x.markdown for x in await store.drafts(d, DraftKind.POSTMORTEM, version=1)] == ["# one"]
     assert len(await store.drafts(d)) == 3
     # concurrent drafts of one kind get distinct versions
-    many = await asyncio.gather(*(store.add_draft(draft(DraftKind.TRIAGE, f"# {i}")) for i in range(5)))
-    assert sorted(x.version for x in many) == [1, 2, 3, 4, 5]
+    many = await asyncio.gather(*(store.add_draft(draft(DraftKind.TRIAGE, f"# {i}")) for i in range(12)))
+    assert sorted(x.version for x in many) == list(range(1, 13))
+    with pytest.raises(NotFoundError):
+        await store.add_draft(dataclasses.replace(draft(DraftKind.TRIAGE, "# x"), deploy_id="gone"))

@@ -342,6 +342,13 @@ class SqlStore:
         for attempt in range(3):
             try:
                 async with self._write(f"storing a {draft.kind} draft of deploy {draft.deploy_id}") as conn:
+                    # the deploy's row lock serialises concurrent drafts of it (PostgreSQL; SQLite has
+                    # one writer anyway), so each gets the next version instead of a unique-key clash
+                    owner = select(t.deploys.c.id).where(t.deploys.c.id == draft.deploy_id)
+                    if self._dialect == "postgresql":
+                        owner = owner.with_for_update()
+                    if (await conn.execute(owner)).first() is None:
+                        raise NotFoundError(f"no deploy with id {draft.deploy_id!r}", field="id")
                     top = (
                         await conn.execute(
                             select(func.max(t.drafts.c.version)).where(
