@@ -59,11 +59,10 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.pull_bench import TimedEngine, TimedSource, free_port, percentile, start_prometheus
-from guardrail.adapters.db.engine import create_engine
+from guardrail.adapters.db.engine import execute_autocommit
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.testing import SyntheticTraffic, sample_json
 
@@ -173,17 +172,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
-
-
-async def _admin(server_url: str, *statements: str) -> None:
-    engine = create_engine(server_url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            for s in statements:
-                await conn.execute(text(s))
-    finally:
-        await engine.dispose()
 
 
 # --- the load --------------------------------------------------------------------------------------
@@ -404,7 +392,7 @@ async def push_benchmark(args: argparse.Namespace, work: Path, log: list[str]) -
     pg_name = f"guardrail_capbench_{uuid.uuid4().hex[:10]}"
     pg_url = make_url(args.pg_url).set(database=pg_name).render_as_string(hide_password=False)
     if not args.no_postgres:
-        await _admin(args.pg_url, f'CREATE DATABASE "{pg_name}"')
+        await execute_autocommit(args.pg_url, f'CREATE DATABASE "{pg_name}"')
         log.append(f"database {pg_name} created for the run and dropped after it")
     try:
         async with aiohttp.ClientSession(connector=connector, headers=headers,
@@ -453,7 +441,7 @@ async def push_benchmark(args: argparse.Namespace, work: Path, log: list[str]) -
                     await run(cfg, pg_fleet, pg_url, pg_name, setup_s, probe=bool(plain) and j == plain[-1])
     finally:
         if not args.no_postgres:
-            await _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+            await execute_autocommit(args.pg_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     return rows
 
 
@@ -805,7 +793,7 @@ async def main_async(args: argparse.Namespace) -> int:
     log: list[str] = []
     if not args.no_postgres:
         try:
-            await _admin(args.pg_url, "SELECT 1")
+            await execute_autocommit(args.pg_url, "SELECT 1")
         except Exception as e:
             print(f"capacity_bench: PostgreSQL at --pg-url is unreachable ({type(e).__name__}); "
                   "start it or pass --no-postgres", file=sys.stderr)

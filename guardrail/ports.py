@@ -192,10 +192,6 @@ class Store(Protocol):
         """Deploys per non-terminal state."""
         ...
 
-    async def last_data_at(self, deploy_id: str) -> float | None:
-        """Wall time new samples last arrived for the deploy, on any replica."""
-        ...
-
     async def add_samples(self, deploy_id: str, samples: Sequence[Sample]) -> list[Sample]:
         """Store samples; a (track, start, end) window already stored is ignored. Returns the new ones.
         New ones set the deploy's ``last_data_at`` (wall time) in the same transaction."""

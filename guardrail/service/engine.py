@@ -795,7 +795,8 @@ class Engine:
         if self.leases:
             cfg = self.settings.engine
             stranded = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
-            quiet = [d for d, last in (await self.store.data_arrivals()).items() if self._quiet_due(d, now - last)]
+            arrivals = await self.store.data_arrivals()  # any replica's data counts
+            quiet = {d: last for d, last in arrivals.items() if self._quiet_due(now - last)}
             wanted = {a.deploy_id for a in stranded} | set(quiet)
             claimed = {
                 deploy_id
@@ -809,25 +810,27 @@ class Engine:
                     if held and deploy_id in quiet:
                         deploy = await self._get(deploy_id)
                         if deploy.state is DeployState.ANALYZING:
-                            await self._check_quiet(deploy, now)
+                            await self._check_quiet(deploy, now, quiet[deploy_id])
         else:
             for deploy in await self.store.active_deploys():
+                last = self._last_data_wall.setdefault(deploy.id, now)
+                if deploy.state is not DeployState.ANALYZING or not self._quiet_due(now - last):
+                    continue
                 async with self._hold(deploy.id, wait=False) as held:
-                    if held and deploy.state is DeployState.ANALYZING:
-                        await self._check_quiet(deploy, now)
+                    if held:
+                        fresh = await self._get(deploy.id)
+                        if fresh.state is DeployState.ANALYZING:
+                            await self._check_quiet(fresh, now, last)
         await self._refresh_state_gauges()
 
-    def _quiet_due(self, deploy_id: str, quiet: float) -> bool:
+    def _quiet_due(self, quiet: float) -> bool:
         """Whether a deploy quiet for ``quiet`` seconds may need a stall note or the no-data verdict
         (``_check_quiet`` decides with the deploy's own limits)."""
         a = self.settings.analysis
         return quiet >= min(a.stall_after_s, a.max_duration_s)
 
-    async def _check_quiet(self, deploy: Deploy, now: float) -> None:
-        if self.leases:  # another replica may be receiving this deploy's data
-            last = await self.store.last_data_at(deploy.id) or deploy.created_at
-        else:
-            last = self._last_data_wall.setdefault(deploy.id, now)
+    async def _check_quiet(self, deploy: Deploy, now: float, last: float) -> None:
+        """Note a stall, or end the analysis, of a deploy whose data last arrived at ``last``."""
         quiet = now - last
         if quiet >= self.settings.analysis.stall_after_s and deploy.id not in self._stalled:
             self._stalled.add(deploy.id)
@@ -843,17 +846,15 @@ class Engine:
                     )
                 ],
             )
-        if quiet >= deploy.marker.analysis.max_duration_s:
-            fresh = await self._get(deploy.id)
-            if fresh.state is DeployState.ANALYZING:
-                await self._apply(
-                    fresh,
-                    VerdictReached(
-                        Decision.INCONCLUSIVE,
-                        fresh.data_time,
-                        f"no data for {quiet:.0f} s of wall time: nothing to judge",
-                    ),
-                )
+        if quiet >= deploy.marker.analysis.max_duration_s:  # read under the hold: still analysing
+            await self._apply(
+                deploy,
+                VerdictReached(
+                    Decision.INCONCLUSIVE,
+                    deploy.data_time,
+                    f"no data for {quiet:.0f} s of wall time: nothing to judge",
+                ),
+            )
 
     async def run_timers(self) -> None:
         while True:

@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from guardrail.adapters.db.engine import create_engine
+from guardrail.adapters.db.engine import execute_autocommit
 from guardrail.adapters.db.migrate import upgrade
 from guardrail.adapters.db.store import SqlStore
 
@@ -46,17 +45,6 @@ def _pg_server_url_or_skip() -> str:
     pytest.skip(why)
 
 
-async def _admin(server_url: str, *statements: str) -> None:
-    engine = create_engine(server_url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            for s in statements:
-                await conn.execute(text(s))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def pg_database_factory() -> Iterator[Callable[[], str]]:
     """Creates fresh, empty PostgreSQL databases (URLs returned); drops them all at session end."""
@@ -65,13 +53,13 @@ def pg_database_factory() -> Iterator[Callable[[], str]]:
 
     def create() -> str:
         name = f"guardrail_test_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        asyncio.run(execute_autocommit(server_url, f'CREATE DATABASE "{name}"'))
         created.append(name)
         return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
     yield create
     if created:
-        asyncio.run(_admin(server_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in created)))
+        asyncio.run(execute_autocommit(server_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in created)))
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +102,7 @@ async def store_url(db_backend: tuple[str, str]) -> str:
     """URL of a migrated database with no records in it (parametrized: sqlite, postgresql)."""
     backend, url = db_backend
     if backend == "postgresql":
-        await _admin(url, *(f"DELETE FROM {t}" for t in _TABLES))  # much faster than TRUNCATE here
+        await execute_autocommit(url, *(f"DELETE FROM {t}" for t in _TABLES))  # much faster than TRUNCATE here
     return url
 
 
@@ -124,7 +112,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'empty.db'}"
     url = request.getfixturevalue("pg_scratch_database_url")
-    asyncio.run(_admin(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public"))
+    asyncio.run(execute_autocommit(url, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public"))
     return url
 
 

@@ -75,12 +75,12 @@ async def test_new_samples_record_when_data_last_arrived(store: SqlStore) -> Non
     from tests.integration.test_store import window
 
     (d,) = await _deploys(store, 1)
-    assert await store.last_data_at(d) is None
+    assert await store.data_arrivals() == {d: T0}  # no data yet: since the deploy was created
     await store.add_samples(d, [window(Track.CANARY, T0)])
-    first = await store.last_data_at(d)
-    assert first is not None
+    first = (await store.data_arrivals())[d]
+    assert first > T0  # the store's clock at the insert
     await store.add_samples(d, [window(Track.CANARY, T0)])  # a duplicate is not new data
-    assert await store.last_data_at(d) == first
+    assert (await store.data_arrivals())[d] == first
 
 
 async def test_drafts_are_versioned_per_kind_newest_first(store: SqlStore) -> None:

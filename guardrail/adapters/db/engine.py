@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -98,6 +98,18 @@ def create_engine(
     return engine
 
 
+async def execute_autocommit(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (``CREATE DATABASE`` and the like: tests, benchmarks)."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for s in statements:
+                await conn.execute(text(s))
+    finally:
+        await engine.dispose()
+
+
 # --- error translation -----------------------------------------------------------------------------
 
 # PostgreSQL SQLSTATE and SQLite extended result codes of the integrity errors we tell apart.
@@ -167,4 +179,4 @@ def translate_errors(what: str, *, missing: str | None = None) -> Iterator[None]
         raise StoreError(f"{what}: database unreachable ({_reason(e)})") from None
 
 
-__all__ = ["WRITE", "StoreError", "create_engine", "is_memory", "parse_url", "translate_errors"]
+__all__ = ["WRITE", "StoreError", "create_engine", "execute_autocommit", "is_memory", "parse_url", "translate_errors"]

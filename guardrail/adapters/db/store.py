@@ -331,10 +331,6 @@ class SqlStore:
         async with self._read("counting deploys by state") as conn:
             return {DeployState(r[0]): int(r[1]) for r in (await conn.execute(q)).all()}
 
-    async def last_data_at(self, deploy_id: str) -> float | None:
-        async with self._read(f"reading deploy {deploy_id}") as conn:
-            return (await conn.execute(select(t.deploys.c.last_data_at).where(t.deploys.c.id == deploy_id))).scalar()
-
     # --- drafts --------------------------------------------------------------------------------
 
     async def add_draft(self, draft: Draft) -> Draft:
