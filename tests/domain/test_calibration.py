@@ -65,3 +65,31 @@ def test_a_doubled_error_rate_is_caught_in_most_deploys():
                 caught += 1
                 break
     assert caught >= 38
+
+
+def _bursty_both_no_history(runs: int, seed: int, looks: int = 30) -> int:
+    """Healthy canaries, errors in bursts on both tracks, no pre-deploy window: the first looks see
+    a handful of windows, too few to estimate the dispersion from."""
+    rng = np.random.default_rng(seed)
+    t = Traffic()
+    fails = 0
+    for _ in range(runs):
+        j = Judge(AnalysisSpec(), start=T0)
+        j.set_weight(T0, t.weight)
+        for k in range(looks):
+            c, b = t.window(rng, T0 + 10 * k)
+            j.add(_bursty(c, rng))
+            j.add(_bursty(b, rng))
+            d = j.decide(c.end)
+            if d is Decision.FAIL:
+                fails += 1
+            if d is not Decision.CONTINUE:
+                break
+    return fails
+
+
+def test_calibration_holds_from_the_first_look_without_history():
+    """At deploy alpha 0.01, with bursts of mean 4 (dispersion about 7) and no pre-deploy window:
+    before the dispersion prior, about 11% of these failed within the first minutes."""
+    fails = _bursty_both_no_history(300, seed=44)
+    assert fails <= 6  # 2% of 300: the Wilson upper bound of the 1% budget at this size

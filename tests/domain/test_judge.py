@@ -388,3 +388,78 @@ def test_spec_validation_names_the_key():
     with pytest.raises(ValidationError):
         MetricSpec("g", MetricKind.GAUGE)
     assert MetricSpec("thr", MetricKind.THROUGHPUT, direction=Direction.DECREASE, critical_change=0.3)
+
+
+def _crash(seed: int, stop_s: float, *, history: bool = True, looks: int = 120):
+    """A healthy canary that stops serving at ``stop_s`` (0 requests) while the baseline serves."""
+    rng = np.random.default_rng(seed)
+    t = Traffic()
+    j = Judge(AnalysisSpec(), start=T0)
+    j.set_weight(T0, t.weight)
+    if history:
+        j.add_many(t.history(rng))
+    first_empty = None
+    for k in range(looks):
+        c, b = t.window(rng, T0 + 10 * k)
+        if c.start >= T0 + stop_s:
+            c = Sample(
+                Track.CANARY, c.start, c.end, 0, 0, Histogram(c.latency.bounds, (0,) * len(c.latency.counts))
+            )
+            first_empty = c.end if first_empty is None else first_empty
+        j.add(c)
+        j.add(b)
+        v = j.evaluate(c.end)
+        if v.decision is Decision.FAIL:  # a PASS does not stop the judge: the canary goes on serving
+            return v, first_empty
+    return v, first_empty
+
+
+@pytest.mark.parametrize(
+    "seed,stop_s,history", [(11, 60, True), (12, 250, False), (13, 600, True), (14, 1200, True)]
+)
+def test_a_canary_that_stops_serving_fails_within_30_s_of_its_first_empty_window(seed, stop_s, history):
+    v, first_empty = _crash(seed, stop_s, history=history, looks=150)
+    assert v.decision is Decision.FAIL, v.summary
+    assert first_empty is not None and v.decided_at - first_empty <= 30  # before: 100-190 s later
+    thr = next(e for e in v.evidence if e.metric == "throughput")
+    assert thr.status is MetricStatus.FAIL
+    assert "served no request in its last" in thr.detail
+
+
+def test_a_canary_that_never_serves_fails_instead_of_waiting_for_requests_it_will_never_get():
+    """min_canary_requests gates decisions on canary requests; throughput is gated on the requests the
+    canary was given, or a canary that crashes on start would hold until the analysis window ends."""
+    rng = np.random.default_rng(15)
+    t = Traffic()
+    j = Judge(AnalysisSpec(), start=T0)
+    j.set_weight(T0, t.weight)
+    j.add_many(t.history(rng))
+    for k in range(12):
+        c, b = t.window(rng, T0 + 10 * k)
+        j.add(Sample(Track.CANARY, c.start, c.end, 0, 0))
+        j.add(b)
+        v = j.evaluate(c.end)
+        if v.decision is not Decision.CONTINUE:
+            break
+    assert v.decision is Decision.FAIL
+    assert v.decided_at - T0 <= 60
+
+
+def test_traffic_that_dips_on_both_tracks_does_not_fail_throughput():
+    """A quiet minute (1% of the usual traffic, where a window may see no canary request) is not a crash."""
+    rng = np.random.default_rng(16)
+    t = Traffic()
+    quiet = Traffic(rate=t.rate * 0.01)
+    silent_windows = 0
+    for _ in range(40):
+        j = Judge(AnalysisSpec(), start=T0)
+        j.set_weight(T0, t.weight)
+        j.add_many(t.history(rng))
+        for k in range(60):
+            c, b = (quiet if 20 <= k < 26 or 40 <= k < 46 else t).window(rng, T0 + 10 * k)
+            silent_windows += c.requests == 0
+            j.add(c)
+            j.add(b)
+            thr = next(e for e in j.evaluate(c.end).evidence if e.metric == "throughput")
+            assert thr.status is not MetricStatus.FAIL, thr.detail
+    assert silent_windows > 0  # the dips did leave the canary without a request now and then

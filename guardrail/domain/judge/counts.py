@@ -19,9 +19,14 @@ beyond the critical change" with a prior on the harmless side. A mixture of like
 nonnegative martingale under its null, so by Ville's inequality the chance it ever crosses 1/alpha
 is at most alpha: the guarantee holds however often the judge looks.
 
-Overdispersion: real errors come in bursts. A Pearson dispersion estimate phi >= 1 of the per-window
-counts (each track against its own pooled rate, pre-deploy history included) tempers the
-log-likelihood (quasi-likelihood, l / phi). Under binomial traffic phi stays near 1.
+Overdispersion: real errors come in bursts. The log-likelihood is tempered by a dispersion phi >= 1
+(quasi-likelihood, l / phi), from the Pearson statistic of each track's windows against its own
+pooled rate. The guarantee must hold from the first look, before the data can tell bursts from
+binomial noise, so the baseline's dispersion is a conservative prior until its windows (pre-deploy
+history included) give enough degrees of freedom, and the canary's is shrunk towards the baseline's
+(same service, same error process; the canary's few events per window make its own estimate noisy).
+The conditional test's dispersion weighs the two by where the events are: mostly the canary's at a
+10% canary share, so a one-instance canary's bursts are not averaged away by a smooth baseline.
 """
 
 from __future__ import annotations
@@ -37,8 +42,13 @@ from guardrail.domain.model import Direction
 # theta = log(rate ratio) from 0.05x to 20x. Fixed points (allowed / critical change) are inserted.
 _BASE_GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.04), 10)
 PRIOR_SCALE = 0.5  # Rayleigh prior on the distance from the null, in log-ratio units (tuned in bench/)
-MIN_DISPERSION_DF = 8
 DISPERSION_NOISE_SD = 1.5
+# Dispersion before the data can tell bursts from binomial noise (tuned in bench/: bursts of mean 4
+# give about 7; 4 keeps every A/A scenario within alpha from the first look at no cost in detection
+# once a pre-deploy window gives the baseline's estimate).
+PRIOR_DISPERSION = 4.0
+MIN_DISPERSION_DF = 6  # baseline degrees of freedom before its own estimate replaces the prior
+CANARY_PRIOR_DF = 8.0  # weight of the baseline's estimate in the canary's, in degrees of freedom
 
 
 def logsumexp(a: np.ndarray | list[float]) -> float:
@@ -98,20 +108,40 @@ class Pearson:
         return self.sum_k2_over_e * self.sum_e / self.sum_k - self.sum_k, self.m - 1
 
 
-def dispersion(*accumulators: Pearson) -> float:
-    """Pearson dispersion phi >= 1, less a noise allowance of ``DISPERSION_NOISE_SD`` standard
-    deviations (the statistic / df of binomial counts scatters around 1 with sd sqrt(2 / df)), so
-    binomial traffic keeps phi = 1 and pays nothing while bursts (phi of 5 or more) are tempered."""
-    stat = 0.0
-    df = 0
-    for acc in accumulators:
-        s, d = acc.statistic()
-        stat += s
-        df += d
-    if df < MIN_DISPERSION_DF:
-        return 1.0
-    excess = stat / df - 1.0 - DISPERSION_NOISE_SD * math.sqrt(2.0 / df)
-    return float(min(1.0 + max(excess, 0.0), 100.0))
+def _data_dispersion(stat: float, df: int) -> float:
+    """The Pearson statistic per degree of freedom less a noise allowance of ``DISPERSION_NOISE_SD``
+    standard deviations (for binomial counts it scatters around 1 with sd sqrt(2 / df)), floored at
+    1: binomial traffic keeps phi = 1 and pays nothing, bursts (phi of 5 or more) are tempered."""
+    return float(min(max(1.0, stat / df - DISPERSION_NOISE_SD * math.sqrt(2.0 / df)), 100.0))
+
+
+def baseline_dispersion(acc: Pearson) -> float:
+    """The baseline's dispersion: the conservative prior until its windows (pre-deploy history
+    included) give ``MIN_DISPERSION_DF`` degrees of freedom, then its own estimate."""
+    stat, df = acc.statistic()
+    return PRIOR_DISPERSION if df < MIN_DISPERSION_DF else _data_dispersion(stat, df)
+
+
+def canary_dispersion(acc: Pearson, prior: float) -> float:
+    """The canary's dispersion: its own estimate shrunk towards the baseline's (``prior``) with a
+    weight of ``CANARY_PRIOR_DF`` degrees of freedom. A canary has few events per window, so its own
+    estimate is noisy for long; the same service's baseline is the natural prior, and a canary that
+    is burstier than the baseline (one instance against many) pulls away from it as windows come."""
+    stat, df = acc.statistic()
+    if df <= 0:
+        return prior
+    return (CANARY_PRIOR_DF * prior + df * _data_dispersion(stat, df)) / (CANARY_PRIOR_DF + df)
+
+
+def dispersion(canary: Pearson, baseline: Pearson, canary_share: float) -> float:
+    """phi of the conditional test of x_canary given the window total: for independent tracks with
+    dispersions phi_c and phi_b it is (1 - pi) * phi_c + pi * phi_b, pi the canary's share of the
+    events, so a one-instance canary's bursts count for what they are and are not averaged away by
+    a smooth baseline."""
+    phi_b = baseline_dispersion(baseline)
+    phi_c = canary_dispersion(canary, phi_b)
+    pi = min(max(canary_share, 0.0), 1.0)
+    return max(1.0, (1.0 - pi) * phi_c + pi * phi_b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +365,7 @@ class ConcurrentCountTest:
         self.windows = 0
         self.pearson_canary = Pearson()
         self.pearson_baseline = Pearson()
+        self._share_hint = 0.1  # canary share of events before any is seen (only weighs the priors)
 
     def add_history(self, k: float, exposure: float) -> None:
         """Pre-deploy baseline window: only informs the dispersion estimate."""
@@ -343,6 +374,8 @@ class ConcurrentCountTest:
     def add(self, x_c: float, x_b: float, w: float, exposure_c: float, exposure_b: float) -> None:
         """One paired window: x_c canary and x_b baseline events, w the canary share under H0 (r=1).
         With a shared bank the caller flushes it once per window."""
+        if self.x_canary + self.x_baseline <= 0:
+            self._share_hint = w
         self.windows += 1
         self.x_canary += x_c
         self.x_baseline += x_b
@@ -355,7 +388,10 @@ class ConcurrentCountTest:
             self.bank.flush()
 
     def dispersion(self) -> float:
-        return dispersion(self.pearson_canary, self.pearson_baseline)
+        """The dispersion the next window will be tempered with."""
+        total = self.x_canary + self.x_baseline
+        share = self.x_canary / total if total > 0 else self._share_hint
+        return dispersion(self.pearson_canary, self.pearson_baseline, share)
 
     def evaluate(
         self, alpha: float, pass_alpha: float, phis: tuple[float, ...] | None = None, *, interval: bool = True
@@ -375,6 +411,48 @@ class ConcurrentCountTest:
         if self.exposure_canary > 0 and self.exposure_baseline > 0 and self.x_baseline > 0:
             est = (self.x_canary / self.exposure_canary) / (self.x_baseline / self.exposure_baseline)
         return CountResult(_combine_fail(fails), min(passes), lo, hi, est, phi, level)
+
+
+class SilenceTest:
+    """Anytime-valid test that a canary stopped serving: windows in which it got no request while
+    it was given a share of the traffic and the baseline served.
+
+    The share test above compares the canary's share over the whole deploy, so a canary that served
+    well for ten minutes and then crashed is caught only once the average has dropped, minutes later.
+    Here, under H0 (the canary gets at least r0 of its share, binomial thinning tempered by the
+    dispersion phi), a window with no canary request out of n has probability at most
+    p = (1 - pi0)^(n / phi). For every window s, the product from s on of 1{no canary request} / p
+    is a nonnegative supermartingale under H0 (it dies at the first window the canary serves), and
+    so is their average with weights 1 / (s (s + 1)): by Ville's inequality the chance that it ever
+    reaches 1/alpha is at most alpha, however late the crash comes. Only windows after the canary
+    first served count (a canary that never served fails the share test); ``phi`` is the share test's
+    dispersion from the windows before (a collapse must not temper its own evidence).
+    """
+
+    def __init__(self, r0: float) -> None:
+        self.r0 = r0
+        self.index = 0  # windows seen since the canary first served
+        self.log_e = -math.inf  # log of the weighted sum over the start times still alive
+        self.silent = 0  # current run of windows without a canary request
+        self.silent_since: float | None = None  # data time the current run began
+
+    def add(self, x_c: float, x_b: float, w: float, phi: float, at: float) -> None:
+        if not 0.0 < w < 1.0 or x_c + x_b <= 0:
+            return  # no share given, or nobody served: no information either way
+        if x_c > 0:
+            self.index += 1
+            self.log_e, self.silent, self.silent_since = -math.inf, 0, None
+            return
+        if self.index == 0:
+            return  # never served yet
+        self.index += 1
+        s = self.index
+        pi0 = self.r0 * w / (self.r0 * w + 1.0 - w)
+        log_p = (x_b / max(phi, 1.0)) * math.log1p(-pi0)
+        self.log_e = float(np.logaddexp(self.log_e, -math.log(s) - math.log(s + 1))) - log_p
+        if self.silent == 0:
+            self.silent_since = at
+        self.silent += 1
 
 
 def _combine_fail(fails: list[float]) -> float:
@@ -422,7 +500,9 @@ class PrePostCountTest:
         self.pearson_canary.add(x_c, exposure_c)
 
     def dispersion(self) -> float:
-        return dispersion(self.pearson_canary, self.pearson_baseline)
+        """Only the canary's windows are counted after the deploy: its own dispersion, with the
+        pre-deploy window's as the prior."""
+        return max(1.0, canary_dispersion(self.pearson_canary, baseline_dispersion(self.pearson_baseline)))
 
     def _ell(self, rate: float, phi: float) -> np.ndarray:
         return (self.x_canary * self.grid - self.exposure_canary * rate * self._theta_exp) / phi

@@ -15,12 +15,20 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from guardrail.domain.errors import ValidationError
 from guardrail.domain.judge import explain
-from guardrail.domain.judge.counts import ConcurrentCountTest, CountBank, CountResult, PrePostCountTest, Sides
+from guardrail.domain.judge.counts import (
+    ConcurrentCountTest,
+    CountBank,
+    CountResult,
+    PrePostCountTest,
+    Sides,
+    SilenceTest,
+)
 from guardrail.domain.judge.gauges import SignTest
 from guardrail.domain.judge.quantiles import LogSketch, always_valid_p, quantile_bounds
 from guardrail.domain.judge.spec import AnalysisSpec, BaselineMode, MetricKind, MetricSpec
@@ -270,12 +278,22 @@ class _CounterRatioMetric(_CountMetric):
 
 
 class _ThroughputMetric(_CountMetric):
-    """Canary share of requests against the share it was given (concurrent mode only)."""
+    """Canary share of requests against the share it was given (concurrent mode only), and a canary
+    that stopped serving altogether (:class:`SilenceTest`); the metric's FAIL e-value is a weighted
+    average of the two tests' e-values (``SILENCE_WEIGHT`` on the silence test: an average of
+    e-values is one), so together they keep the metric's alpha. A single silent window of a canary
+    given hundreds of requests is overwhelming evidence, so the silence test needs little weight.
+
+    Its evidence is about requests the canary did *not* get, so the judge's minimum of canary
+    requests gates it on the requests the canary was given, not on those it served: a canary that
+    serves nothing must still fail."""
 
     def __init__(self, spec: MetricSpec, analysis: AnalysisSpec, mode: BaselineMode, bank: CountBank) -> None:
         super().__init__(spec, analysis, mode, bank)
         self.requests_total = 0.0
         self.assigned = 0.0
+        self.min_assigned = analysis.min_canary_requests
+        self.silence = SilenceTest(1.0 - spec.allowed_change)
 
     def observe(self, c: Sample, b: Sample | None, weight: float) -> None:
         if b is None or not 0 < weight < 1:
@@ -283,7 +301,24 @@ class _ThroughputMetric(_CountMetric):
         n = c.requests + b.requests
         self.requests_total += n
         self.assigned += n * weight
+        self.silence.add(c.requests, b.requests, weight, self.test.dispersion(), c.start)
         self.test.add(c.requests, b.requests, weight, n * weight, n * (1 - weight))  # type: ignore[call-arg]
+
+    SILENCE_WEIGHT = 0.1
+
+    def result(self, interval: bool = True) -> CountResult:
+        r = super().result(interval)
+        w = self.SILENCE_WEIGHT
+        both = float(np.logaddexp(r.log_e_fail + math.log1p(-w), self.silence.log_e + math.log(w)))
+        return replace(r, log_e_fail=both)
+
+    def _status(self, log_e_fail: float, log_e_pass: float, has_data: bool, allowed: bool) -> MetricStatus:
+        if has_data and self.assigned >= self.min_assigned and log_e_fail >= math.log(1 / self.alpha):
+            return MetricStatus.FAIL
+        return super()._status(log_e_fail, log_e_pass, has_data, allowed)
+
+    def has_data(self) -> bool:
+        return self.assigned > 0
 
     def canary_n(self) -> float:
         return self.test.x_canary
@@ -294,6 +329,12 @@ class _ThroughputMetric(_CountMetric):
         return self.test.x_canary / self.requests_total, self.assigned / self.requests_total
 
     def _detail(self, r: CountResult, status: MetricStatus, cv: float | None, bv: float | None) -> str:
+        if self.silence.silent and self.silence.silent_since is not None:
+            return (
+                f"canary served no request in its last {self.silence.silent} window(s) while the baseline "
+                f"served (stopped serving: crash loop or no ready instance?); overall it served "
+                f"{explain.pct(cv)} of requests vs {explain.pct(bv)} it was given {self._tail(r, status)}"
+            )
         return (
             f"canary served {explain.pct(cv)} of requests vs {explain.pct(bv)} it was given "
             f"{self._tail(r, status)}"
