@@ -175,6 +175,35 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """A deploy-failing alert rule firing on the canary, and whether the breach is the new version's
+    (see ``domain.rules.attribute``): only an attributable breach fails the deploy."""
+
+    rule: str
+    since: float  # data time the canary's condition started to hold
+    at: float  # data time of the check
+    attributable: bool
+    reading: str  # the canary's latest reading, e.g. "p99 1.3 s > 1 s"
+    reason: str  # why it is, or is not, blamed on the new version
+
+    @property
+    def sentence(self) -> str:
+        verb = "fails the deploy" if self.attributable else "pages, but is not blamed on the new version"
+        return f"{self.rule} on the canary ({self.reading}) {verb}: {self.reason}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rule": self.rule,
+            "since": self.since,
+            "at": self.at,
+            "attributable": self.attributable,
+            "reading": self.reading,
+            "reason": self.reason,
+            "sentence": self.sentence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     decision: Decision
     decided_at: float | None  # data time of the sample that decided it (None while continuing)
@@ -183,6 +212,7 @@ class Verdict:
     summary: str
     mode: str = "concurrent"  # or "pre_post" (weaker: no concurrent baseline)
     power: str | None = None  # for inconclusive: what more would be needed
+    rules: tuple[RuleCheck, ...] = ()  # deploy-failing rules firing on the canary, with their attribution
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -193,6 +223,7 @@ class Verdict:
             "summary": self.summary,
             "power": self.power,
             "evidence": [e.to_dict() for e in self.evidence],
+            "rules": [r.to_dict() for r in self.rules],
         }
 
 

@@ -27,6 +27,17 @@ of data time, and resolves at the first point where the condition is false again
 zero**: a point where the condition cannot be computed (no requests in the window, no histogram, no
 gauge value) neither fires, resolves nor resets a rule: it keeps its state.
 
+**The canary starts with the new version.** Canary-track windows that end at or before the time the
+new version first got traffic (``canary_start``) are the old version's and are left out, like the judge
+leaves them out: pre-deploy history pushed for the canary track cannot fire a canary rule. Until the
+canary serves (``canary_start`` None), the canary's points wait.
+
+**Attribution.** A page rule firing on the canary pages on-call, but it fails the deploy only when
+the breach is the new version's (:func:`attribute`): the same rule's condition did not hold on the
+baseline at any point over the rule's window (or, with no baseline data in that window, at the
+baseline's last point: the old version was already breaching before the deploy), and the judge does
+not rule out harm on the matching metric (error rate, or the latency quantile of the same q).
+
 Samples may arrive in any order and twice (duplicates are ignored). A window that arrives after
 points later than its end were evaluated still counts in the aggregates of the points to come, but
 its own point is not evaluated again; one older than every remaining lookback is dropped
@@ -46,7 +57,8 @@ from typing import Any
 from guardrail.domain.errors import ValidationError
 from guardrail.domain.judge.engine import _histogram_quantile
 from guardrail.domain.judge.explain import pct as _pct
-from guardrail.domain.model import Sample, Track
+from guardrail.domain.judge.spec import MetricKind, MetricSpec
+from guardrail.domain.model import Decision, Evidence, MetricStatus, RuleCheck, Sample, Track, Verdict
 from guardrail.domain.notifications import Link, Notice, NoticeAction, Severity, incident_key
 
 GIB = 1024**3
@@ -314,6 +326,9 @@ class _Status:
     since: float | None = None  # data time the condition started to hold (None: not holding)
     firing: bool = False
     value: float = math.nan
+    last_held: float | None = None  # the latest point at which the condition held
+    held_text: str = ""  # what it read then, e.g. "p99 1.3 s > 1 s"
+    last_point: float | None = None  # the latest point with a reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,9 +348,12 @@ class _Track:
 class RuleEvaluator:
     """Evaluates rules on one deploy's sample windows. Feed samples in any order with :meth:`add`,
     call :meth:`evaluate` with the data time reached; it answers with the transitions (firing,
-    resolved) since the last call, in data-time order."""
+    resolved) since the last call, in data-time order.
 
-    def __init__(self, specs: Iterable[RuleSpec]) -> None:
+    ``canary_start``: the data time the new version first got traffic (see the module docstring);
+    None while it has none; the default (-inf) takes every canary window (a service with no deploy)."""
+
+    def __init__(self, specs: Iterable[RuleSpec], *, canary_start: float | None = -math.inf) -> None:
         self.specs = tuple(specs)
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
@@ -350,9 +368,19 @@ class RuleEvaluator:
         self._status: dict[tuple[str, Track], _Status] = {
             (s.name, t): _Status() for s in self.specs for t in s.tracks
         }
-        self._evaluated: float = -math.inf  # data time up to which points were evaluated
+        # per track: data time up to which its points were evaluated
+        self._evaluated: dict[Track, float] = {t: -math.inf for t in Track}
+        self.canary_start = canary_start
         self.duplicates = 0
         self.late = 0  # windows older than every remaining lookback: dropped
+        self.before_start = 0  # canary windows of the old version (ending at or before canary_start)
+
+    def set_canary_start(self, at: float | None) -> None:
+        """The data time the new version first got traffic (None: not yet)."""
+        self.canary_start = at
+
+    def _start(self, track: Track) -> float | None:
+        return self.canary_start if track is Track.CANARY else -math.inf
 
     # input -------------------------------------------------------------------------------------------
     def add_many(self, samples: Iterable[Sample]) -> None:
@@ -362,7 +390,11 @@ class RuleEvaluator:
     def add(self, sample: Sample) -> None:
         if not self.specs:
             return
-        if sample.end <= self._evaluated - self._span:
+        start = self._start(sample.track)
+        if start is not None and sample.end <= start:
+            self.before_start += 1
+            return
+        if sample.end <= self._evaluated[sample.track] - self._span:
             self.late += 1
             return
         tr = self._tracks[sample.track]
@@ -398,14 +430,19 @@ class RuleEvaluator:
     # output ------------------------------------------------------------------------------------------
     def evaluate(self, now: float) -> list[RuleTransition]:
         """Evaluate every point (window end) in ``(last evaluated, now]`` of data time, in order."""
-        if now <= self._evaluated or not self.specs:
+        if not self.specs:
             return []
         points: list[tuple[float, Track]] = []
         for track, tr in self._tracks.items():
-            lo = bisect.bisect_right(tr.windows, (self._evaluated, math.inf))
+            start = self._start(track)
+            done = self._evaluated[track]
+            if start is None or now <= done:
+                continue  # the canary is not serving yet: its points wait for it
+            lo = bisect.bisect_right(tr.windows, (max(done, start), math.inf))
             hi = bisect.bisect_right(tr.windows, (now, math.inf))
             ends = sorted({end for end, _ in tr.windows[lo:hi]})
             points.extend((end, track) for end in ends)
+            self._evaluated[track] = now
         points.sort(key=lambda p: (p[0], p[1].value))
         out: list[RuleTransition] = []
         for t, track in points:
@@ -414,9 +451,27 @@ class RuleEvaluator:
                     tr_ = self._step(spec, track, t)
                     if tr_ is not None:
                         out.append(tr_)
-        self._evaluated = now
         self._prune()
         return out
+
+    def last_reading(self, spec: RuleSpec, track: Track) -> str:
+        """What the rule read at the track's latest point where its condition held ("" if never)."""
+        st = self._status.get((spec.name, track))
+        return st.held_text if st is not None else ""
+
+    def shared_breach(self, spec: RuleSpec, at: float) -> str | None:
+        """Why a canary breach of ``spec`` at ``at`` is not the new version's alone, or None: the
+        rule's condition held on the baseline at a point in ``(at - window_s, at]``, or the baseline
+        has no point there and was breaching at its last one (before the deploy, in pre/post mode)."""
+        st = self._status.get((spec.name, Track.BASELINE))
+        if st is None:
+            return None  # the rule does not watch the baseline: nothing to compare with
+        if st.last_held is not None and st.last_held > at - spec.window_s:
+            return f"the baseline (old version) breaches it too: {st.held_text}"
+        no_recent = st.last_point is None or st.last_point <= at - spec.window_s
+        if no_recent and st.since is not None:
+            return f"the baseline (old version) was already breaching it at its last data: {st.held_text}"
+        return None
 
     def close(self, at: float, reason: str = "guardrail stopped watching") -> list[RuleTransition]:
         """Resolve every firing rule (the watch window ended): one resolved transition each."""
@@ -439,7 +494,9 @@ class RuleEvaluator:
             return None
         st = self._status[(spec.name, track)]
         st.value = reading.value
+        st.last_point = t
         if reading.holds:
+            st.last_held, st.held_text = t, reading.text
             if st.since is None:
                 st.since = t
             if not st.firing and t - st.since >= spec.for_s:
@@ -460,19 +517,22 @@ class RuleEvaluator:
         return None
 
     def _prune(self) -> None:
-        horizon = self._evaluated - self._span
-        for tr in self._tracks.values():
-            cut = bisect.bisect_right(tr.windows, (horizon, math.inf))
+        for track, tr in self._tracks.items():
+            done = self._evaluated[track]
+            if done == -math.inf and tr.windows:  # waiting for the canary: keep one lookback
+                done = tr.windows[-1][0]
+            cut = bisect.bisect_right(tr.windows, (done - self._span, math.inf))
             for end, start in tr.windows[:cut]:
                 del tr.by_key[(start, end)]
             del tr.windows[:cut]
 
     def _in_window(self, track: Track, t: float, span: float) -> list[_Window]:
-        """The track's windows ending in ``(t - span, t]``, oldest first."""
+        """The track's windows ending in ``(t - span, t]`` (and after the canary's start), oldest first."""
         tr = self._tracks[track]
-        lo = bisect.bisect_right(tr.windows, (t - span, math.inf))
+        start = self._start(track)
+        lo = bisect.bisect_right(tr.windows, (max(t - span, start if start is not None else t), math.inf))
         hi = bisect.bisect_right(tr.windows, (t, math.inf))
-        return [tr.by_key[(start, end)] for end, start in tr.windows[lo:hi]]
+        return [tr.by_key[(start_, end)] for end, start_ in tr.windows[lo:hi]]
 
     # one reader per kind: None when there is nothing to judge ----------------------------------------
     def _read(self, spec: RuleSpec, track: Track, t: float) -> _Reading | None:
@@ -486,6 +546,95 @@ class RuleEvaluator:
         if spec.kind is RuleKind.DISK_FREE:
             return _disk(spec, ws)
         return _memory(spec, ws, t)
+
+
+def judge_metrics_for(spec: RuleSpec, metrics: Sequence[MetricSpec]) -> list[str]:
+    """Names of the judge's metrics that measure what ``spec`` alerts on: the error rate, or the
+    latency quantile of the same q (a rule on gauges has none)."""
+    if spec.kind is RuleKind.ERROR_RATE:
+        return [m.name for m in metrics if m.kind is MetricKind.ERRORS]
+    if spec.kind is RuleKind.LATENCY_QUANTILE:
+        return [
+            m.name
+            for m in metrics
+            if m.kind is MetricKind.LATENCY
+            and m.quantile is not None
+            and abs(m.quantile - spec.quantile) < 1e-9
+        ]
+    return []
+
+
+def attribute(
+    evaluator: RuleEvaluator,
+    at: float,
+    *,
+    metrics: Sequence[MetricSpec] = (),
+    evidence: Sequence[Evidence] = (),
+) -> list[RuleCheck]:
+    """Every deploy-failing rule firing on the canary at data time ``at``, with whether the breach is
+    the new version's. It is not when the baseline breaches the same rule over the same windows
+    (:meth:`RuleEvaluator.shared_breach`: a service slow everywhere), nor when the judge rules out
+    harm on the matching metric (its non-inferiority test passed: the canary is confidently not worse
+    than the baseline by the critical change). Otherwise it is, and the deploy fails on it."""
+    by_name = {e.metric: e for e in evidence}
+    out: list[RuleCheck] = []
+    for spec, track, since in evaluator.firing:
+        if track is not Track.CANARY or not spec.fails_deploy:
+            continue
+        reading = evaluator.last_reading(spec, Track.CANARY) or spec.summary
+        shared = evaluator.shared_breach(spec, at)
+        if shared is not None:
+            out.append(RuleCheck(spec.name, since, at, False, reading, shared))
+            continue
+        judged = [by_name[n] for n in judge_metrics_for(spec, metrics) if n in by_name]
+        if judged and all(e.status is MetricStatus.PASS for e in judged):
+            e = judged[0]
+            why = (
+                f"the judge rules out harm on {e.metric} (canary vs baseline ratio "
+                f"{_ratio_text(e)}): the breach is not worse than the old version's"
+            )
+            out.append(RuleCheck(spec.name, since, at, False, reading, why))
+            continue
+        base = f"the baseline stays under {_threshold_text(spec)}"
+        if judged:
+            e = judged[0]
+            why = f"{base} over the same windows, and the judge does not rule out harm on {e.metric} ({e.status.value})"
+        else:
+            why = f"{base} over the same windows"
+        out.append(RuleCheck(spec.name, since, at, True, reading, why))
+    return out
+
+
+def with_rules(verdict: Verdict, checks: Sequence[RuleCheck], at: float) -> Verdict:
+    """The verdict with the canary's rule checks: an attributable breach fails the deploy (unless the
+    judge already did), an unattributable one is explained in the summary."""
+    if not checks:
+        return verdict
+    blamed = [c for c in checks if c.attributable]
+    if blamed and verdict.decision is not Decision.FAIL:
+        c = blamed[0]
+        summary = f"alert {c.rule} firing on the canary since {duration(at - c.since)} ago ({c.reading}): {c.reason}"
+        return replace(verdict, decision=Decision.FAIL, decided_at=at, summary=summary, rules=tuple(checks))
+    cleared = [c for c in checks if not c.attributable]
+    summary = verdict.summary
+    if cleared:
+        summary += " Alert rules: " + "; ".join(c.sentence for c in cleared) + "."
+    return replace(verdict, summary=summary, rules=tuple(checks))
+
+
+def _ratio_text(e: Evidence) -> str:
+    est = f"{e.estimate:.2f}" if e.estimate is not None else "n/a"
+    if e.ci_low is not None and e.ci_high is not None and math.isfinite(e.ci_high):
+        return f"{est}, {e.confidence:.0%} interval {e.ci_low:.2f}-{e.ci_high:.2f}"
+    return est
+
+
+def _threshold_text(spec: RuleSpec) -> str:
+    if spec.kind is RuleKind.ERROR_RATE:
+        return f"{pct(spec.threshold)} errors"
+    if spec.kind is RuleKind.LATENCY_QUANTILE:
+        return f"p{spec.quantile * 100:g} {secs(spec.threshold)}"
+    return f"the {spec.summary} threshold"
 
 
 def _bucket(bounds: tuple[float, ...], values: Sequence[float]) -> tuple[int, ...]:

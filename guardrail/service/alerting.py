@@ -14,10 +14,11 @@ from dataclasses import replace
 
 from guardrail.config import Settings
 from guardrail.domain import announcements
-from guardrail.domain.model import DeployState, Sample
+from guardrail.domain.judge import MetricSpec
+from guardrail.domain.model import DeployState, Evidence, RuleCheck, Sample
 from guardrail.domain.notifications import Link, Notice, NoticeAction, Severity, incident_key
 from guardrail.domain.records import Deploy
-from guardrail.domain.rules import RuleEvaluator, RuleTransition
+from guardrail.domain.rules import RuleEvaluator, RuleTransition, attribute
 from guardrail.service.notify import NotificationService
 
 log = logging.getLogger("guardrail.alerting")
@@ -145,14 +146,27 @@ class DeployAlerts:
         self, deploy: Deploy, stored: Iterable[Sample], new: Iterable[Sample]
     ) -> list[RuleTransition]:
         """Feed the deploy's rule evaluator (rebuilt from the stored samples after a restart) and
-        return the transitions up to its data time."""
+        return the transitions up to its data time. The canary track counts from the data time the
+        new version first got traffic (before it, the canary's windows are the old version's)."""
         ev = self._evaluators.get(deploy.id)
+        start = deploy.rollout.traffic_started_at
         if ev is None:
-            ev = self._evaluators[deploy.id] = RuleEvaluator(self._specs)
+            ev = self._evaluators[deploy.id] = RuleEvaluator(self._specs, canary_start=start)
             ev.add_many(stored)
         else:
+            ev.set_canary_start(start)
             ev.add_many(new)
         return ev.evaluate(deploy.data_time)
+
+    def attribute(
+        self, deploy: Deploy, metrics: Iterable[MetricSpec], evidence: Iterable[Evidence]
+    ) -> list[RuleCheck]:
+        """The deploy-failing rules firing on the canary now, each with whether the breach is the new
+        version's (``domain.rules.attribute``)."""
+        ev = self._evaluators.get(deploy.id)
+        if ev is None:
+            return []
+        return attribute(ev, deploy.data_time, metrics=tuple(metrics), evidence=tuple(evidence))
 
     def forget(self, deploy_id: str) -> None:
         """Another replica worked on the deploy: rebuild the evaluator from the stored samples."""

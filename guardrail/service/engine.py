@@ -34,7 +34,7 @@ from guardrail.domain.errors import (
     ValidationError,
 )
 from guardrail.domain.judge import Judge
-from guardrail.domain.model import Decision, DeployState, Sample, Strategy, default_steps
+from guardrail.domain.model import Decision, DeployState, RuleCheck, Sample, Strategy, Verdict, default_steps
 from guardrail.domain.policy import derive_facts, evaluate_policy
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
 from guardrail.domain.rollout import (
@@ -47,7 +47,7 @@ from guardrail.domain.rollout import (
     VerdictReached,
     transition,
 )
-from guardrail.domain.rules import ExternalAlert
+from guardrail.domain.rules import ExternalAlert, with_rules
 from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
 from guardrail.service.alerting import DeployAlerts
 from guardrail.service.analysis import analysis_spec, apply_weight, build_judge
@@ -88,6 +88,7 @@ class Engine:
         self._adapters: dict[str, DeployAdapter] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._last_verdict: dict[str, tuple[str, float]] = {}
+        self._rule_blame: dict[str, dict[str, bool]] = {}  # deploy -> rule -> attributable (last noted)
         self._last_data_wall: dict[str, float] = {}
         self._stalled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,6 +176,7 @@ class Engine:
         """Drop what this process cached about a deploy; the next use rebuilds it from the store."""
         self._judges.pop(deploy_id, None)
         self._last_verdict.pop(deploy_id, None)
+        self._rule_blame.pop(deploy_id, None)
         self.alerts.forget(deploy_id)
 
     async def _get(self, deploy_id: str) -> Deploy:
@@ -342,42 +344,38 @@ class Engine:
                 self.telemetry.stalled.labels(deploy_id, deploy.marker.service).set(0)
             data_time = max(deploy.data_time, max(s.end for s in new))
             deploy = replace(deploy, data_time=data_time)
-            alert_events, failure = await self._rules(deploy, new)
+            alert_events = await self._rules(deploy, new)
             if deploy.state.terminal or deploy.state is DeployState.ROLLING_BACK:
                 await self.store.save(deploy_id, data_time=data_time, events=alert_events)
                 return IngestResult(len(new), len(samples) - len(new), deploy)
             judge = self._judges.get(deploy_id)
             if judge is not None:
                 judge.add_many(new)
-            if failure is not None:  # a page-severity rule firing on the canary: a failure signal
-                deploy = await self._apply(
-                    deploy, VerdictReached(Decision.FAIL, data_time, failure), extra_events=alert_events
-                )
-            else:
-                if alert_events:
-                    await self.store.save(deploy_id, events=alert_events)
-                deploy = await self._analyse(deploy)
+            deploy = await self._analyse(deploy, extra_events=alert_events)
             self.telemetry.analysis_seconds.observe(time.perf_counter() - t0)
             return IngestResult(len(new), len(samples) - len(new), deploy)
 
-    async def _rules(self, deploy: Deploy, new: Sequence[Sample]) -> tuple[list[TimelineEvent], str | None]:
-        """The in-service alert rules on the new samples: timeline events, notices, and the reason
-        to fail the deploy when a rule that fails deploys fires on the canary during its steps."""
+    async def _rules(self, deploy: Deploy, new: Sequence[Sample]) -> list[TimelineEvent]:
+        """The in-service alert rules on the new samples: notices and timeline events. Whether a rule
+        firing on the canary fails the deploy is decided with the verdict (``_analyse``)."""
         alerts = self.alerts
         if not alerts.watching(deploy):
             if deploy.state is DeployState.PROMOTED:  # the post-promotion watch is over
                 closed = await alerts.stop_watching(deploy, self.clock())
-                return [self._alert_event(deploy, t) for t in closed], None
-            return [], None
+                return [self._alert_event(deploy, t) for t in closed]
+            return []
         stored = await self.store.samples(deploy.id) if alerts.needs_history(deploy) else []
         transitions = alerts.evaluate(deploy, stored, new)
-        failure = None
         for t in transitions:
             await alerts.transition(deploy, t, self.clock())
-            in_steps = deploy.state in (DeployState.ANALYZING, DeployState.PAUSED)
-            if t.fails_deploy and in_steps and self.settings.rules.fails_deploy and failure is None:
-                failure = f"alert {t.rule.name} firing: {t.sentence}"
-        return [self._alert_event(deploy, t) for t in transitions], failure
+        return [self._alert_event(deploy, t) for t in transitions]
+
+    def _rule_checks(self, deploy: Deploy, judge: Judge | None, verdict: Verdict | None) -> list[RuleCheck]:
+        """Deploy-failing rules firing on the canary during its steps, with their attribution."""
+        if not self.settings.rules.fails_deploy or deploy.state not in (DeployState.ANALYZING, DeployState.PAUSED):
+            return []
+        metrics = judge.spec.metrics if judge is not None else ()
+        return self.alerts.attribute(deploy, metrics, verdict.evidence if verdict is not None else ())
 
     def _alert_event(self, deploy: Deploy, t: Any) -> TimelineEvent:
         word = "firing" if t.state.value == "firing" else "resolved"
@@ -503,16 +501,24 @@ class Engine:
                 self._judges[deploy.id] = judge
         return judge
 
-    async def _analyse(self, deploy: Deploy) -> Deploy:
+    async def _analyse(self, deploy: Deploy, *, extra_events: Sequence[TimelineEvent] = ()) -> Deploy:
+        """The judge's verdict on the data so far, with the alert rules firing on the canary: a rule
+        fails the deploy only when its breach is attributable to the new version."""
         judge = await self._judge(deploy)
-        if judge is None:
-            await self.store.save(deploy.id, data_time=deploy.data_time)
-            return deploy
-        verdict = judge.evaluate(now=deploy.data_time)
+        verdict = judge.evaluate(now=deploy.data_time) if judge is not None else None
+        checks = self._rule_checks(deploy, judge, verdict)
+        events = list(extra_events)
+        events += self._rule_notes(deploy, checks)
+        if verdict is None:
+            blamed = [c for c in checks if c.attributable]
+            if not blamed:
+                await self.store.save(deploy.id, data_time=deploy.data_time, events=events)
+                return deploy
+            verdict = Verdict(Decision.CONTINUE, None, deploy.data_time, (), "CONTINUE: no judge yet")
+        verdict = with_rules(verdict, checks, deploy.data_time)
         self.telemetry.verdicts.labels(verdict.decision.value).inc()
         vd = verdict.to_dict()
         self.telemetry.set_evidence(deploy.id, deploy.marker.service, vd["evidence"])  # type: ignore[arg-type]
-        events = []
         last = self._last_verdict.get(deploy.id)
         interval = deploy.marker.analysis.interval_s
         if last is None or last[0] != verdict.decision.value or deploy.data_time - last[1] >= interval:
@@ -524,6 +530,18 @@ class Engine:
             extra_events=events,
             verdict=vd,
         )
+
+    def _rule_notes(self, deploy: Deploy, checks: Sequence[RuleCheck]) -> list[TimelineEvent]:
+        """A timeline note each time a canary rule's attribution changes (first seen, or flipped)."""
+        out = []
+        seen = self._rule_blame.setdefault(deploy.id, {})
+        for c in checks:
+            if seen.get(c.rule) is c.attributable:
+                continue
+            seen[c.rule] = c.attributable
+            if not c.attributable:
+                out.append(self._event(EventKind.NOTE, c.sentence, deploy.data_time, rule_check=c.to_dict()))
+        return out
 
     # --- the state machine and the intent log --------------------------------------------------------
     async def _apply(
@@ -584,6 +602,7 @@ class Engine:
             self._judges.pop(deploy.id, None)
             self._close_adapter(deploy.id)
             self._last_verdict.pop(deploy.id, None)
+            self._rule_blame.pop(deploy.id, None)
             self._last_data_wall.pop(deploy.id, None)
             self._observe(self.on_finished, deploy)
         if deploy.state is DeployState.ROLLBACK_FAILED:

@@ -3,7 +3,9 @@ zero, any arrival order, bounded memory, and the same policy as alerts/rules.yml
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from guardrail.domain.rules import (
     RuleKind,
     RuleSpec,
     RuleTransition,
+    attribute,
     configure_rules,
     default_rules,
 )
@@ -428,3 +431,127 @@ def test_spec_validation_names_the_key():
     assert e.value.field == "rules.overrides.X.for_s"
     with pytest.raises(ValidationError):
         RuleEvaluator([rule("HighErrorRate"), rule("HighErrorRate")])
+
+
+# --- the canary starts with the new version; attribution --------------------------------------------
+
+
+def lat(i: int, track: Track = Track.CANARY, *, slow: int = 0, requests: int = 1000) -> Sample:
+    """A window whose p99 is in the (1 s, 2.5 s] bucket when ``slow`` >= 2% of requests, else fast."""
+    return win(i, track, requests=requests, latency=Histogram(BOUNDS, (requests - slow, 0, 0, 0, slow, 0)))
+
+
+def test_canary_windows_of_the_old_version_cannot_fire_a_canary_rule():
+    """Pre-deploy history pushed for the canary track is the old version: ignored, like the judge does."""
+    er = replace(rule("HighErrorRate"), for_s=60)
+    ev = RuleEvaluator([er], canary_start=end(9))
+    ev.add_many(win(i, errors=50) for i in range(10))  # ten bad minutes, all before the deploy
+    assert ev.evaluate(end(9)) == [] and ev.before_start == 10
+    ev.add_many(win(i) for i in range(10, 14))  # the new version is healthy
+    assert ev.evaluate(end(13)) == []
+    # before this fix, the old version's windows fired the canary rule at data time 0 of the deploy
+    legacy = RuleEvaluator([er])
+    legacy.add_many(win(i, errors=50) for i in range(10))
+    assert brief(legacy.evaluate(end(9))) == [("HighErrorRate", "canary", "firing", end(1))]
+
+
+def test_canary_points_wait_until_the_new_version_serves():
+    er = replace(rule("HighErrorRate"), for_s=60)
+    ev = RuleEvaluator([er], canary_start=None)
+    ev.add_many(win(i, errors=50) for i in range(5))
+    assert ev.evaluate(end(4)) == []  # not serving yet: nothing evaluated, nothing lost
+    ev.set_canary_start(end(1))
+    assert brief(ev.evaluate(end(4))) == [("HighErrorRate", "canary", "firing", end(3))]
+
+
+def _checks(samples, *, specs=None, evidence=(), metrics=(), canary_start=-math.inf, at=None):
+    ev = RuleEvaluator(specs or [replace(rule("HighLatencyP99"), for_s=120)], canary_start=canary_start)
+    ev.add_many(samples)
+    now = at if at is not None else max(s.end for s in samples)
+    ev.evaluate(now)
+    return attribute(ev, now, metrics=metrics, evidence=evidence)
+
+
+def test_a_slow_tail_on_both_tracks_pages_but_is_not_blamed_on_the_canary():
+    samples = [lat(i, Track.CANARY, slow=30) for i in range(6)] + [
+        lat(i, Track.BASELINE, slow=300, requests=9000) for i in range(6)
+    ]
+    (check,) = _checks(samples)
+    assert not check.attributable
+    assert "baseline (old version) breaches it too" in check.reason and "p99" in check.reason
+    assert "not blamed on the new version" in check.sentence
+
+
+def test_a_slow_tail_on_the_canary_alone_is_blamed_on_it():
+    samples = [lat(i, Track.CANARY, slow=30) for i in range(6)] + [
+        lat(i, Track.BASELINE, requests=9000) for i in range(6)
+    ]
+    (check,) = _checks(samples)
+    assert check.attributable and check.rule == "HighLatencyP99"
+    assert check.reason.startswith("the baseline stays under p99 1 s over the same windows")
+    assert "fails the deploy" in check.sentence
+
+
+def test_a_baseline_breach_anywhere_in_the_rule_window_shares_the_blame():
+    """The baseline dipped under the threshold at the last point but breached 2 minutes earlier."""
+    samples = [lat(i, Track.CANARY, slow=30) for i in range(6)]
+    samples += [lat(i, Track.BASELINE, slow=300 if i < 4 else 0, requests=9000) for i in range(6)]
+    (check,) = _checks(samples)
+    assert not check.attributable
+    samples = [
+        lat(i, Track.CANARY, slow=30) for i in range(12)
+    ]  # 7 clean baseline minutes: > the 5-min window
+    samples += [lat(i, Track.BASELINE, slow=300 if i < 4 else 0, requests=9000) for i in range(12)]
+    (check,) = _checks(samples)
+    assert check.attributable
+
+
+def test_without_a_concurrent_baseline_a_breach_the_old_version_already_had_is_not_blamed():
+    """Pre/post: the baseline is the pre-deploy window; it was already slow at its end."""
+    before = [lat(i, Track.BASELINE, slow=300, requests=9000) for i in range(5)]
+    after = [lat(i, Track.CANARY, slow=30) for i in range(5, 12)]
+    (check,) = _checks(before + after, canary_start=end(4))
+    assert not check.attributable and "already breaching it at its last data" in check.reason
+    healthy_before = [lat(i, Track.BASELINE, requests=9000) for i in range(5)]
+    (check,) = _checks(healthy_before + after, canary_start=end(4))
+    assert check.attributable
+
+
+def test_the_judge_ruling_out_harm_on_the_metric_clears_the_canary():
+    from guardrail.domain.judge import default_metrics
+    from guardrail.domain.model import Evidence, MetricStatus
+
+    samples = [lat(i, Track.CANARY, slow=30) for i in range(6)] + [
+        lat(i, Track.BASELINE, requests=9000) for i in range(6)
+    ]
+
+    def evidence(status: MetricStatus) -> Evidence:
+        return Evidence(
+            metric="latency_p99",
+            kind="latency",
+            status=status,
+            critical=True,
+            estimate=1.05,
+            ci_low=0.8,
+            ci_high=1.4,
+            confidence=0.97,
+            e_value_fail=1.0,
+            e_value_pass=80.0,
+            canary_n=6000,
+            baseline_n=54000,
+            allowed=1.0,
+            critical_change=1.5,
+            detail="",
+        )
+
+    (check,) = _checks(samples, metrics=default_metrics(), evidence=[evidence(MetricStatus.PASS)])
+    assert not check.attributable and "the judge rules out harm on latency_p99" in check.reason
+    (check,) = _checks(samples, metrics=default_metrics(), evidence=[evidence(MetricStatus.CONTINUE)])
+    assert check.attributable and "does not rule out harm on latency_p99 (continue)" in check.reason
+
+
+def test_ticket_rules_and_baseline_alerts_are_never_checked_for_blame():
+    disk = replace(rule("DiskSpaceLow"), for_s=0)
+    samples = [win(i, Track.CANARY, gauges={"disk_free_ratio": 0.05}) for i in range(3)]
+    samples += [lat(i, Track.BASELINE, slow=300, requests=9000) for i in range(6)]
+    assert _checks(samples, specs=[disk, replace(rule("HighLatencyP99"), for_s=0)]) == []

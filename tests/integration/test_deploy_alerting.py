@@ -130,3 +130,56 @@ async def test_rules_keep_watching_after_promotion_and_page_without_rolling_back
     assert d.state is DeployState.PROMOTED  # a human decides after promotion
     assert [p["payload"]["class"] for p in fake.delivered(PAGER) if p.get("event_action") == "trigger"] == [
         "HighErrorRate"]
+
+
+async def test_a_tail_slow_on_both_tracks_pages_but_does_not_roll_the_canary_back(store, fake):
+    """p99 about 1.2 s on the old and the new version alike: on-call is paged, the new version is
+    not blamed (before: HighLatencyP99 firing on the canary rolled it back)."""
+    svc = make_service(store, fake)
+    adapter = RecordingDeployAdapter()
+    engine = make_engine(store, adapter, notifications=svc)
+    d, _ = await engine.record_deploy(marker())
+    d = await drive(engine, d.id, SyntheticTraffic(rate=400, median_s=0.3, sigma=0.6), adapter, seed=21)
+    await deliver(svc)
+    assert d.state is DeployState.PROMOTED, d.rollout.reason
+    events = await store.events(d.id)
+    alerts = [e.details["alert"] for e in events if e.kind is EventKind.ALERT]
+    assert {(a["rule"], a["track"]) for a in alerts if a["state"] == "firing"} >= {("HighLatencyP99", "canary")}
+    notes = [e.message for e in events if e.kind is EventKind.NOTE and "HighLatencyP99" in e.message]
+    assert notes and "not blamed on the new version" in notes[0] and "baseline (old version) breaches it too" in notes[0]
+    verdicts = [e.details["verdict"] for e in events if e.kind is EventKind.VERDICT]
+    explained = [v for v in verdicts if v["rules"]]
+    assert explained and not any(r["attributable"] for v in explained for r in v["rules"])
+    assert "Alert rules: HighLatencyP99 on the canary" in explained[-1]["summary"]
+    triggered = [p["payload"]["class"] for p in fake.delivered(PAGER) if p.get("event_action") == "trigger"]
+    assert "HighLatencyP99" in triggered  # the page itself still goes out
+
+
+async def test_a_tail_slow_on_the_canary_only_is_blamed_on_it_by_the_rule(store, fake):
+    """With the judge's own latency tests off, the rule alone catches the new version's slow tail."""
+    svc = make_service(store, fake)
+    adapter = RecordingDeployAdapter()
+    engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighLatencyP99": {"for_s": 60}}})
+    off = {"latency_p99": {"enabled": False}, "latency_p95": {"enabled": False}}
+    d, _ = await engine.record_deploy(marker(metrics_overrides={"overrides": off}))
+    d = await drive(engine, d.id, SyntheticTraffic(rate=400, canary_latency_factor=4.0), adapter, seed=22)
+    assert d.state is DeployState.ROLLED_BACK
+    assert d.rollout.reason.startswith("canary analysis failed: alert HighLatencyP99 firing on the canary")
+    assert "the baseline stays under p99 1 s over the same windows" in d.rollout.reason
+
+
+async def test_old_version_windows_pushed_for_the_canary_track_cannot_fail_the_deploy(store, fake):
+    """History pushed for the canary track before the switch is the old version's (it had 5% errors):
+    before, the rule evaluator fired on it and rolled the deploy back at data time 0."""
+    from guardrail.domain.model import Sample, Track
+
+    svc = make_service(store, fake)
+    adapter = RecordingDeployAdapter()
+    engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighErrorRate": {"for_s": 60}}})
+    d, _ = await engine.record_deploy(marker())
+    old = [Sample(Track.CANARY, T0 - 600 + 60 * i, T0 - 540 + 60 * i, 2000, 100) for i in range(10)]
+    r = await engine.ingest(d.id, old)
+    assert r.deploy.state is DeployState.ANALYZING
+    d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, seed=23)
+    assert d.state is DeployState.PROMOTED, d.rollout.reason
+    assert not [e for e in await store.events(d.id) if e.kind is EventKind.ALERT and e.details["alert"]["track"] == "canary"]
