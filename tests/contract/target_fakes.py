@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import re
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -402,7 +405,17 @@ class FakeKubernetes(Recorder):
 class FakeGitHub(Recorder):
     """``/repos/{owner}/{repo}/deployments`` (list with sha/environment filters, create) and
     ``.../deployments/{id}/statuses`` for the repositories in ``repos``; ``refs`` are the commits
-    that exist. Creating with a ref not in ``refs`` answers 422 as GitHub does."""
+    that exist. Creating with a ref not in ``refs`` answers 422 as GitHub does.
+
+    Rate limits as GitHub documents them (github/docs
+    ``content/rest/using-the-rest-api/rate-limits-for-the-rest-api.md`` at 21143d5a, "Checking the
+    status of your rate limit" and "Exceeding the rate limit"): every answer carries
+    ``x-ratelimit-limit/remaining/used/reset/resource``; while the primary limit is spent
+    (``primary_until``, wall time from ``clock``) every request gets ``primary_status`` (403 or 429)
+    with ``x-ratelimit-remaining: 0`` and the reset time, and a request sent before the reset is
+    counted in ``sent_while_limited``. ``secondary`` answers the next requests with a secondary
+    limit each: ``(status, retry_after or None)``, message "You have exceeded a secondary rate
+    limit"."""
 
     def __init__(self, token: str, repo: str = "acme/shop", refs: tuple[str, ...] = ("abc1234",)) -> None:
         super().__init__(token)
@@ -411,7 +424,47 @@ class FakeGitHub(Recorder):
         self.deployments: list[dict[str, Any]] = []
         self.statuses: dict[int, list[dict[str, Any]]] = {}
         self.lose_create_answers = 0  # create the deployment, then answer 502 (a lost answer)
-        self.rate_limited = 0  # answer this many requests with GitHub's rate-limit 403
+        self.clock: Callable[[], float] = time.time
+        self.primary_until: float | None = None
+        self.primary_status = 403
+        self.secondary: list[tuple[int, int | None]] = []
+        self.sent_while_limited = 0
+        self.forbidden = False  # a token without the permission: a plain 403
+
+    def rate_headers(self, remaining: int, reset: float) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit": "5000",
+            "x-ratelimit-remaining": str(remaining),
+            "x-ratelimit-used": str(5000 - remaining),
+            "x-ratelimit-reset": str(int(math.ceil(reset))),
+            "x-ratelimit-resource": "core",
+        }
+
+    def limited(self) -> web.Response | None:
+        now = self.clock()
+        if self.primary_until is not None and now < self.primary_until:
+            self.sent_while_limited += 1
+            doc = self.error(403, "API rate limit exceeded for installation ID 1234.")
+            return web.json_response(
+                doc, status=self.primary_status, headers=self.rate_headers(0, self.primary_until)
+            )
+        if self.secondary:
+            status, retry_after = self.secondary.pop(0)
+            headers = self.rate_headers(4000, now + 3600)
+            if retry_after is not None:
+                headers["retry-after"] = str(retry_after)
+            doc = self.error(
+                status,
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            )
+            return web.json_response(doc, status=status, headers=headers)
+        if self.forbidden:
+            return web.json_response(
+                self.error(403, "Resource not accessible by integration"),
+                status=403,
+                headers=self.rate_headers(4000, now + 3600),
+            )
+        return None
 
     def error(self, status: int, message: str) -> dict[str, Any]:
         return {"message": message, "documentation_url": "https://docs.github.com/rest"}
@@ -423,10 +476,9 @@ class FakeGitHub(Recorder):
         return [r for r in self.requests if r.method == "POST" and r.path.endswith("/statuses")]
 
     async def handle(self, request: web.Request, body: bytes) -> web.Response:
-        if self.rate_limited:
-            self.rate_limited -= 1
-            doc = self.error(403, "API rate limit exceeded for installation")
-            return web.json_response(doc, status=403, headers={"X-RateLimit-Remaining": "0"})
+        limited = self.limited()
+        if limited is not None:
+            return limited
         m = re.match(r"^/repos/([^/]+/[^/]+)/deployments(?:/(\d+)/statuses)?$", request.path)
         if not m or m[1] not in self.repos:
             return self.answer(request, 404, self.error(404, "Not Found"))

@@ -135,7 +135,7 @@ async def test_an_unknown_repository_is_named(gh: FakeGitHub, adapters: Adapters
 async def test_5xx_and_rate_limits_are_retried_but_not_401(gh: FakeGitHub, adapters: Adapters) -> None:
     adapter = make(adapters, gh.url)
     gh.script = [502]
-    gh.rate_limited = 1
+    gh.secondary = [(403, 0)]
     result = await adapter.apply_step(target(), Step(weight=10), 0, 3)
     assert result.ok, result
     assert [r.method for r in gh.requests] == ["GET", "GET", "GET", "POST", "POST"]

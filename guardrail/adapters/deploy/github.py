@@ -21,7 +21,16 @@ was lost, does not make a second one; creating is never retried blindly, only af
 
 Headers: ``Accept: application/vnd.github+json``, ``X-GitHub-Api-Version: 2022-11-28``,
 ``Authorization: Bearer <token>``, ``User-Agent: guardrail``. Requests time out after ``timeout_s``;
-no answer, 429, 5xx and a rate-limited 403 are retried ``retries`` times with backoff.
+no answer, 429 and 5xx are retried ``retries`` times with backoff (the outbound seam's policy),
+within ``deadline_s`` per request.
+
+Rate limits follow GitHub's documented rules ("Rate limits for the REST API", *Exceeding the rate
+limit*), in :class:`GitHubRateLimit`: a 403 or 429 with ``retry-after`` waits that many seconds; with
+``x-ratelimit-remaining: 0`` it waits until ``x-ratelimit-reset`` (UTC epoch seconds); a secondary
+limit without either waits at least a minute, doubling on repeats. Until a limit has reset no
+request is sent at all (also not by the next action). A wait longer than the request's deadline is
+not waited out: the action fails at once saying when the limit resets (the engine retries a
+rollback with its own backoff). A 403 without any of these is a permission problem, not retried.
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
@@ -44,11 +55,14 @@ from guardrail.adapters.deploy.rest import (
     check_name_template,
     check_timing,
     one_line,
+    policy_of,
     render_name,
 )
+from guardrail.adapters.outbound import Throttle
 from guardrail.domain.errors import ConfigError
 from guardrail.domain.model import Step
 from guardrail.ports import ActionResult, DeployTarget
+from guardrail.retry import retry_after_seconds
 from guardrail.secrets import redact_text, secret_field, secret_values
 
 API_VERSION = "2022-11-28"
@@ -56,8 +70,66 @@ DESCRIPTION_LIMIT = 140  # GitHub rejects longer status descriptions
 _REPOSITORY = re.compile(r"^[A-Za-z0-9-]+/[A-Za-z0-9._-]+$")
 
 
-def _rate_limited(resp: aiohttp.ClientResponse) -> bool:
-    return resp.status == 403 and resp.headers.get("X-RateLimit-Remaining") == "0"
+SECONDARY_WAIT_S = 60.0  # "Otherwise, wait for at least one minute before retrying"
+
+
+class GitHubRateLimit:
+    """GitHub's rate-limit rules for the outbound seam (one per adapter: a limit is per token).
+
+    Source: github/docs ``content/rest/using-the-rest-api/rate-limits-for-the-rest-api.md``,
+    section "Exceeding the rate limit"."""
+
+    def __init__(self) -> None:
+        self.blocked_until = 0.0  # wall time before which nothing is sent
+
+    def before(self, now: float) -> float:
+        return max(0.0, self.blocked_until - now)
+
+    def after(
+        self, status: int, headers: Mapping[str, str], body: str, now: float, repeats: int
+    ) -> Throttle | None:
+        if status not in (403, 429):
+            return None
+        retry_after = retry_after_seconds(headers.get("retry-after"), now)
+        remaining = (headers.get("x-ratelimit-remaining") or "").strip()
+        reset = _epoch(headers.get("x-ratelimit-reset"))
+        if retry_after is not None:
+            throttle = Throttle(retry_after, f"rate limited: retry-after {retry_after:g} s")
+        elif remaining == "0" and reset is not None:
+            wait = max(0.0, reset - now) + 1.0  # the reset second itself may still be limited
+            throttle = Throttle(wait, f"rate limit spent until {_iso(reset)}")
+        elif status == 429 or "secondary rate limit" in body.lower():
+            wait = SECONDARY_WAIT_S * 2 ** min(repeats, 6)
+            throttle = Throttle(wait, f"secondary rate limit: waiting {wait:g} s")
+        else:
+            return None  # a 403 that is not a limit: the token may not do this
+        self.blocked_until = max(self.blocked_until, now + throttle.wait_s)
+        return throttle
+
+
+def _epoch(raw: str | None) -> float | None:
+    try:
+        return float(int((raw or "").strip()))
+    except ValueError:
+        return None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _find(listing: Any, deploy_id: str) -> int | None:
+    """The id of the deployment in a listing whose payload names this guardrail deploy."""
+    for item in listing if isinstance(listing, list) else []:
+        payload = item.get("payload") if isinstance(item, dict) else None
+        if isinstance(payload, str):
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                payload = None
+        if isinstance(payload, dict) and payload.get("guardrail_deploy_id") == deploy_id:
+            return int(item["id"])
+    return None
 
 
 def _short(text: str) -> str:
@@ -72,9 +144,11 @@ class GitHubConfig:
     token: str = secret_field()  # needs the deployments: write permission
     api_url: str = "https://api.github.com"  # GitHub Enterprise Server: https://HOST/api/v3
     environment: str = "{environment}"  # template: {service}, {environment}
-    timeout_s: float = 10.0
-    retries: int = 3
-    backoff_s: float = 0.5
+    timeout_s: float = 10.0  # per attempt
+    retries: int = 3  # extra attempts after the first (no answer, 429, 5xx, rate limits)
+    backoff_s: float = 0.5  # before the first retry; doubled each time, with jitter
+    backoff_max_s: float = 30.0
+    deadline_s: float = 600.0  # one request with its retries and rate-limit waits
 
     def __post_init__(self) -> None:
         if not _REPOSITORY.match(self.repository):
@@ -84,7 +158,7 @@ class GitHubConfig:
         if not self.token or any(c in self.token for c in "\r\n\0 "):
             raise ConfigError("must be a non-empty token without spaces or line breaks", field="token")
         check_name_template("environment", self.environment)
-        check_timing(self.timeout_s, self.retries, self.backoff_s)
+        check_timing(self.timeout_s, self.retries, self.backoff_s, self.backoff_max_s, self.deadline_s)
 
 
 class GitHubDeployAdapter:
@@ -97,9 +171,11 @@ class GitHubDeployAdapter:
         *,
         session: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self._sleep = sleep
+        self.rate_limit = GitHubRateLimit()
         self._secrets = secret_values(config)
         self._public = config.public_url.rstrip("/")
         self._repo = "/".join(quote(p, safe="") for p in config.repository.split("/"))
@@ -113,12 +189,13 @@ class GitHubDeployAdapter:
                 "User-Agent": "guardrail",
             },
             timeout_s=config.timeout_s,
-            retries=config.retries,
-            backoff_s=config.backoff_s,
+            policy=policy_of(config.retries, config.backoff_s, config.backoff_max_s, config.deadline_s),
             secrets=lambda: self._secrets,
             session=session,
             sleep=sleep,
-            retryable=_rate_limited,
+            rate_limit=self.rate_limit,
+            clock=clock,
+            monotonic=monotonic,
         )
 
     @classmethod
@@ -174,46 +251,38 @@ class GitHubDeployAdapter:
             return known, None
         listing = f"/repos/{self._repo}/deployments"
         params = {"sha": target.commit, "environment": env, "per_page": "100"}
+        body = {
+            "ref": target.commit,
+            "environment": env,
+            "description": _short(f"{target.service} {target.version} (guardrail deploy {target.deploy_id})"),
+            "payload": {
+                "guardrail_deploy_id": target.deploy_id,
+                "service": target.service,
+                "version": target.version,
+                "previous_version": target.previous_version,
+            },
+            "auto_merge": False,
+            "required_contexts": [],
+        }
+        # A create whose answer was lost (timeout, 5xx) may have made the deployment: look again
+        # before creating again; the seam resends a create only when it surely did not take effect.
         last: Reply | None = None
-        for round_ in range(self.config.retries + 1):
+        for look in range(2):
+            if look:
+                await self._api.http.pause(1)
             found = await self._api.call("GET", listing, params=params)
             if not found.ok:
-                return 0, self._result(
-                    False, f"cannot list deployments: {self._explain(found, target)}", found
-                )
-            for item in found.json if isinstance(found.json, list) else []:
-                payload = item.get("payload") if isinstance(item, dict) else None
-                if isinstance(payload, str):
-                    try:
-                        payload = json.loads(payload)
-                    except ValueError:
-                        payload = None
-                if isinstance(payload, dict) and payload.get("guardrail_deploy_id") == target.deploy_id:
-                    self._deployments[key] = int(item["id"])
-                    return int(item["id"]), None
-            body = {
-                "ref": target.commit,
-                "environment": env,
-                "description": _short(
-                    f"{target.service} {target.version} (guardrail deploy {target.deploy_id})"
-                ),
-                "payload": {
-                    "guardrail_deploy_id": target.deploy_id,
-                    "service": target.service,
-                    "version": target.version,
-                    "previous_version": target.previous_version,
-                },
-                "auto_merge": False,
-                "required_contexts": [],
-            }
-            last = await self._api.call("POST", listing, body=body, retry=False)
+                return 0, self._result(False, f"cannot list deployments: {self._explain(found, target)}", found)
+            existing = _find(found.json, target.deploy_id)
+            if existing is not None:
+                self._deployments[key] = existing
+                return existing, None
+            last = await self._api.call("POST", listing, body=body, idempotent=False)
             if last.status == 201 and isinstance(last.json, dict) and "id" in last.json:
                 self._deployments[key] = int(last.json["id"])
                 return int(last.json["id"]), None
-            transient = last.status is None or last.status == 429 or last.status >= 500
-            if not transient or round_ == self.config.retries:
-                break
-            await self._sleep(self.config.backoff_s * 2**round_)  # then look again before creating
+            if not last.retryable or last.retry_after_s is not None:
+                break  # a refusal, or a rate limit the seam already waited out as far as it may
         assert last is not None
         return 0, self._result(False, f"cannot create the deployment: {self._explain(last, target)}", last)
 
@@ -222,11 +291,16 @@ class GitHubDeployAdapter:
         repo = self.config.repository
         hint = {
             401: "the token was not accepted (bad credentials)",
-            403: "the token may not do this (it needs deployments: write), or the rate limit is spent",
+            403: "the token may not do this (it needs deployments: write)",
             404: f"repository {repo} not found, or the token cannot see it",
             409: f"conflict creating a deployment of ref {target.commit}",
             422: f"GitHub rejected the request: is ref {target.commit} a commit in {repo}?",
         }.get(reply.status or 0, "")
+        if reply.retry_after_s is not None and reply.status in (None, 403, 429):
+            hint = (
+                f"rate limited: GitHub asks to wait {reply.retry_after_s:.0f} s, longer than deadline_s "
+                f"({self.config.deadline_s:g} s) allows; not sent again before then"
+            )
         if reply.status == 202:
             hint = f"GitHub merged the default branch into {target.commit} instead of creating a deployment"
         extra = "; ".join(p for p in (hint, said) if p)

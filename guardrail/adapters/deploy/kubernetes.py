@@ -68,6 +68,7 @@ from guardrail.adapters.deploy.rest import (
     check_name_template,
     check_timing,
     one_line,
+    policy_of,
     render_name,
 )
 from guardrail.domain.errors import ConfigError
@@ -113,7 +114,9 @@ class KubernetesConfig:
     insecure_skip_tls_verify: bool = False
     timeout_s: float = 10.0  # per request
     retries: int = 3  # extra attempts after the first, for no answer / 429 / 5xx
-    backoff_s: float = 0.5
+    backoff_s: float = 0.5  # before the first retry; doubled each time, with jitter
+    backoff_max_s: float = 10.0  # longest wait between attempts (a Retry-After may ask for more)
+    deadline_s: float = 120.0  # one request, its retries and waits included
     wait_s: float = 300.0  # deployment mode: how long apply_step / finalize wait for the rollout
     poll_s: float = 2.0
     promote_first_step: bool = False  # argo-rollout mode: promote at the first step too
@@ -142,7 +145,7 @@ class KubernetesConfig:
                 )
             if url.scheme != "https":
                 raise ConfigError("applies to an https:// api_url only", field="ca_file")
-        check_timing(self.timeout_s, self.retries, self.backoff_s)
+        check_timing(self.timeout_s, self.retries, self.backoff_s, self.backoff_max_s, self.deadline_s)
         if not 0 <= self.wait_s <= MAX_WAIT_S:
             raise ConfigError(
                 f"must be between 0 and {MAX_WAIT_S:g} seconds, got {self.wait_s}", field="wait_s"
@@ -227,8 +230,7 @@ class KubernetesDeployAdapter:
             config.api_url,
             headers={"Accept": "application/json"},
             timeout_s=config.timeout_s,
-            retries=config.retries,
-            backoff_s=config.backoff_s,
+            policy=policy_of(config.retries, config.backoff_s, config.backoff_max_s, config.deadline_s),
             secrets=self._all_secrets,
             session=session,
             sleep=sleep,

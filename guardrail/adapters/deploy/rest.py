@@ -1,11 +1,13 @@
 """A small JSON-over-HTTP client shared by the deploy adapters that talk to an API (Kubernetes,
-GitHub): one call = up to ``retries + 1`` attempts, each with its own timeout.
+GitHub), on the outbound seam (:mod:`guardrail.adapters.outbound`): one call = up to
+``retries + 1`` attempts, each with its own timeout, all within the call's deadline.
 
-Retried: no answer (connection refused or reset, timeout), 429, 5xx, and whatever the caller's
-``retryable`` says (GitHub's rate-limit 403). Not retried: a TLS verification failure and any other
-answer. The wait before retry ``n`` is ``backoff_s * 2**(n-1)``, or ``Retry-After`` (seconds, at most
-30) when that is longer. Redirects are not followed. The body is read up to ``max_body_bytes``,
-parsed as JSON, and kept for the record redacted first and then cut to ``output_limit`` characters.
+Retried, by the seam's one policy: no answer (connection refused or reset, timeout), 429, 5xx, and
+whatever the provider's rate-limit hook says (GitHub's rate-limited 403 / 429), waiting capped
+exponential backoff with jitter or the server's ``Retry-After`` / rate-limit reset when longer. Not
+retried: a TLS verification failure and any other answer. Redirects are not followed. The body is
+read whole (at most 16 MiB), parsed as JSON, and kept for the record redacted first and then cut to
+``OUTPUT_LIMIT`` characters.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import json
 import ssl
 import string
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,11 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from guardrail.adapters.outbound import Outbound, retryable_status
+from guardrail.adapters.outbound import Outbound, RateLimitHook, RetryPolicy
 from guardrail.domain.errors import ConfigError
-from guardrail.secrets import redact_text
+from guardrail.retry import Backoff
 
 OUTPUT_LIMIT = 4000  # characters of a response body kept for the record
-MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_RETRY_AFTER_S = 30.0
 
 _NO_BODY = object()
 
@@ -45,14 +44,16 @@ class Reply:
     error: str = ""  # why there was no answer (redacted)
     attempts: int = 1
     history: list[str] = field(default_factory=list)
+    retryable: bool = False  # trying again later could succeed
+    retry_after_s: float | None = None  # the server's (or its rate limit's) requested wait
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
     def outcome(self) -> str:
-        """One line: ``PATCH /x -> 404 (attempt 1 of 1)`` or ``GET /x -> timed out after 5s ...``."""
-        what = str(self.status) if self.status is not None else self.error
+        """One line: ``PATCH /x -> 404 in 0.01 s (attempt 1)`` or ``GET /x -> timed out after 5 s ...``."""
+        what = self.error if self.status is None else (self.history[-1] if self.history else str(self.status))
         return f"{self.method} {self.path} -> {what} (attempt {self.attempts})"
 
     def message(self) -> str:
@@ -73,8 +74,8 @@ def one_line(text: str, limit: int = 500) -> str:
 
 
 class JsonApi:
-    """JSON calls to one base URL. ``secrets`` is called before each call: it may grow (a token
-    read from a file)."""
+    """JSON calls to one base URL through the outbound seam. ``secrets`` is called before each
+    call: it may grow (a token read from a file)."""
 
     def __init__(
         self,
@@ -82,30 +83,38 @@ class JsonApi:
         *,
         headers: Mapping[str, str],
         timeout_s: float,
-        retries: int,
-        backoff_s: float,
+        policy: RetryPolicy,
         secrets: Callable[[], Sequence[str]],
         session: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        retryable: Callable[[aiohttp.ClientResponse], bool] | None = None,
+        rate_limit: RateLimitHook | None = None,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._secrets = secrets
-        # the session and the timeout; secrets are redacted here, as they may grow between calls
-        self._http = Outbound(session=session, timeout_s=timeout_s, secrets=())
-        self._sleep = sleep
-        self._retryable = retryable
+        extra: dict[str, Any] = {}
+        if clock is not None:
+            extra["clock"] = clock
+        if monotonic is not None:
+            extra["monotonic"] = monotonic
+        self.http = Outbound(
+            session=session,
+            timeout_s=timeout_s,
+            secrets=secrets,
+            policy=policy,
+            rate_limit=rate_limit,
+            sleep=sleep,
+            **extra,
+        )
 
     @property
     def timeout_s(self) -> float:
-        return self._http.timeout_s
+        return self.http.timeout_s
 
     async def close(self) -> None:
         """Close the session if this client created it (an injected one is the caller's)."""
-        await self._http.close()
+        await self.http.close()
 
     async def call(
         self,
@@ -117,102 +126,37 @@ class JsonApi:
         content_type: str = "application/json",
         headers: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | bool = True,
-        retry: bool = True,
+        idempotent: bool = True,
     ) -> Reply:
-        """``method`` ``base_url + path``; never raises for a failed call (exceptions are bugs)."""
-        secrets = list(self._secrets())
+        """``method`` ``base_url + path``; never raises for a failed call (exceptions are bugs).
+        A non-idempotent call (a create) is only sent again when it certainly did not take effect."""
         all_headers = {**self.headers, **(headers or {})}
         data: bytes | None = None
         if body is not _NO_BODY:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             all_headers["Content-Type"] = content_type
-        attempts = self.retries + 1 if retry else 1
-        history: list[str] = []
-        reply = Reply(method, path, None)
-        for attempt in range(1, attempts + 1):
-            started = time.monotonic()
-            retry_after: float | None = None
-            try:
-                status, raw, retryable, retry_after = await self._attempt(
-                    method, path, params, data, all_headers, ssl_context
-                )
-            except aiohttp.ClientSSLError as e:
-                error = redact_text(f"TLS failed: {one_line(str(e), 300)}", secrets)
-                history.append(error)
-                return Reply(method, path, None, error=error, attempts=attempt, history=history)
-            except (aiohttp.ClientConnectionError, TimeoutError) as e:
-                error = (
-                    f"timed out after {self.timeout_s:g}s"
-                    if isinstance(e, TimeoutError)
-                    else f"{type(e).__name__}: {one_line(str(e), 300)}"
-                )
-                reply = Reply(method, path, None, error=redact_text(error, secrets), attempts=attempt)
-                retryable = True
-            except aiohttp.ClientError as e:
-                error = redact_text(f"{type(e).__name__}: {one_line(str(e), 300)}", secrets)
-                history.append(error)
-                return Reply(method, path, None, error=error, attempts=attempt, history=history)
-            else:
-                text = raw.decode("utf-8", errors="replace")
-                try:
-                    doc = json.loads(text) if text.strip() else None
-                except ValueError:
-                    doc = None
-                reply = Reply(
-                    method,
-                    path,
-                    status,
-                    json=doc,
-                    text=redact_text(text, secrets)[:OUTPUT_LIMIT],
-                    attempts=attempt,
-                )
-            history.append(
-                f"{reply.status} in {time.monotonic() - started:.2f} s"
-                if reply.status is not None
-                else reply.error
-            )
-            if reply.ok or not retryable or attempt == attempts:
-                break
-            delay = self.backoff_s * 2 ** (attempt - 1)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-            await self._sleep(delay)
-        return Reply(
-            reply.method,
-            reply.path,
-            reply.status,
-            json=reply.json,
-            text=reply.text,
-            error=reply.error,
-            attempts=reply.attempts,
-            history=history,
+        got = await self.http.exchange(
+            method,
+            self.base_url + path,
+            data=data,
+            headers=all_headers,
+            params=params,
+            ssl=ssl_context,
+            whole=True,
+            idempotent=idempotent,
         )
-
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        data: bytes | None,
-        headers: Mapping[str, str],
-        ssl_context: ssl.SSLContext | bool,
-    ) -> tuple[int, bytes, bool, float | None]:
-        async with self._http.request(
-            method, self.base_url + path, params=params, data=data, headers=headers, ssl=ssl_context
-        ) as resp:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(65536):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise aiohttp.ClientPayloadError(f"response body larger than {MAX_BODY_BYTES} bytes")
-            retryable = retryable_status(resp.status)
-            if not retryable and self._retryable is not None:
-                retryable = self._retryable(resp)
-            raw_after = resp.headers.get("Retry-After", "").strip()
-            retry_after = float(raw_after) if raw_after.isdigit() else None
-            return resp.status, b"".join(chunks), retryable, retry_after
+        return Reply(
+            method,
+            path,
+            got.status,
+            json=got.json_doc,
+            text=got.body[:OUTPUT_LIMIT],
+            error="" if got.status is not None else got.outcome,
+            attempts=got.attempts,
+            history=list(got.history),
+            retryable=got.retryable,
+            retry_after_s=got.retry_after_s,
+        )
 
 
 # --- object names from templates (Kubernetes names, GitHub environments, nginx upstreams) ----------
@@ -257,10 +201,38 @@ def check_base_url(key: str, url: str) -> URL:
     return parsed
 
 
-def check_timing(timeout_s: float, retries: int, backoff_s: float) -> None:
+def check_timing(
+    timeout_s: float,
+    retries: int,
+    backoff_s: float,
+    backoff_max_s: float = 30.0,
+    deadline_s: float | None = None,
+) -> None:
     if not timeout_s > 0:
         raise ConfigError(f"must be a number of seconds > 0, got {timeout_s}", field="timeout_s")
     if not 0 <= retries <= 20:
         raise ConfigError(f"must be between 0 and 20, got {retries}", field="retries")
     if backoff_s < 0:
         raise ConfigError(f"must be a number of seconds >= 0, got {backoff_s}", field="backoff_s")
+    if not backoff_max_s >= backoff_s:
+        raise ConfigError(
+            f"must be at least backoff_s ({backoff_s}), got {backoff_max_s}", field="backoff_max_s"
+        )
+    if deadline_s is not None and not 0 < deadline_s <= MAX_DEADLINE_S:
+        raise ConfigError(
+            f"must be between 0 and {MAX_DEADLINE_S:g} seconds (below the engine's guard around an "
+            f"adapter call), got {deadline_s}",
+            field="deadline_s",
+        )
+
+
+MAX_DEADLINE_S = 840.0  # the engine's last-resort guard around one adapter call is longer
+
+
+def policy_of(retries: int, backoff_s: float, backoff_max_s: float, deadline_s: float | None) -> RetryPolicy:
+    """The seam's retry policy from an adapter's timing settings; no single wait is longer than
+    the deadline."""
+    wait_cap = deadline_s if deadline_s is not None else MAX_DEADLINE_S
+    return RetryPolicy(
+        retries=retries, backoff=Backoff(backoff_s, backoff_max_s), deadline_s=deadline_s, max_wait_s=wait_cap
+    )

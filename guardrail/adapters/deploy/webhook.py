@@ -17,8 +17,9 @@ Metadata values are all strings: ``deploy_id version previous_version commit act
 ``secret`` is set, ``X-Guardrail-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>``.
 
 As in Flagger, a 2xx answer means done; anything else fails the action. Connection errors,
-timeouts, 429 and 5xx are retried ``retries`` times with exponential backoff (``backoff_s``,
-doubled each time; a ``Retry-After`` in seconds is honoured up to 30 s); other answers are not.
+timeouts, 429 and 5xx are retried ``retries`` times by the outbound seam's policy (capped
+exponential backoff with jitter from ``backoff_s`` to ``backoff_max_s``; a ``Retry-After``, in
+seconds or as a date, is honoured when longer), all within ``deadline_s``; other answers are not.
 Each attempt has its own ``timeout_s``; redirects are not followed. The URL's query string is left
 out of results (put tokens in ``secret_headers``, never in the URL).
 """
@@ -29,7 +30,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -38,7 +38,8 @@ import aiohttp
 from yarl import URL
 
 from guardrail.adapters.deploy import freeze_mappings, parse_adapter_config, step_values, target_values
-from guardrail.adapters.http_body import read_redacted
+from guardrail.adapters.deploy.rest import check_timing, policy_of
+from guardrail.adapters.outbound import Outbound
 from guardrail.domain.errors import ConfigError
 from guardrail.domain.model import Step
 from guardrail.ports import ActionResult, DeployTarget
@@ -48,7 +49,6 @@ SIGNATURE_HEADER = "X-Guardrail-Signature"
 _RESERVED_HEADERS = ("content-type", "content-length", "host", "idempotency-key", SIGNATURE_HEADER.lower())
 _TOKEN_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _OUTPUT_LIMIT = 4000  # characters of the response body kept
-_MAX_RETRY_AFTER_S = 30.0
 
 
 def _check_headers(key: str, headers: Mapping[str, str], *, secret: bool) -> None:
@@ -70,7 +70,9 @@ class WebhookConfig:
     secret: str | None = secret_field(default=None)  # HMAC-SHA256 key for X-Guardrail-Signature
     timeout_s: float = 10.0  # per attempt
     retries: int = 3  # extra attempts after the first
-    backoff_s: float = 0.5  # before the first retry; doubled each time
+    backoff_s: float = 0.5  # before the first retry; doubled each time, with jitter
+    backoff_max_s: float = 30.0
+    deadline_s: float = 120.0  # the whole call, its retries and waits (Retry-After) included
     headers: Mapping[str, str] = field(default_factory=dict)
     secret_headers: Mapping[str, str] = secret_field(default_factory=dict)  # e.g. Authorization
 
@@ -86,12 +88,7 @@ class WebhookConfig:
             raise ConfigError(
                 "must not carry credentials (user:password@); put them in secret_headers", field="url"
             )
-        if not self.timeout_s > 0:
-            raise ConfigError(f"must be a number of seconds > 0, got {self.timeout_s}", field="timeout_s")
-        if not 0 <= self.retries <= 20:
-            raise ConfigError(f"must be between 0 and 20, got {self.retries}", field="retries")
-        if self.backoff_s < 0:
-            raise ConfigError(f"must be a number of seconds >= 0, got {self.backoff_s}", field="backoff_s")
+        check_timing(self.timeout_s, self.retries, self.backoff_s, self.backoff_max_s, self.deadline_s)
         if self.secret is not None and not self.secret:
             raise ConfigError("must not be empty (leave it out to send unsigned requests)", field="secret")
         _check_headers("headers", self.headers, secret=False)
@@ -120,10 +117,14 @@ class WebhookDeployAdapter:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
-        self._session = session
-        self._owns_session = session is None
-        self._sleep = sleep
         self._secrets = secret_values(config)
+        self._http = Outbound(
+            session=session,
+            timeout_s=config.timeout_s,
+            secrets=self._secrets,
+            policy=policy_of(config.retries, config.backoff_s, config.backoff_max_s, config.deadline_s),
+            sleep=sleep,
+        )
         url = URL(config.url)
         self._shown_url = str(url.with_query(None).with_fragment(None))
 
@@ -136,14 +137,7 @@ class WebhookDeployAdapter:
 
     async def close(self) -> None:
         """Close the HTTP session if this adapter created it (an injected one is the caller's)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
-        return self._session
+        await self._http.close()
 
     async def apply_step(self, target: DeployTarget, step: Step, index: int, total: int) -> ActionResult:
         return await self._call(target, "Progressing", "rollout", step_values(step, index, total))
@@ -178,68 +172,19 @@ class WebhookDeployAdapter:
         }
         if cfg.secret:
             headers[SIGNATURE_HEADER] = sign(cfg.secret, body)
-        attempts = cfg.retries + 1
-        history: list[str] = []
-        for attempt in range(1, attempts + 1):
-            started = time.monotonic()
-            status: int | None = None
-            output = ""
-            retry_after: float | None = None
-            try:
-                status, output, retry_after = await self._post(body, headers)
-            except (aiohttp.ClientConnectionError, TimeoutError) as e:
-                outcome = (
-                    f"timed out after {cfg.timeout_s:g}s"
-                    if isinstance(e, TimeoutError)
-                    else f"{type(e).__name__}: {e}"
-                )
-                retryable = True
-            except aiohttp.ClientError as e:
-                outcome, retryable = f"{type(e).__name__}: {e}", False
-            else:
-                outcome = f"{status} in {time.monotonic() - started:.2f} s"
-                retryable = status == 429 or status >= 500
-            outcome = redact_text(outcome, self._secrets)
-            history.append(outcome)
-            data: dict[str, Any] = {
-                "url": self._shown_url,
-                "status": status,
-                "attempts": attempt,
-                "history": history,
-            }
-            if status is not None and 200 <= status < 300:
-                return ActionResult(
-                    ok=True,
-                    detail=f"POST {self._shown_url} -> {outcome} (attempt {attempt})",
-                    output=output,
-                    data=data,
-                )
-            if not retryable or attempt == attempts:
-                why = "not retried" if not retryable else "giving up"
-                return ActionResult(
-                    ok=False,
-                    detail=f"POST {self._shown_url} -> {outcome} (attempt {attempt} of {attempts}, {why})",
-                    output=output,
-                    data=data,
-                )
-            delay = cfg.backoff_s * 2 ** (attempt - 1)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, _MAX_RETRY_AFTER_S))
-            await self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, str, float | None]:
-        """One attempt: (status, start of the response body with secrets redacted, Retry-After
-        seconds if given). Redaction happens before truncation; when the body is cut, the last
-        characters read are dropped so that no half of a secret survives the cut."""
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        session = self._get_session()
-        async with session.post(
-            self.config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-        ) as resp:
-            text = (await read_redacted(resp, self._secrets, 4 * _OUTPUT_LIMIT))[:_OUTPUT_LIMIT]
-            retry_after: float | None = None
-            raw = resp.headers.get("Retry-After", "").strip()
-            if raw.isdigit():
-                retry_after = float(raw)
-            return resp.status, text, retry_after
+        got = await self._http.exchange(
+            "POST", cfg.url, data=body, headers=headers, read_limit=4 * _OUTPUT_LIMIT
+        )
+        data: dict[str, Any] = {
+            "url": self._shown_url,
+            "status": got.status,
+            "attempts": got.attempts,
+            "history": list(got.history),
+        }
+        output = got.body[:_OUTPUT_LIMIT]
+        if got.ok:
+            detail = f"POST {self._shown_url} -> {got.outcome} (attempt {got.attempts})"
+            return ActionResult(ok=True, detail=detail, output=output, data=data)
+        why = "not retried" if not got.retryable else "giving up"
+        detail = f"POST {self._shown_url} -> {got.outcome} (attempt {got.attempts} of {cfg.retries + 1}, {why})"
+        return ActionResult(ok=False, detail=redact_text(detail, self._secrets), output=output, data=data)
