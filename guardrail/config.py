@@ -98,13 +98,60 @@ class PrometheusQueries(_Strict):
     gap_lookback_s: float = Field(600, gt=0)  # how far back a counter's last value is looked up over a gap
 
 
+_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_SET_BY_GUARDRAIL = ("authorization", "content-type", "content-length", "host")
+
+
+def _check_header_map(headers: dict[str, Any], *, secret: bool) -> None:
+    for name, value in headers.items():
+        if not name or not set(name) <= _HEADER_TOKEN:
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if name.lower() in _SET_BY_GUARDRAIL:
+            raise ValueError(
+                f"header {name} is set by guardrail (use bearer_token or basic_auth for Authorization)"
+            )
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if any(c in text for c in "\r\n\0"):
+            raise ValueError(f"the value of {name} {'' if secret else repr(text) + ' '}contains a line break or NUL")
+
+
+class PrometheusBasicAuth(_Strict):
+    """HTTP basic auth (Prometheus' ``--web.config.file`` ``basic_auth_users``, or a proxy)."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: str | None = None  # read at each request (a mounted secret may rotate)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> PrometheusBasicAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password or password_file")
+        return self
+
+
 class PrometheusConfig(_Strict):
-    """Pulling analysis data from Prometheus (deploys whose marker says ``metrics.source: prometheus``)."""
+    """Pulling analysis data from Prometheus (deploys whose marker says ``metrics.source: prometheus``).
+
+    Behind auth: ``bearer_token`` (or ``bearer_token_file``, read at each request) or ``basic_auth``;
+    ``headers`` for plain ones such as ``X-Scope-OrgID`` (Mimir, Cortex, Thanos tenants) and
+    ``secret_headers`` for credentials in other headers; ``ca_file`` to verify the server,
+    ``cert_file`` + ``key_file`` for a client certificate. Secrets are never shown."""
 
     url: str | None = None  # unset: no pulling
     timeout_s: float = Field(10, gt=0)  # per HTTP call
-    retries: int = Field(3, ge=0, le=10)  # on 5xx, timeouts and connection errors, backoff doubling
-    backoff_s: float = Field(0.25, gt=0)
+    retries: int = Field(3, ge=0, le=10)  # on 429, 5xx, timeouts and connection errors
+    backoff_s: float = Field(0.25, gt=0)  # capped exponential backoff with jitter
+    backoff_max_s: float = Field(5.0, gt=0)
+    deadline_s: float = Field(60.0, gt=0)  # one query with its retries and waits (Retry-After)
+    bearer_token: SecretStr | None = None
+    bearer_token_file: str | None = None
+    basic_auth: PrometheusBasicAuth | None = None
+    headers: dict[str, str] = {}  # e.g. {X-Scope-OrgID: tenant-a}
+    secret_headers: dict[str, SecretStr] = {}  # headers whose values are credentials
+    ca_file: str | None = None  # PEM CA bundle to verify an https:// url (default: system CAs)
+    cert_file: str | None = None  # client certificate (PEM), with key_file
+    key_file: str | None = None
+    insecure_skip_verify: bool = False  # do not verify the server's certificate (tests only)
     method: Literal["auto", "GET", "POST"] = "auto"  # auto: POST for long queries
     scrape_delay_s: float = Field(15, ge=0)  # a window is pulled once now - scrape_delay_s is past its end
     history_s: float = Field(600, ge=0)  # pre-deploy baseline history pulled before marker.started_at
@@ -118,6 +165,42 @@ class PrometheusConfig(_Strict):
         if v is not None and not (v.startswith("http://") or v.startswith("https://")):
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9090")
         return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        _check_header_map(v, secret=False)
+        return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        _check_header_map(v, secret=True)
+        return v
+
+    @model_validator(mode="after")
+    def _auth(self) -> PrometheusConfig:
+        def fail(key: str, why: str) -> None:
+            raise ValueError(f"prometheus.{key}: {why}")
+
+        if self.bearer_token is not None and self.bearer_token_file is not None:
+            fail("bearer_token_file", "set bearer_token or bearer_token_file, not both")
+        if self.basic_auth is not None and (self.bearer_token is not None or self.bearer_token_file):
+            fail("bearer_token", "set a bearer token or basic_auth, not both (both use Authorization)")
+        both = {h.lower() for h in self.headers} & {h.lower() for h in self.secret_headers}
+        if both:
+            fail("secret_headers", f"header(s) {', '.join(sorted(both))} also set in headers")
+        if (self.cert_file is None) != (self.key_file is None):
+            fail("key_file", "a client certificate needs both cert_file and key_file")
+        https = (self.url or "").startswith("https://")
+        for key in ("ca_file", "cert_file", "insecure_skip_verify"):
+            if getattr(self, key) and self.url is not None and not https:
+                fail(key, "applies to an https:// url only")
+        if self.ca_file and self.insecure_skip_verify:
+            fail("insecure_skip_verify", "set ca_file or insecure_skip_verify, not both")
+        if self.backoff_max_s < self.backoff_s:
+            fail("backoff_max_s", f"must be at least backoff_s ({self.backoff_s})")
+        return self
 
 
 class NotifierPreset(_Strict):

@@ -96,6 +96,7 @@ class NotifyResult:
     ok: bool
     retryable: bool  # a 429, a 5xx, a timeout or a refused connection: try again later
     detail: str  # one line for the record (never a secret)
+    retry_after_s: float | None = None  # the server asked to wait this long (Retry-After)
 
 
 @runtime_checkable
@@ -336,6 +337,7 @@ class AnnotationResult:
     retryable: bool  # a 429, a 5xx, a timeout or a refused connection: worth another attempt
     detail: str  # one line for the log (never a secret)
     ref: AnnotationRef | None = None  # the annotation made, when there is one to update later
+    retry_after_s: float | None = None  # the server asked to wait this long (Retry-After)
 
 
 @runtime_checkable

@@ -249,7 +249,9 @@ class Outbound:
         for attempt in range(1, attempts + 1):
             hold = self.rate_limit.before(self._clock()) if self.rate_limit is not None else 0.0
             if hold > 0:
-                left = None if policy.deadline_s is None else policy.deadline_s - (self._monotonic() - started)
+                left = (
+                    None if policy.deadline_s is None else policy.deadline_s - (self._monotonic() - started)
+                )
                 if hold > policy.max_wait_s or (left is not None and hold > left):
                     note = f"held back: the rate limit resets in {hold:.0f} s (not sent)"
                     history.append(note)
@@ -271,7 +273,9 @@ class Outbound:
                 break
             wait = max(policy.backoff.delay(attempt, self._rand()), result.retry_after_s or 0.0)
             elapsed = self._monotonic() - started
-            if wait > policy.max_wait_s or (policy.deadline_s is not None and elapsed + wait > policy.deadline_s):
+            if wait > policy.max_wait_s or (
+                policy.deadline_s is not None and elapsed + wait > policy.deadline_s
+            ):
                 result = replace(
                     result,
                     outcome=f"{result.outcome} (a retry would wait {wait:.1f} s, past the call's limit)",

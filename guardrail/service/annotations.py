@@ -2,10 +2,10 @@
 
 :meth:`DeployAnnotations.started` and :meth:`DeployAnnotations.finished` return at once: each
 schedules a task per annotator and never raises into the caller (they fit the engine's
-``on_created`` / ``on_finished`` observers), so a rollback never waits on Grafana. A failed call
-that may succeed later (429, 5xx, timeout, refused connection) is retried with backoff doubling
-from ``backoff_s`` up to ``backoff_max_s``, at most ``retries`` more times; then it is logged and
-dropped. Annotations are a convenience, not a record: nothing about them is stored.
+``on_created`` / ``on_finished`` observers), so a rollback never waits on Grafana. Each annotator
+call retries by itself (the outbound seam's policy, built from ``annotations:`` by
+``guardrail.adapters.annotate.build_annotators``); what still failed is logged and dropped.
+Annotations are a convenience, not a record: nothing about them is stored.
 
 The end of a deploy updates the mark its start made (Grafana's annotation id, kept in memory per
 deploy and annotator, the most recent ``max_remembered``). After a restart, or when the start mark
@@ -64,19 +64,11 @@ class DeployAnnotations:
         annotators: Sequence[Annotator],
         *,
         deploy_url: Callable[[Deploy], str],
-        retries: int = 4,
-        backoff_s: float = 1.0,
-        backoff_max_s: float = 30.0,
         max_remembered: int = 10_000,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.annotators = tuple(annotators)
         self.deploy_url = deploy_url
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
         self.max_remembered = max_remembered
-        self._sleep = sleep
         self._refs: OrderedDict[tuple[str, str], AnnotationRef] = OrderedDict()
         self._starts: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,15 +81,9 @@ class DeployAnnotations:
         *,
         deploy_url: Callable[[Deploy], str],
     ) -> DeployAnnotations:
-        """With the retry settings of ``annotations:`` (the annotators come from
+        """For the ``annotations:`` settings (the annotators, with their retry policy, come from
         ``guardrail.adapters.annotate.build_annotators``)."""
-        return cls(
-            annotators,
-            deploy_url=deploy_url,
-            retries=config.retries,
-            backoff_s=config.backoff_s,
-            backoff_max_s=config.backoff_max_s,
-        )
+        return cls(annotators, deploy_url=deploy_url)
 
     # --- what the engine calls (never blocks, never raises) -----------------------------------------
     def started(self, deploy: Deploy) -> None:
@@ -157,32 +143,21 @@ class DeployAnnotations:
         info: DeployAnnotation,
         call: Callable[[], Awaitable[AnnotationResult]],
     ) -> AnnotationResult | None:
-        delay = self.backoff_s
-        for attempt in range(1, self.retries + 2):
-            try:
-                result = await asyncio.wait_for(call(), timeout=GUARD_S)
-            except TimeoutError:
-                result = AnnotationResult(False, True, f"{a.name}: no answer within {GUARD_S:g} s")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # an annotator bug: logged, not retried
-                log.exception("annotator %s failed on the %s of deploy %s", a.name, what, info.deploy_id)
-                return AnnotationResult(False, False, f"{a.name}: {type(e).__name__}")
-            if result.ok:
-                log.debug("%s mark of deploy %s: %s", what, info.deploy_id, result.detail)
-                return result
-            if not result.retryable or attempt > self.retries:
-                log.warning(
-                    "%s mark of deploy %s not made after %d attempt(s): %s",
-                    what,
-                    info.deploy_id,
-                    attempt,
-                    result.detail,
-                )
-                return result
-            await self._sleep(delay)
-            delay = min(delay * 2, self.backoff_max_s)
-        return None  # pragma: no cover - the loop always returns
+        """One call (the annotator retries within it), bounded by GUARD_S; a failure is logged."""
+        try:
+            result = await asyncio.wait_for(call(), timeout=GUARD_S)
+        except TimeoutError:
+            result = AnnotationResult(False, True, f"{a.name}: no answer within {GUARD_S:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an annotator bug: logged, not retried
+            log.exception("annotator %s failed on the %s of deploy %s", a.name, what, info.deploy_id)
+            return AnnotationResult(False, False, f"{a.name}: {type(e).__name__}")
+        if result.ok:
+            log.debug("%s mark of deploy %s: %s", what, info.deploy_id, result.detail)
+        else:
+            log.warning("%s mark of deploy %s not made: %s", what, info.deploy_id, result.detail)
+        return result
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def drain(self, timeout: float | None = None) -> bool:

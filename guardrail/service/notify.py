@@ -9,7 +9,9 @@ claims due rows and sends them:
 
 * delivered (2xx): the row is ``sent``;
 * a retryable failure (429, 5xx, timeout, refused connection): the row stays ``pending`` and is due
-  again after ``backoff_s`` doubled per attempt, capped at ``backoff_max_s``, for ever: a page is
+  again after the shared backoff (:class:`guardrail.retry.Backoff`: ``backoff_s`` doubled per
+  attempt, capped at ``backoff_max_s``, with jitter), or after the server's ``Retry-After`` when
+  that is longer (at most an hour), for ever: a page is
   never dropped because a notifier is down;
 * a non-retryable answer (another 4xx): the row is ``failed``, logged at ERROR and counted in
   ``guardrail_notifications_failed_total`` (alert on it).
@@ -35,6 +37,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,10 +49,13 @@ from guardrail.domain.errors import ConfigError, GuardrailError, ValidationError
 from guardrail.domain.notifications import Link, Notice, NoticeAction, Severity
 from guardrail.domain.outbox import Delivery, Incident, IncidentState, OutboxSummary
 from guardrail.ports import Notifier, NotifyResult, Store
+from guardrail.retry import Backoff
 from guardrail.secrets import redact_text, secret_values
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail.notify")
+
+RETRY_AFTER_MAX_S = 3600.0  # the longest Retry-After honoured (a longer one is read as an hour)
 
 #: The outbox id of the delivery being sent, set by the dispatcher around ``Notifier.send`` (None
 #: outside it). A notifier that supports idempotency keys (the webhook) sends it with the request,
@@ -132,6 +138,7 @@ class NotificationService:
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         settings: DispatchSettings | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.notifiers = dict(notifiers)
@@ -139,6 +146,8 @@ class NotificationService:
         self.clock = clock
         self.telemetry = telemetry or Telemetry()
         self.settings = settings or DispatchSettings()
+        self._backoff = Backoff(self.settings.backoff_s, self.settings.backoff_max_s)
+        self._rand = rand
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -359,7 +368,9 @@ class NotificationService:
             log.info("%s sent (attempt %d): %s", what, d.attempts, detail)
             return True
         if result.retryable:
-            wait = min(self.settings.backoff_s * 2 ** max(d.attempts - 1, 0), self.settings.backoff_max_s)
+            wait = self._backoff.delay(max(d.attempts, 1), self._rand())
+            if result.retry_after_s is not None:  # the server said how long (Retry-After)
+                wait = max(wait, min(result.retry_after_s, RETRY_AFTER_MAX_S))
             await self.store.reschedule_delivery(d.id, next_attempt_at=now + wait, error=detail)
             self.telemetry.notifications_retried.labels(d.notifier).inc()
             log.warning("%s not delivered (attempt %d), retrying in %g s: %s", what, d.attempts, wait, detail)

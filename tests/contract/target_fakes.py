@@ -436,7 +436,7 @@ class FakeGitHub(Recorder):
             "x-ratelimit-limit": "5000",
             "x-ratelimit-remaining": str(remaining),
             "x-ratelimit-used": str(5000 - remaining),
-            "x-ratelimit-reset": str(int(math.ceil(reset))),
+            "x-ratelimit-reset": str(math.ceil(reset)),
             "x-ratelimit-resource": "core",
         }
 

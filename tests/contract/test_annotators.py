@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from guardrail.adapters.annotate import build_annotators
+from guardrail.adapters.annotate import build_annotators, policy_of
 from guardrail.adapters.annotate.grafana import GrafanaAnnotator
 from guardrail.adapters.annotate.honeycomb import HoneycombAnnotator
 from guardrail.config import AnnotationsConfig
@@ -53,6 +53,7 @@ class Fake:
     seen: list[Seen] = field(default_factory=list)
     fail: list[int] = field(default_factory=list)
     hang_s: float = 0.0
+    retry_after: str | None = None  # sent with the failures in ``fail``
     annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
     next_id: int = 1
     url: str = ""
@@ -67,7 +68,8 @@ class Fake:
             status = self.fail.pop(0)
             # a careless server echoing the credential it got: it must not reach a log
             echoed = request.headers.get("Authorization") or request.headers.get("X-Honeycomb-Team")
-            return body, web.json_response({"message": f"failed for {echoed}"}, status=status)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return body, web.json_response({"message": f"failed for {echoed}"}, status=status, headers=headers)
         return body, None
 
     # Grafana: POST /api/annotations, PATCH /api/annotations/{id}
@@ -374,11 +376,17 @@ class NoSleep:
         self.delays.append(s)
 
 
+def retrying(sleep: NoSleep, retries: int = 3, **extra: Any) -> dict[str, Any]:
+    """Annotator arguments for the seam's policy as ``annotations:`` builds it."""
+    config = AnnotationsConfig(retries=retries, backoff_s=1.0, backoff_max_s=30.0)
+    return {"policy": policy_of(config), "sleep": sleep, **extra}
+
+
 @pytest.fixture
 async def fanout(fake: Fake) -> AsyncIterator[tuple[DeployAnnotations, NoSleep]]:
     sleep = NoSleep()
     svc = DeployAnnotations(
-        [grafana(fake.url), honeycomb(fake.url)], deploy_url=url_of, retries=3, backoff_s=1.0, sleep=sleep
+        [grafana(fake.url, **retrying(sleep)), honeycomb(fake.url, **retrying(sleep))], deploy_url=url_of
     )
     yield svc, sleep
     await svc.close()
@@ -410,17 +418,30 @@ async def test_a_500_then_success_is_retried_with_backoff(
     assert await svc.drain(timeout=5)
     posts = [s for s in fake.seen if s.path == "/api/annotations"]
     assert len(posts) == 3 and len(fake.annotations) == 1
-    assert sleep.delays == [1.0, 2.0]
+    assert len(sleep.delays) == 2  # capped doubling with jitter: within [c/2, c]
+    assert 0.5 <= sleep.delays[0] <= 1.0 and 1.0 <= sleep.delays[1] <= 2.0
+
+
+async def test_a_429_waits_as_long_as_its_retry_after_asks(
+    fanout: tuple[DeployAnnotations, NoSleep], fake: Fake
+) -> None:
+    """Issue 13, case 9: Grafana and Honeycomb answer 429 when rate limited; ``Retry-After`` wins
+    over the shorter backoff."""
+    svc, sleep = fanout
+    fake.fail, fake.retry_after = [429], "7"
+    svc.started(deploy())
+    assert await svc.drain(timeout=5)
+    assert sleep.delays == [7.0] and len(fake.annotations) == 1
 
 
 async def test_retries_are_bounded_and_a_4xx_is_not_retried(fake: Fake) -> None:
     sleep = NoSleep()
-    svc = DeployAnnotations([grafana(fake.url)], deploy_url=url_of, retries=2, backoff_s=1.0, sleep=sleep)
+    svc = DeployAnnotations([grafana(fake.url, **retrying(sleep, retries=2))], deploy_url=url_of)
     try:
         fake.fail = [500] * 10
         svc.started(deploy())
         assert await svc.drain(timeout=5)
-        assert len(fake.seen) == 3 and sleep.delays == [1.0, 2.0]  # 1 attempt + 2 retries
+        assert len(fake.seen) == 3 and len(sleep.delays) == 2  # 1 attempt + 2 retries
         fake.fail, fake.seen = [400], []
         svc.finished(deploy(DeployState.PROMOTED, id="dep-9"))
         assert await svc.drain(timeout=5)
@@ -431,7 +452,7 @@ async def test_retries_are_bounded_and_a_4xx_is_not_retried(fake: Fake) -> None:
 
 async def test_the_caller_never_waits_on_a_hung_annotator(fake: Fake) -> None:
     fake.hang_s = 3.0
-    svc = DeployAnnotations([grafana(fake.url, timeout_s=0.5)], deploy_url=url_of, retries=0)
+    svc = DeployAnnotations([grafana(fake.url, timeout_s=0.5)], deploy_url=url_of)
     try:
         t0 = time.monotonic()
         svc.started(deploy())

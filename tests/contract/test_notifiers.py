@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -156,6 +157,7 @@ class FakeServers:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
         self.mode: str | int = "ok"
+        self.retry_after: str | None = None  # sent with an error answer (Slack and others on a 429)
         self.slack_reply = "ok"
         self.release = asyncio.Event()
         app = web.Application()
@@ -176,7 +178,8 @@ class FakeServers:
             await asyncio.wait_for(self.release.wait(), 10)
         if isinstance(self.mode, int):
             echo = f"error at {request.path}: {dict(request.headers)} {seen.body.decode()}"
-            return seen, web.Response(status=self.mode, text=echo)
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return seen, web.Response(status=self.mode, text=echo, headers=headers)
         return seen, None
 
     async def alertmanager(self, request: web.Request) -> web.Response:
@@ -475,6 +478,21 @@ async def test_server_errors_and_rate_limits_are_retryable(
     result = await make().send(notice())
     assert result.ok is False and result.retryable is True
     assert str(status) in result.detail
+    assert_clean(result, *harness.secrets)
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_retry_after_is_read_in_both_forms_and_passed_on(
+    harness: Harness, make: Callable[..., Notifier], fakes: FakeServers, form: str
+) -> None:
+    """Issue 13, case 9. Slack answers a rate-limited webhook with 429 and ``Retry-After`` in
+    seconds (https://api.slack.com/docs/rate-limits); RFC 9110 10.2.3 also allows an HTTP-date."""
+    fakes.mode = 429
+    fakes.retry_after = "30" if form == "seconds" else formatdate(time.time() + 30, usegmt=True)
+    result = await make().send(notice())
+    assert result.ok is False and result.retryable is True
+    assert result.retry_after_s is not None and 28 <= result.retry_after_s <= 30
+    assert "asks to wait" in result.detail
     assert_clean(result, *harness.secrets)
 
 

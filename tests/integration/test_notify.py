@@ -52,6 +52,7 @@ class FakeReceivers:
         self.received: list[Received] = []
         self.outage = False
         self.status: int | None = None
+        self.retry_after: str | None = None  # sent with a 429 (Slack: seconds)
         self.changed = asyncio.Event()
         app = web.Application()
         app.router.add_post("/{path:.*}", self.handle)
@@ -66,7 +67,9 @@ class FakeReceivers:
         self.received.append(Received(request.path, body, status))
         self.changed.set()
         if status >= 300:
-            return web.Response(status=status, text=f"{request.path} {dict(request.headers)} {body}")
+            headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
+            text = f"{request.path} {dict(request.headers)} {body}"
+            return web.Response(status=status, text=text, headers=headers)
         return web.Response(status=status, text="ok" if request.path.startswith("/slack/") else "{}")
 
     def delivered(self, path: str) -> list[Any]:
@@ -104,6 +107,7 @@ def make_service(
     clock: Callable[[], float] = time.time,
     settings: DispatchSettings = FAST,
     telemetry: Telemetry | None = None,
+    rand: Callable[[], float] = lambda: 1.0,  # the top of the jitter range: waits are the ceilings
 ) -> NotificationService:
     notifiers = {
         "pager": load_notifier(
@@ -111,7 +115,9 @@ def make_service(
         ),
         "chat": load_notifier("slack", {"url": fake.url(CHAT), "timeout_s": 2}),
     }
-    return NotificationService(store, notifiers, ROUTES, clock=clock, telemetry=telemetry, settings=settings)
+    return NotificationService(
+        store, notifiers, ROUTES, clock=clock, telemetry=telemetry, settings=settings, rand=rand
+    )
 
 
 def page(deploy: str = "dep-1", rule: str = "CanaryRegression", **changes: Any) -> Notice:
@@ -326,6 +332,51 @@ async def test_retries_back_off_doubling_up_to_the_cap(store: SqlStore, fake: Fa
         await service.close()
     assert waits == [1, 2, 4, 5, 5]
     assert len(fake.received) == 5
+
+
+async def test_retries_are_jittered_within_half_and_all_of_the_backoff(
+    store: SqlStore, fake: FakeReceivers
+) -> None:
+    clock = ManualClock(1_700_000_000.0)
+    settings = DispatchSettings(backoff_s=2, backoff_max_s=8)
+    service = make_service(store, fake, clock=clock, settings=settings, rand=lambda: 0.0)
+    fake.outage = True
+    try:
+        await service.trigger(page(severity=Severity.TICKET))
+        waits = []
+        for _ in range(4):
+            await service.dispatch_once()
+            [row] = await store.deliveries()
+            waits.append(row.next_attempt_at - clock())
+            clock.advance(waits[-1])
+    finally:
+        await service.close()
+    assert waits == [1, 2, 4, 4]  # the bottom of each range: half the capped doubling
+
+
+async def test_a_429_with_retry_after_is_not_sent_again_before_that(
+    store: SqlStore, fake: FakeReceivers
+) -> None:
+    """Issue 13, case 9: Slack answers a rate-limited incoming webhook with 429 and ``Retry-After``
+    in seconds (https://api.slack.com/docs/rate-limits, "Rate limits" / incoming webhooks); the outbox
+    waits that long instead of its own 1 s backoff."""
+    clock = ManualClock(1_700_000_000.0)
+    service = make_service(store, fake, clock=clock, settings=DispatchSettings(backoff_s=1, backoff_max_s=5))
+    fake.status, fake.retry_after = 429, "120"
+    try:
+        await service.trigger(page(severity=Severity.TICKET))  # to chat (Slack) only
+        assert await service.dispatch_once() == 0
+        [row] = await store.deliveries()
+        assert row.next_attempt_at - clock() == 120
+        assert "the server asks to wait 120 s" in (row.last_error or "")
+        clock.advance(119)
+        assert await service.dispatch_once() == 0 and len(fake.received) == 1  # not due yet
+        fake.status = None
+        clock.advance(1)
+        assert await service.dispatch_once() == 1
+    finally:
+        await service.close()
+    assert len(fake.delivered(CHAT)) == 1
 
 
 async def test_a_resolve_never_overtakes_its_trigger(store: SqlStore, fake: FakeReceivers) -> None:

@@ -1,24 +1,29 @@
 """Annotators (the ``Annotator`` port): deploy markers as Grafana annotations and Honeycomb markers.
 
-Shared conventions (as for the notifiers): one attempt per call with its own ``timeout_s``, never an
-exception for a failed call; a 2xx is success; a 429, a 5xx, a timeout or a connection error is
-``retryable``, any other answer is not (redirects are not followed). Details are one line with
-the token redacted. Retrying, in the background, is :class:`guardrail.service.annotations.DeployAnnotations`'s job.
+Shared conventions: each call goes through the outbound seam (:mod:`guardrail.adapters.outbound`)
+with the retry policy of ``annotations:`` (``retries`` more attempts on a 429, a 5xx, a timeout or
+a connection error, capped exponential backoff with jitter, ``Retry-After`` honoured, within
+:data:`DEADLINE_S`); never an exception for a failed call; a 2xx is success, any other answer is
+not retried (redirects are not followed). Details are one line with the token redacted. The calls
+run in the background (:class:`guardrail.service.annotations.DeployAnnotations`): a rollback never
+waits on them. A create whose answer was lost may be retried and leave a duplicate marker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
-from guardrail.adapters.outbound import Exchange, Outbound, one_line
+from guardrail.adapters.outbound import Exchange, Outbound, RetryPolicy, one_line
 from guardrail.domain.errors import ConfigError
 from guardrail.ports import AnnotationResult, Annotator
+from guardrail.retry import Backoff
 
 if TYPE_CHECKING:
     from guardrail.config import AnnotationsConfig
@@ -47,7 +52,13 @@ class Answer(Exchange):
                 detail += f": {one_line(self.body)[:_SHOWN]}"
             if not self.retryable:
                 detail += " (not retried)"
-        return AnnotationResult(ok=self.ok, retryable=not self.ok and self.retryable, detail=detail, **extra)
+        return AnnotationResult(
+            ok=self.ok,
+            retryable=not self.ok and self.retryable,
+            detail=detail,
+            retry_after_s=None if self.ok else self.retry_after_s,
+            **extra,
+        )
 
 
 class JsonHttp(Outbound):
@@ -55,11 +66,17 @@ class JsonHttp(Outbound):
     or made on first use (and closed by :meth:`close`)."""
 
     def __init__(
-        self, *, session: aiohttp.ClientSession | None, timeout_s: float, secrets: Sequence[str]
+        self,
+        *,
+        session: aiohttp.ClientSession | None,
+        timeout_s: float,
+        secrets: Sequence[str],
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"must be a number of seconds > 0, got {timeout_s}", field="timeout_s")
-        super().__init__(session=session, timeout_s=timeout_s, secrets=secrets)
+        super().__init__(session=session, timeout_s=timeout_s, secrets=secrets, policy=policy, sleep=sleep)
 
     async def send(
         self, method: str, url: str | URL, body: Mapping[str, Any], headers: Mapping[str, str]
@@ -92,11 +109,29 @@ def secret_from(value: str | None, env_name: str | None, env: Mapping[str, str],
     raise ConfigError(f"set {key.rsplit('.', 1)[-1]} or {key.rsplit('.', 1)[-1]}_env", field=key)
 
 
-def build_annotators(config: AnnotationsConfig, *, env: Mapping[str, str]) -> list[Annotator]:
+DEADLINE_S = 100.0  # one mark, its retries and waits included (below the service's guard)
+
+
+def policy_of(config: AnnotationsConfig) -> RetryPolicy:
+    return RetryPolicy(
+        retries=config.retries,
+        backoff=Backoff(config.backoff_s, max(config.backoff_s, config.backoff_max_s)),
+        deadline_s=DEADLINE_S,
+        max_wait_s=DEADLINE_S,
+    )
+
+
+def build_annotators(
+    config: AnnotationsConfig,
+    *,
+    env: Mapping[str, str],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> list[Annotator]:
     """The annotators the ``annotations:`` settings describe (no I/O). Errors name the key."""
     from guardrail.adapters.annotate.grafana import GrafanaAnnotator
     from guardrail.adapters.annotate.honeycomb import HoneycombAnnotator
 
+    policy = policy_of(config)
     built: list[Annotator] = []
     g = config.grafana
     if g is not None:
@@ -110,6 +145,8 @@ def build_annotators(config: AnnotationsConfig, *, env: Mapping[str, str]) -> li
                 dashboard_uid=g.dashboard_uid,
                 tags=tuple(g.tags),
                 timeout_s=g.timeout_s,
+                policy=policy,
+                sleep=sleep,
             )
         )
     h = config.honeycomb
@@ -121,6 +158,13 @@ def build_annotators(config: AnnotationsConfig, *, env: Mapping[str, str]) -> li
             "annotations.honeycomb.api_key",
         )
         built.append(
-            HoneycombAnnotator(api_url=h.api_url, dataset=h.dataset, api_key=key, timeout_s=h.timeout_s)
+            HoneycombAnnotator(
+                api_url=h.api_url,
+                dataset=h.dataset,
+                api_key=key,
+                timeout_s=h.timeout_s,
+                policy=policy,
+                sleep=sleep,
+            )
         )
     return built

@@ -18,11 +18,14 @@ Without ``dashboardUID`` the annotation is org-wide and shows through a tag quer
 
 from __future__ import annotations
 
+import asyncio
 import html
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from guardrail.adapters.annotate import JsonHttp, check_url
+from guardrail.adapters.outbound import RetryPolicy
 from guardrail.ports import AnnotationRef, AnnotationResult, DeployAnnotation
 
 __all__ = ["GrafanaAnnotator"]
@@ -44,12 +47,16 @@ class GrafanaAnnotator:
         tags: tuple[str, ...] = (),
         timeout_s: float = 5.0,
         session: aiohttp.ClientSession | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._base = check_url(url, "annotations.grafana.url")
         self._token = token
         self.dashboard_uid = dashboard_uid
         self.extra_tags = tuple(tags)
-        self._http = JsonHttp(session=session, timeout_s=timeout_s, secrets=[token])
+        self._http = JsonHttp(
+            session=session, timeout_s=timeout_s, secrets=[token], policy=policy, sleep=sleep
+        )
 
     def __repr__(self) -> str:  # the token stays out
         return f"GrafanaAnnotator(url={str(self._base)!r}, dashboard_uid={self.dashboard_uid!r})"

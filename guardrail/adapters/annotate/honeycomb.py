@@ -12,11 +12,14 @@ dataset ``__all__`` makes an environment-wide marker. Honeycomb answers 201 with
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from guardrail.adapters.annotate import JsonHttp, check_url
+from guardrail.adapters.outbound import RetryPolicy
 from guardrail.ports import AnnotationRef, AnnotationResult, DeployAnnotation
 
 __all__ = ["HoneycombAnnotator"]
@@ -35,11 +38,15 @@ class HoneycombAnnotator:
         api_url: str = "https://api.honeycomb.io",
         timeout_s: float = 5.0,
         session: aiohttp.ClientSession | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._base = check_url(api_url, "annotations.honeycomb.api_url")
         self.dataset = dataset
         self._key = api_key
-        self._http = JsonHttp(session=session, timeout_s=timeout_s, secrets=[api_key])
+        self._http = JsonHttp(
+            session=session, timeout_s=timeout_s, secrets=[api_key], policy=policy, sleep=sleep
+        )
 
     def __repr__(self) -> str:  # the key stays out
         return f"HoneycombAnnotator(api_url={str(self._base)!r}, dataset={self.dataset!r})"

@@ -8,7 +8,9 @@ Shared conventions:
   retries it with capped backoff until it is delivered, across restarts.
 * A 2xx answer is a delivery. A 429, a 5xx, a timeout or a connection error is ``retryable``; any
   other answer (a 4xx, a redirect: redirects are not followed) is not: the request itself is wrong
-  and sending it again would get the same answer.
+  and sending it again would get the same answer. A ``Retry-After`` (seconds or an HTTP-date, as
+  Slack sends with a 429) is passed on in ``retry_after_s``; the outbox waits at least that long.
+  The classification is the outbound seam's (:mod:`guardrail.adapters.outbound`).
 * ``NotifyResult.detail`` is one line: ``POST <url> -> <status> in <s> s: <start of the answer>``.
   Secret config values are redacted from it (a Slack webhook URL is shown by its host only), so it
   can go to logs and to the outbox's ``last_error``.
@@ -203,8 +205,13 @@ class HttpClient(Outbound):
                 detail += f": {shorten(tail, _SHOWN_BODY)}"
             if not posted.retryable:
                 detail += " (not retried)"
+        if not delivered and posted.retry_after_s is not None:
+            detail += f" (the server asks to wait {posted.retry_after_s:g} s)"
         return NotifyResult(
-            ok=delivered, retryable=not delivered and posted.retryable, detail=self.redact(detail)
+            ok=delivered,
+            retryable=not delivered and posted.retryable,
+            detail=self.redact(detail),
+            retry_after_s=posted.retry_after_s if not delivered else None,
         )
 
 

@@ -41,24 +41,32 @@ e.g. ``{"prometheus": {"selector": "{job=\\"checkout\\", env=\\"$environment\\"}
 
 HTTP
 ----
-Every call has a timeout (``timeout_s``, also sent as Prometheus' own ``timeout``). Connection
-errors, timeouts and 5xx are retried ``retries`` times with exponential backoff, then raise
-``SourceUnavailableError``; 400 and 422 (a bad query) raise ``ValidationError`` naming the query
-and Prometheus' error, at once. Queries longer than 1500 characters go by POST (form-encoded);
-``method: POST`` sends every query that way. Long ranges are split to stay under Prometheus' 11,000
-points per series.
+Every call goes through the outbound seam (:mod:`guardrail.adapters.outbound`) with a timeout
+(``timeout_s``, also sent as Prometheus' own ``timeout``). Connection errors, timeouts, 429 and 5xx
+are retried ``retries`` times (capped exponential backoff with jitter, ``Retry-After`` honoured,
+all within ``deadline_s``), then raise ``SourceUnavailableError``; 400 and 422 (a bad query) raise
+``ValidationError`` naming the query and Prometheus' error, at once; 401 and 403 name the auth
+settings. Queries longer than 1500 characters go by POST (form-encoded); ``method: POST`` sends
+every query that way. Long ranges are split to stay under Prometheus' 11,000 points per series.
+
+Auth (:class:`PrometheusAuth`, from the ``prometheus`` settings): a bearer token (inline or read
+from a file at each request), basic auth, extra headers (``X-Scope-OrgID`` for a Mimir / Cortex /
+Thanos tenant; ``secret_headers`` for credentials), a CA file and a client certificate. Every
+secret (the token, the password, ``user:password`` in base64, secret header values) is redacted
+from errors and logs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import base64
 import logging
 import math
 import re
+import ssl
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import urlencode
@@ -66,10 +74,13 @@ from urllib.parse import urlencode
 import aiohttp
 import pydantic
 
+from guardrail.adapters.outbound import Outbound, RetryPolicy
 from guardrail.config import PrometheusQueries
 from guardrail.domain.errors import SourceUnavailableError, ValidationError
 from guardrail.domain.model import Histogram, Sample, Track
 from guardrail.ports import SourceQuery
+from guardrail.retry import Backoff
+from guardrail.secrets import redact_text
 
 log = logging.getLogger("guardrail.sources.prometheus")
 
@@ -161,6 +172,102 @@ class _Windows:
     gauges: dict[tuple[Track, int], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
 
 
+@dataclass(frozen=True, slots=True)
+class PrometheusAuth:
+    """How to get past what guards Prometheus. Files are read at each request (mounted secrets
+    rotate); the TLS context is built once, at construction, so a bad file fails at start-up."""
+
+    bearer_token: str | None = field(default=None, repr=False)
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @classmethod
+    def of(cls, cfg: Any) -> PrometheusAuth:
+        """From ``guardrail.config.PrometheusConfig``."""
+        basic = cfg.basic_auth
+        return cls(
+            bearer_token=cfg.bearer_token.get_secret_value() if cfg.bearer_token else None,
+            bearer_token_file=cfg.bearer_token_file,
+            username=basic.username if basic else None,
+            password=basic.password.get_secret_value() if basic and basic.password else None,
+            password_file=basic.password_file if basic else None,
+            headers=dict(cfg.headers),
+            secret_headers={k: v.get_secret_value() for k, v in cfg.secret_headers.items()},
+            ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
+            insecure_skip_verify=cfg.insecure_skip_verify,
+        )
+
+    @property
+    def configured(self) -> str:
+        """Which auth settings are in use, by key (for messages)."""
+        keys = [
+            k
+            for k in ("bearer_token", "bearer_token_file", "headers", "secret_headers", "ca_file", "cert_file")
+            if getattr(self, k)
+        ]
+        if self.username is not None:
+            keys.insert(0, "basic_auth")
+        return ", ".join(f"prometheus.{k}" for k in keys) or "none"
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if self.insecure_skip_verify:
+            return False
+        if not (self.ca_file or self.cert_file):
+            return True
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ValidationError(
+                f"cannot load prometheus.ca_file {self.ca_file!r}: {getattr(e, 'strerror', None) or e}",
+                field="prometheus.ca_file",
+            ) from None
+        if self.cert_file:
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ValidationError(
+                    f"cannot load prometheus.cert_file {self.cert_file!r} with key_file {self.key_file!r}: "
+                    f"{getattr(e, 'strerror', None) or e}",
+                    field="prometheus.cert_file",
+                ) from None
+        return ctx
+
+    def read(self) -> tuple[dict[str, str], list[str]]:
+        """(headers to send, secrets to redact), files read now."""
+        headers = {**self.headers, **self.secret_headers}
+        secrets = [v for v in self.secret_headers.values() if v]
+        token = self.bearer_token or (_read_secret(self.bearer_token_file, "bearer_token_file") if self.bearer_token_file else None)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+            secrets.append(token)
+        if self.username is not None:
+            password = self.password if self.password is not None else _read_secret(self.password_file, "basic_auth.password_file")
+            pair = base64.b64encode(f"{self.username}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {pair}"
+            secrets += [password, pair]
+        return headers, [s for s in secrets if s]
+
+
+def _read_secret(path: str | None, key: str) -> str:
+    try:
+        value = Path(path or "").read_text().strip()
+    except OSError as e:
+        raise SourceUnavailableError(f"cannot read prometheus.{key} {path!r}: {e.strerror or e}") from None
+    if not value:
+        raise SourceUnavailableError(f"prometheus.{key} {path!r} is empty")
+    return value
+
+
 class PrometheusMetricSource:
     """``MetricSource`` over Prometheus' HTTP API. ``session`` is injected (one is created, and
     closed by ``close()``, when omitted)."""
@@ -174,10 +281,13 @@ class PrometheusMetricSource:
         timeout_s: float = 10.0,
         retries: int = 3,
         backoff_s: float = 0.25,
+        backoff_max_s: float = 5.0,
+        deadline_s: float = 60.0,
         method: str = "auto",
         queries: PrometheusQueries | None = None,
         services: Mapping[str, PrometheusQueries] | None = None,
         session: aiohttp.ClientSession | None = None,
+        auth: PrometheusAuth | None = None,
     ) -> None:
         if not (url.startswith("http://") or url.startswith("https://")):
             raise ValidationError(f"Prometheus URL must start with http:// or https://, got {url!r}", field="prometheus.url")
@@ -194,77 +304,85 @@ class PrometheusMetricSource:
         self.services = dict(services or {})
         for q in [self.queries, *self.services.values()]:
             ResolvedQueries.of(q)  # fail fast on a bad regex
-        self._session = session
-        self._own_session = session is None
+        self.auth = auth or PrometheusAuth()
+        self._ssl = self.auth.ssl_context()  # a bad CA or certificate file fails here, naming the key
+        self._secrets: list[str] = []
+        self._http = Outbound(
+            session=session,
+            timeout_s=timeout_s,
+            secrets=lambda: self._secrets,
+            policy=RetryPolicy(
+                retries=retries,
+                backoff=Backoff(backoff_s, max(backoff_s, backoff_max_s)),
+                deadline_s=deadline_s,
+                max_wait_s=deadline_s,
+            ),
+        )
         self._track_labels: dict[tuple[str, str, str], str] = {}  # (service, environment, selector) -> label
 
     @classmethod
     def from_settings(cls, cfg: Any, *, session: aiohttp.ClientSession | None = None) -> PrometheusMetricSource:
         """From ``guardrail.config.PrometheusConfig``."""
         return cls(
-            cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s, method=cfg.method,
-            queries=cfg.queries, services=cfg.services, session=session,
+            cfg.url, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
+            backoff_max_s=cfg.backoff_max_s, deadline_s=cfg.deadline_s, method=cfg.method,
+            queries=cfg.queries, services=cfg.services, session=session, auth=PrometheusAuth.of(cfg),
         )
 
     # --- HTTP ----------------------------------------------------------------------------------------
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-            self._own_session = True
-        return self._session
-
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     async def _call(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        """One API call with retries; returns ``data`` of a success envelope."""
+        """One API call (retried by the seam); returns ``data`` of a success envelope."""
         query = params.get("query", "")
         params = {**params, "timeout": _duration(self.timeout_s)}
         body = urlencode(params)
         post = self.method == "POST" or (self.method == "auto" and len(body) > POST_ABOVE_CHARS)
-        url = self.url + path
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                async with self._get_session().request(
-                    "POST" if post else "GET",
-                    url,
-                    data=body if post else None,
-                    params=None if post else params,
-                    headers={"Content-Type": "application/x-www-form-urlencoded"} if post else None,
-                    timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                    allow_redirects=False,
-                ) as r:
-                    text = await r.text()
-                    status = r.status
-            except TimeoutError:
-                problem = f"no answer from Prometheus at {self.url} within {self.timeout_s:g} s"
-                continue
-            except aiohttp.ClientError as e:
-                problem = f"cannot reach Prometheus at {self.url}: {type(e).__name__}: {e}"
-                continue
-            envelope = _json(text)
-            error = f"{envelope.get('errorType', '')}: {envelope.get('error', '')}" if envelope else text[:300]
-            if status in (400, 422):
-                raise ValidationError(
-                    f"Prometheus rejected the query {query!r} (HTTP {status}): {error}", field="prometheus.query"
-                )
-            if status >= 500 or status == 429:
-                problem = f"Prometheus at {self.url} answered HTTP {status}: {error.strip(': ')}"
-                continue
-            if status != 200 or envelope is None or envelope.get("status") != "success":
-                raise SourceUnavailableError(
-                    f"Prometheus at {self.url} answered HTTP {status} to {path}: {error.strip(': ')[:300]} "
-                    "(is the URL right?)"
-                )
-            for w in envelope.get("warnings") or ():
-                log.warning("Prometheus warning for %r: %s", query, w)
-            return envelope.get("data") or {}
-        tries = self.retries + 1
-        raise SourceUnavailableError(f"{problem} (after {tries} attempt{'s' if tries > 1 else ''})")
+        headers, self._secrets = self.auth.read()
+        if post:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        got = await self._http.exchange(
+            "POST" if post else "GET",
+            self.url + path,
+            data=body.encode() if post else None,
+            params=None if post else params,
+            headers=headers,
+            ssl=self._ssl,
+            whole=True,
+        )
+        status, envelope = got.status, got.json_doc if isinstance(got.json_doc, dict) else None
+        error = (
+            f"{envelope.get('errorType', '')}: {envelope.get('error', '')}".strip(": ")
+            if envelope
+            else got.body[:300].strip()
+        )
+        error = redact_text(error, self._secrets)
+        tries = f"after {got.attempts} attempt{'s' if got.attempts > 1 else ''}"
+        if status is None and got.outcome.startswith("timed out"):
+            raise SourceUnavailableError(
+                f"no answer from Prometheus at {self.url} within {self.timeout_s:g} s ({tries})"
+            )
+        if status is None:
+            raise SourceUnavailableError(f"cannot reach Prometheus at {self.url}: {got.outcome} ({tries})")
+        if status in (400, 422):
+            raise ValidationError(
+                f"Prometheus rejected the query {query!r} (HTTP {status}): {error}", field="prometheus.query"
+            )
+        if status in (401, 403):
+            raise SourceUnavailableError(
+                f"Prometheus at {self.url} answered HTTP {status} to {path}: {error[:300]} (auth in use: "
+                f"{self.auth.configured}; check prometheus.bearer_token, basic_auth, headers / secret_headers)"
+            )
+        if got.retryable:
+            raise SourceUnavailableError(f"Prometheus at {self.url} answered HTTP {status}: {error} ({tries})")
+        if status != 200 or envelope is None or envelope.get("status") != "success":
+            raise SourceUnavailableError(
+                f"Prometheus at {self.url} answered HTTP {status} to {path}: {error[:300]} (is the URL right?)"
+            )
+        for w in envelope.get("warnings") or ():
+            log.warning("Prometheus warning for %r: %s", query, w)
+        return envelope.get("data") or {}
 
     async def instant(self, query: str, time: float | None = None) -> list[dict[str, Any]]:
         """``/api/v1/query``: the vector's elements ``{"metric": {...}, "value": [t, "v"]}``."""
@@ -444,14 +562,6 @@ class PrometheusMetricSource:
 
 
 # --- pure helpers ------------------------------------------------------------------------------------
-
-
-def _json(text: str) -> dict[str, Any] | None:
-    try:
-        v = json.loads(text)
-    except ValueError:
-        return None
-    return v if isinstance(v, dict) else None
 
 
 def _result(data: Mapping[str, Any], query: str, types: tuple[str, ...]) -> list[dict[str, Any]]:
