@@ -106,6 +106,44 @@ async def test_rollback_json_patches_the_template_of_the_previous_owned_revision
     assert_clean(result, SECRET)
 
 
+async def test_rollback_restores_the_revisions_annotations_as_kubectl_does(
+    k8s: FakeKubernetes, adapters: Adapters
+) -> None:
+    """Issue 13, case 8. kubectl rollout undo (kubernetes/kubectl
+    ``pkg/polymorphichelpers/rollback.go`` at dee3483a3d6a64c07fdf746caf80af446dee99ac,
+    ``DeploymentRollbacker.Rollback`` and ``annotationsToSkip``) replaces the Deployment's
+    annotations with the ReplicaSet's, except the skip list (last-applied-configuration, revision,
+    revision-history, desired-replicas, max-replicas, deprecated rollback-to), which keep the
+    Deployment's values: ``kubernetes.io/change-cause`` goes back to the old version's."""
+    dep = deployment(k8s)
+    dep["metadata"]["annotations"].update(
+        {
+            "kubernetes.io/change-cause": "release 2.4.0",
+            "kubectl.kubernetes.io/last-applied-configuration": '{"kind":"Deployment"}',
+            "deployment.kubernetes.io/revision-history": "1",
+            "team.example.com/owner": "payments",  # only on the Deployment: dropped, as kubectl does
+        }
+    )
+    rs_by_revision(k8s, 2)["metadata"]["annotations"].update(
+        {
+            "kubernetes.io/change-cause": "release 2.3.9",
+            "deployment.kubernetes.io/desired-replicas": "4",
+            "deployment.kubernetes.io/max-replicas": "5",
+            "kubectl.kubernetes.io/last-applied-configuration": '{"kind":"Old"}',
+        }
+    )
+    result = await make(adapters, k8s.url).rollback(target(), "error rate 4x baseline")
+    assert result.ok, result
+    assert deployment(k8s)["metadata"]["annotations"] == {
+        "kubernetes.io/change-cause": "release 2.3.9",  # the ReplicaSet's
+        "kubectl.kubernetes.io/last-applied-configuration": '{"kind":"Deployment"}',  # skip list: kept
+        REVISION: "3",  # skip list: the Deployment's own
+        "deployment.kubernetes.io/revision-history": "1",
+        ROLLBACK_DEPLOY: "dep-1",
+        ROLLBACK_TO: rs_by_revision(k8s, 2)["metadata"]["name"],
+    }
+
+
 async def test_rollback_refuses_a_paused_deployment(k8s: FakeKubernetes, adapters: Adapters) -> None:
     deployment(k8s)["spec"]["paused"] = True
     result = await make(adapters, k8s.url).rollback(target(), "errors")

@@ -22,8 +22,11 @@ rollout: CI changed the image and the Deployment controller rolls it out by itse
   matching its selector and controlled by it (owner reference uid); take the previous revision
   (second highest ``deployment.kubernetes.io/revision``); drop ``pod-template-hash`` from its
   template labels; send a JSON Patch (``application/json-patch+json``)
-  ``[{"op": "replace", "path": "/spec/template", "value": <template>}]`` that also records
-  ``guardrail.dev/rollback-deploy-id`` and ``guardrail.dev/rollback-to-replicaset`` annotations.
+  ``[{"op": "replace", "path": "/spec/template", "value": <template>}, {"op": "add", "path":
+  "/metadata/annotations", ...}]``: as kubectl does, the annotations become the ReplicaSet's except
+  kubectl's skip list (last-applied-configuration, revision, revision-history, desired/max
+  replicas), which keep the Deployment's values, so ``kubernetes.io/change-cause`` reverts too;
+  guardrail adds ``guardrail.dev/rollback-deploy-id`` and ``guardrail.dev/rollback-to-replicaset``.
   Repeating it is a no-op success when the Deployment already runs that template (also after the
   controller renumbered the revisions: the annotations say which ReplicaSet it went back to). It
   refuses when the revision it would go back to runs the very version being rolled back.
@@ -206,8 +209,26 @@ def _runs_version(template: dict[str, Any], version: str) -> bool:
     )
 
 
-def _json_pointer(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
+# kubectl's annotationsToSkip (kubernetes/kubectl pkg/polymorphichelpers/rollback.go): kept from
+# the Deployment, never copied from the ReplicaSet when rolling back
+ANNOTATIONS_TO_SKIP = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+        "deprecated.deployment.rollback.to",
+    }
+)
+
+
+def _restored_annotations(deployment: dict[str, Any], replicaset: dict[str, Any]) -> dict[str, str]:
+    """The Deployment's annotations after ``kubectl rollout undo``: the skip list's from the
+    Deployment, everything else from the ReplicaSet (so ``kubernetes.io/change-cause`` reverts)."""
+    out = {k: v for k, v in deployment.items() if k in ANNOTATIONS_TO_SKIP}
+    out.update({k: v for k, v in replicaset.items() if k not in ANNOTATIONS_TO_SKIP})
+    return out
 
 
 class KubernetesDeployAdapter:
@@ -458,15 +479,13 @@ class KubernetesDeployAdapter:
                 f"{target.version}, the version being rolled back; someone rolled back already? not touching it",
                 rs_reply,
             )
-        ops: list[dict[str, Any]] = [{"op": "replace", "path": "/spec/template", "value": template}]
-        marks = {ROLLBACK_DEPLOY: target.deploy_id, ROLLBACK_TO: rs_name}
-        if isinstance(meta.get("annotations"), dict):
-            ops += [
-                {"op": "add", "path": f"/metadata/annotations/{_json_pointer(k)}", "value": v}
-                for k, v in marks.items()
-            ]
-        else:
-            ops.append({"op": "add", "path": "/metadata/annotations", "value": marks})
+        restored = _restored_annotations(annotations, (previous.get("metadata") or {}).get("annotations") or {})
+        restored.update({ROLLBACK_DEPLOY: target.deploy_id, ROLLBACK_TO: rs_name})
+        ops: list[dict[str, Any]] = [
+            {"op": "replace", "path": "/spec/template", "value": template},
+            # "add" replaces an existing member and creates a missing one (RFC 6902 4.1)
+            {"op": "add", "path": "/metadata/annotations", "value": restored},
+        ]
         patched = await call.patch(call.deployment_path(), ops, JSON_PATCH)
         return ActionResult(
             ok=True,
