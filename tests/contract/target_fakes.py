@@ -162,7 +162,6 @@ def deployment(version: str = "2.4.0", revision: int = 3) -> dict[str, Any]:
     }
 
 
-ARGO_WEIGHTS = {0: 10, 1: 10, 2: 50, 3: 50, 4: 100}  # setWeight 10, pause, setWeight 50, pause, setWeight 100
 
 
 def rollout() -> dict[str, Any]:
@@ -189,6 +188,8 @@ def rollout() -> dict[str, Any]:
             "currentStepIndex": 1,
             "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": "2024-05-01T10:00:00Z"}],
             "canary": {"weights": {"canary": {"weight": 10}, "stable": {"weight": 90}}},
+            "stableRS": "5d8f9c7b6",
+            "currentPodHash": "7f6b5c4d3",
         },
     }
 
@@ -272,6 +273,7 @@ class FakeKubernetes(Recorder):
         ]
         self.rollouts: dict[tuple[str, str], dict[str, Any]] = {(NS, NAME): rollout()}
         self.status_subresource = True
+        self.argo_frozen = False  # the Argo controller makes no progress (pods not ready)
 
     def error(self, status: int, message: str) -> dict[str, Any]:
         reason = {401: "Unauthorized", 404: "NotFound", 415: "UnsupportedMediaType", 422: "Invalid"}
@@ -354,27 +356,37 @@ class FakeKubernetes(Recorder):
         self.rollouts[key] = self._argo_controller(new)
         return self.answer(request, 200, self.rollouts[key])
 
-    @staticmethod
-    def _argo_controller(ro: dict[str, Any]) -> dict[str, Any]:
-        """What the Argo Rollouts controller would do next: abort, promote fully, or go on to the
-        next pause once the current one is cleared."""
+    def _argo_controller(self, ro: dict[str, Any]) -> dict[str, Any]:
+        """What the Argo Rollouts controller does next (argoproj/argo-rollouts ``rollout/canary.go``,
+        in short): abort; promote fully; nothing while ``spec.paused``, a pause condition or a
+        ``controllerPause`` holds it (or while ``argo_frozen``: pods not ready); else a released
+        pause or analysis step is left, setWeight steps are carried out, and it pauses at the next
+        pause step (or is Healthy past the last step)."""
         st = ro["status"]
-        last = len(ro["spec"]["strategy"]["canary"]["steps"])
+        steps = ro["spec"]["strategy"]["canary"]["steps"]
+        last = len(steps)
         if st.get("abort"):
             st.update(phase="Degraded", pauseConditions=None)
             st["canary"]["weights"] = {"canary": {"weight": 0}, "stable": {"weight": 100}}
         elif st.get("promoteFull"):
-            st.update(phase="Healthy", currentStepIndex=last, pauseConditions=None)
+            st.update(phase="Healthy", currentStepIndex=last, pauseConditions=None, stableRS=st.get("currentPodHash"))
             st["canary"]["weights"] = {"canary": {"weight": 100}, "stable": {"weight": 0}}
-        elif not st.get("pauseConditions") and not ro["spec"].get("paused"):
-            index = min(st["currentStepIndex"] + 2, last)
-            weight = ARGO_WEIGHTS.get(index, 100)
+        elif not (
+            st.get("pauseConditions") or ro["spec"].get("paused") or st.get("controllerPause") or self.argo_frozen
+        ):
+            index = st.get("currentStepIndex") or 0
+            if index < last and ("pause" in steps[index] or "analysis" in steps[index]):
+                index += 1  # the pause (or the inconclusive analysis) was released
+            weight = st["canary"]["weights"]["canary"]["weight"]
+            while index < last and "setWeight" in steps[index]:
+                weight = steps[index]["setWeight"]
+                index += 1
             st["currentStepIndex"] = index
             st["canary"]["weights"] = {"canary": {"weight": weight}, "stable": {"weight": 100 - weight}}
             if index < last:
                 st.update(phase="Paused", pauseConditions=[{"reason": "CanaryPauseStep"}])
             else:
-                st.update(phase="Healthy", pauseConditions=None)
+                st.update(phase="Healthy", pauseConditions=None, stableRS=st.get("currentPodHash"))
         if st.get("pauseConditions") is None:
             st.pop("pauseConditions", None)
         return ro

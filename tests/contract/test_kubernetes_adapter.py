@@ -325,7 +325,7 @@ async def test_a_paused_deployment_short_of_the_step_fails(k8s: FakeKubernetes, 
 # --- Argo Rollouts ----------------------------------------------------------------------------------
 
 
-async def test_argo_promote_unpauses_the_spec_then_clears_pause_conditions_on_status(
+async def test_argo_promote_marks_the_rollout_then_clears_pause_conditions_on_status(
     k8s: FakeKubernetes, adapters: Adapters
 ) -> None:
     adapter = make(adapters, k8s.url, mode="argo-rollout")
@@ -335,11 +335,12 @@ async def test_argo_promote_unpauses_the_spec_then_clears_pause_conditions_on_st
         ("GET", RO_PATH),
         ("PATCH", RO_PATH),
         ("PATCH", RO_PATH + "/status"),
+        ("GET", RO_PATH),  # the step moved: checked, not assumed
     ]
-    spec_patch, status_patch = k8s.patches()
-    assert {spec_patch.content_type, status_patch.content_type} == {"application/merge-patch+json"}
-    assert spec_patch.json["spec"] == {"paused": False}
-    assert spec_patch.json["metadata"]["annotations"] == {
+    marks_patch, status_patch = k8s.patches()
+    assert {marks_patch.content_type, status_patch.content_type} == {"application/merge-patch+json"}
+    assert "spec" not in marks_patch.json  # not paused: nothing to unpause (promote.go)
+    assert marks_patch.json["metadata"]["annotations"] == {
         PROMOTED_BY: "dep-1:7:apply_step:1",
         PROMOTED_FROM: "1",
     }

@@ -80,8 +80,14 @@ async def kubernetes_harness(mode: str) -> AsyncIterator[Harness]:
         return adapter
 
     def seen() -> list[str]:
-        """One GET of the watched object starts each action; its User-Agent names the method."""
-        return [r.action for r in fake.requests if r.method == "GET" and watched in r.path]
+        """The GETs of the watched object (one starts each action, an Argo promote looks again to
+        see the step move); their User-Agent names the method."""
+        gets = [r for r in fake.requests if r.method == "GET" and watched in r.path]
+        return [
+            r.action
+            for i, r in enumerate(fake.requests)
+            if r in gets and not (i and fake.requests[i - 1].method == "PATCH" and r.action == "apply_step")
+        ]
 
     try:
         yield Harness(

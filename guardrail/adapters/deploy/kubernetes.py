@@ -36,11 +36,18 @@ all patches ``application/merge-patch+json``, status patches to the ``/status`` 
 a fallback to the main resource when that answers 404):
 
 - ``apply_step``: the first step is observed only (Argo sets the first weight itself when the image
-  changes; ``promote_first_step: true`` promotes there too); each later step is one promote:
-  ``{"spec": {"paused": false}}`` (with annotations recording the action key and the step index it
-  promoted from, so a repeat after a crash does not skip a second pause), then
-  ``{"status": {"pauseConditions": null}}``.
-- ``finalize``: promote-full, ``{"status": {"promoteFull": true}}``.
+  changes; ``promote_first_step: true`` promotes there too); each later step is one promote, as
+  ``kubectl argo rollouts promote`` does it (``promote.go`` ``getPatches``): annotations recording
+  the action key and the step index it promoted from (so a repeat after a crash does not skip a
+  second pause), then the status patch: after an inconclusive step analysis
+  ``{"pauseConditions": null, "controllerPause": false, "currentStepIndex": i+1}``, with pause
+  conditions ``{"pauseConditions": null}``, else ``{"pauseConditions": null, "currentStepIndex":
+  i+1}`` (the unified spec+status patch to the main resource when ``/status`` is 404), then
+  ``{"spec": {"paused": false}}`` when the spec is paused. "Promoted" is reported only once the
+  rollout's step index went past where it was (read again until ``wait_s``); otherwise the action
+  fails saying where the rollout stands.
+- ``finalize``: promote-full as ``promote --full`` does: ``{"status": {"promoteFull": true}}`` while
+  ``currentPodHash`` differs from ``stableRS`` (else nothing to do), then unpause a paused spec.
 - ``rollback``: abort, ``{"status": {"abort": true}}`` (safe to repeat).
 
 Requests time out after ``timeout_s``; no answer, 429 and 5xx are retried ``retries`` times with
@@ -521,27 +528,158 @@ class KubernetesDeployAdapter:
                 data={"promoted": False, "step_index": step_index},
             )
         marks = {PROMOTED_BY: target.action_key, PROMOTED_FROM: str(step_index)}
-        await call.patch(call.rollout_path(), {"metadata": {"annotations": marks}, "spec": {"paused": False}})
-        patched = await call.patch_status({"status": {"pauseConditions": None}})
+        await call.patch(call.rollout_path(), {"metadata": {"annotations": marks}})
+        spec_patch, status_patch, unified = argo_promote_patches(ro)
+        history: list[str] = []
+        if status_patch is not None:
+            patched = await call.patch_status(status_patch, unified=unified)
+            history += patched.history
+            if patched.unified:
+                spec_patch = None  # the unified patch carried the spec change too
+        if spec_patch is not None:
+            history += (await call.patch(call.rollout_path(), spec_patch)).history
+        moved, last = await self._argo_moved(call, ro)
+        now = last.json if isinstance(last.json, dict) else {}
+        data = {
+            "promoted": moved,
+            "from_step_index": step_index,
+            "to_step_index": (now.get("status") or {}).get("currentStepIndex"),
+            "history": history,
+        }
+        if not moved:
+            return ActionResult(
+                ok=False,
+                detail=f"Rollout {call.ref()}: promote sent, but the rollout did not move past step index "
+                f"{_step_of(ro)} within {self.config.wait_s:g}s ({_argo_summary(now)})",
+                output=last.text,
+                data=data,
+            )
         return ActionResult(
             ok=True,
-            detail=f"Rollout {call.ref()}: promoted from step {step_index} ({_argo_summary(patched.json or {})})",
-            output=patched.text,
-            data={"promoted": True, "from_step_index": step_index, "history": patched.history},
+            detail=f"Rollout {call.ref()}: promoted from step {step_index} ({_argo_summary(now)})",
+            output=last.text,
+            data=data,
         )
+
+    async def _argo_moved(self, call: _Call, before: dict[str, Any]) -> tuple[bool, Reply]:
+        """Whether the rollout left the step it was at (canary: its step index went up; otherwise
+        no pause condition and not paused), looking until ``wait_s``."""
+        cfg = self.config
+        deadline = time.monotonic() + cfg.wait_s
+        start = _step_of(before)
+        canary = bool(_canary_steps(before))
+        while True:
+            reply = await call.get(call.rollout_path())
+            now = reply.json if isinstance(reply.json, dict) else {}
+            st, spec = now.get("status") or {}, now.get("spec") or {}
+            if canary and _step_of(now) > start:
+                return True, reply
+            if not canary and not st.get("pauseConditions") and not spec.get("paused"):
+                return True, reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, reply
+            await self._sleep(min(cfg.poll_s, left))
 
     async def _argo_status(self, call: _Call, what: Literal["promoteFull", "abort"]) -> ActionResult:
         reply = await call.get(call.rollout_path(), required=False)
         if reply.status == 404:
             raise _Failed(_not_found(call, "Rollout", reply), reply)
-        patched = await call.patch_status({"status": {what: True}})
-        verb = "promote-full sent" if what == "promoteFull" else "aborted (traffic back to stable)"
+        if what == "abort":  # safe whatever the rollout looks like; never skipped for a failed look
+            patched = await call.patch_status({"status": {"abort": True}})
+            return ActionResult(
+                ok=True,
+                detail=f"Rollout {call.ref()}: aborted (traffic back to stable) ({_argo_summary(patched.json or {})})",
+                output=patched.text,
+                data={"history": patched.history},
+            )
+        if not reply.ok:
+            raise _Failed(_failure(reply), reply)
+        ro = reply.json if isinstance(reply.json, dict) else {}
+        # kubectl argo rollouts promote --full: promoteFull while the pods are not the stable ones,
+        # then unpause the spec (the status patch first, as upstream; unified when /status is 404)
+        st, spec = ro.get("status") or {}, ro.get("spec") or {}
+        history: list[str] = []
+        last: Reply | None = None
+        unpause: dict[str, Any] | None = {"spec": {"paused": False}} if spec.get("paused") else None
+        if st.get("currentPodHash") != st.get("stableRS") or not st.get("stableRS"):
+            unified = {"spec": {"paused": False}, "status": {"promoteFull": True}}
+            patched = await call.patch_status({"status": {"promoteFull": True}}, unified=unified)
+            history += patched.history
+            last = patched.reply
+            if patched.unified:
+                unpause = None
+        if unpause is not None:
+            last = await call.patch(call.rollout_path(), unpause)
+            history += last.history
+        if last is None:
+            return ActionResult(
+                ok=True,
+                detail=f"Rollout {call.ref()}: already fully promoted ({_argo_summary(ro)}): nothing to do",
+                output=reply.text,
+                data={"history": history, "changed": False},
+            )
         return ActionResult(
             ok=True,
-            detail=f"Rollout {call.ref()}: {verb} ({_argo_summary(patched.json or {})})",
-            output=patched.text,
-            data={"history": patched.history},
+            detail=f"Rollout {call.ref()}: promote-full sent ({_argo_summary(last.json or {})})",
+            output=last.text,
+            data={"history": history, "changed": True},
         )
+
+
+def _canary_steps(ro: dict[str, Any]) -> list[Any]:
+    return (((ro.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
+
+
+def _step_of(ro: dict[str, Any]) -> int:
+    """Argo's ``GetCurrentCanaryStep`` index: ``status.currentStepIndex``, 0 when unset."""
+    raw = (ro.get("status") or {}).get("currentStepIndex")
+    return raw if isinstance(raw, int) else 0
+
+
+def argo_promote_patches(
+    ro: dict[str, Any],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
+    """(spec patch, status patch, unified patch) of ``kubectl argo rollouts promote`` (no flags):
+    argoproj/argo-rollouts ``pkg/kubectl-argo-rollouts/cmd/promote/promote.go`` ``getPatches``."""
+    spec, st = ro.get("spec") or {}, ro.get("status") or {}
+    steps = _canary_steps(ro)
+    canary = "canary" in (spec.get("strategy") or {})
+    spec_patch = {"spec": {"paused": False}} if spec.get("paused") else None
+    unified: dict[str, Any] = {"spec": {"paused": False}, "status": {"pauseConditions": None}}
+    status_patch: dict[str, Any] | None = None
+    index = _step_of(ro)
+    following = index + 1 if index < len(steps) else index
+    analysis = ((st.get("canary") or {}).get("currentStepAnalysisRunStatus") or {}).get("status")
+    if canary and analysis == "Inconclusive" and st.get("pauseConditions") and st.get("controllerPause"):
+        if steps:
+            status_patch = {
+                "status": {"pauseConditions": None, "controllerPause": False, "currentStepIndex": following}
+            }
+    elif st.get("pauseConditions"):
+        status_patch = {"status": {"pauseConditions": None}}
+    elif canary and steps:
+        status_patch = {"status": {"pauseConditions": None, "currentStepIndex": following}}
+        unified = {"spec": {"paused": False}, "status": {"pauseConditions": None, "currentStepIndex": following}}
+    return spec_patch, status_patch, unified
+
+
+@dataclass(frozen=True, slots=True)
+class _Patched:
+    reply: Reply
+    unified: bool  # the unified (spec and status) patch went to the main resource
+
+    @property
+    def json(self) -> Any:
+        return self.reply.json
+
+    @property
+    def text(self) -> str:
+        return self.reply.text
+
+    @property
+    def history(self) -> list[str]:
+        return self.reply.history
 
 
 class _Call:
@@ -595,19 +733,24 @@ class _Call:
             raise _Failed(_failure(reply), reply)
         return reply
 
-    async def patch_status(self, body: dict[str, Any]) -> Reply:
-        """A merge patch to the Rollout's /status subresource, or to the Rollout itself when the
-        cluster answers 404 there (an Argo Rollouts CRD without the status subresource)."""
+    async def patch_status(self, body: dict[str, Any], *, unified: dict[str, Any] | None = None) -> _Patched:
+        """A merge patch to the Rollout's /status subresource, or (``unified``, else the same body)
+        to the Rollout itself when the cluster answers 404 there (a CRD without the status
+        subresource), as ``kubectl argo rollouts`` does."""
         reply = await self._call(
             "PATCH", self.rollout_path() + "/status", body=body, content_type=MERGE_PATCH
         )
+        fell_back = False
         if reply.status == 404:
-            reply = await self._call("PATCH", self.rollout_path(), body=body, content_type=MERGE_PATCH)
+            fell_back = True
+            reply = await self._call(
+                "PATCH", self.rollout_path(), body=unified or body, content_type=MERGE_PATCH
+            )
             if reply.status == 404:
                 raise _Failed(_not_found(self, "Rollout", reply), reply)
         if not reply.ok:
             raise _Failed(_failure(reply), reply)
-        return reply
+        return _Patched(reply, fell_back and unified is not None)
 
 
 def _not_found(call: _Call, kind: str, reply: Reply) -> str:
