@@ -3,7 +3,12 @@ adapters: there guardrail drives the rollout, here a rollout controller asks gua
 
 ``GET /api/v1/analysis?service=&environment=&version=`` (any valid token) answers the newest matching
 deploy's judgement in a flat shape an Argo ``AnalysisTemplate`` reads with ``jsonPath: "{$.decision}"``.
-``decision`` is the judgement of the whole deploy, not just of the latest window:
+While no deploy of the requested ``version`` is recorded yet (CI's marker is late, or never comes)
+the answer is still **200**, with ``decision: none`` and ``deploy_id: null``: Argo's web provider
+counts any non-2xx answer as a measurement Error, and a background analysis that errors (more than
+``consecutiveErrorLimit`` in a row, 4 by default) aborts the rollout. Without a ``version`` an
+unknown service is a 404. ``decision`` is the judgement of the whole deploy, not just of the latest
+window:
 
 =====================  ==============================================================================
 deploy state           decision
@@ -112,16 +117,18 @@ class FlaggerHookIn(BaseModel):
 
 
 class JudgementOut(BaseModel):
-    """One deploy's judgement, flat, for rollout controllers (Argo's jsonPath, Flagger's logs)."""
+    """One deploy's judgement, flat, for rollout controllers (Argo's jsonPath, Flagger's logs).
+    While no deploy of the asked version is recorded, the deploy's fields are null and the decision
+    is ``none``."""
 
     model_config = ConfigDict(frozen=True)
 
-    deploy_id: str
+    deploy_id: str | None = Field(description="null while no deploy of this version is recorded")
     service: str
-    environment: str
+    environment: str | None
     version: str
-    previous_version: str
-    state: DeployState
+    previous_version: str | None
+    state: DeployState | None
     decision: JudgementDecision = Field(
         description="the whole deploy's judgement: pass (promoted), fail (rolling back or rolled back), "
         "inconclusive (held for a human), continue while the steps go on, none before the first verdict"
@@ -130,11 +137,11 @@ class JudgementOut(BaseModel):
         description="the latest verdict of the judge as it is (null before the first)"
     )
     summary: str = Field(description="one line: what the judge or the rollout said last")
-    step: StepInfo
-    data_time: float = Field(description="latest data time seen (unix seconds)")
+    step: StepInfo | None
+    data_time: float | None = Field(description="latest data time seen (unix seconds)")
     evidence: list[EvidenceOut] = Field(description="per metric, from the latest verdict")
-    deploy_url: str = Field(description="the deploy's page")
-    api_url: str = Field(description="the deploy in the API")
+    deploy_url: str | None = Field(description="the deploy's page")
+    api_url: str | None = Field(description="the deploy in the API")
 
 
 class FlaggerHookOut(BaseModel):
@@ -239,11 +246,37 @@ async def newest_deploy(
     raise NotFoundError(f"no deploy matches {where}; CI records one with POST {API}/deploys", field="service")
 
 
+def not_yet(q: AnalysisQuery, why: str) -> JudgementOut:
+    """The answer while no deploy of the asked version is recorded: a 2xx "no verdict yet"."""
+    return JudgementOut(
+        deploy_id=None,
+        service=q.service,
+        environment=q.environment,
+        version=q.version or "",
+        previous_version=None,
+        state=None,
+        decision="none",
+        verdict_decision=None,
+        summary=_one_line(f"{q.service} {q.version}: no deploy recorded yet (waiting for CI's marker): {why}"),
+        step=None,
+        data_time=None,
+        evidence=[],
+        deploy_url=None,
+        api_url=None,
+    )
+
+
 async def get_analysis(request: web.Request) -> web.Response:
     q = read_query(request, AnalysisQuery)
     engine: Engine = request.app[ENGINE]
-    deploy = await newest_deploy(engine, service=q.service, environment=q.environment, version=q.version)
-    out = judgement(deploy, request.app[SETTINGS].server.public_url)
+    try:
+        deploy = await newest_deploy(engine, service=q.service, environment=q.environment, version=q.version)
+    except NotFoundError as e:
+        if q.version is None:
+            raise
+        out = not_yet(q, e.detail)
+    else:
+        out = judgement(deploy, request.app[SETTINGS].server.public_url)
     return web.Response(body=out.model_dump_json().encode(), content_type="application/json")
 
 
@@ -295,7 +328,8 @@ INTEGRATION_ROUTES: tuple[Route, ...] = (
         get_analysis,
         "getAnalysis",
         "The newest matching deploy's judgement, flat, for an Argo Rollouts AnalysisTemplate "
-        '(web provider, jsonPath "{$.decision}": pass | fail | continue | inconclusive | none)',
+        '(web provider, jsonPath "{$.decision}": pass | fail | continue | inconclusive | none); '
+        "200 with decision none and deploy_id null while no deploy of the version is recorded",
         "read",
         tag="integrations",
         query=AnalysisQuery,
