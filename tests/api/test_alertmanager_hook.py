@@ -111,7 +111,7 @@ async def post(api: Api, body: Any, as_: str | None = "ci") -> tuple[int, Any]:
 async def test_a_firing_alert_is_handed_to_the_sink_as_an_external_alert(hooked: tuple[Api, Sink]) -> None:
     api, sink = hooked
     status, out = await post(api, payload())
-    assert status == 200 and out == {"received": 1, "new": 1, "duplicates": 0, "matched": 1}
+    assert status == 200 and out == {"received": 1, "own": 0, "new": 1, "duplicates": 0, "matched": 1}
     ((a,),) = sink.calls
     assert a.fingerprint == "1a30ba71cca2921f" and a.status is AlertState.FIRING
     assert a.starts_at == pytest.approx(1_714_557_600.123456) and a.ends_at is None
@@ -143,9 +143,9 @@ async def test_the_resolve_of_an_alert_is_handed_over_too(hooked: tuple[Api, Sin
 async def test_a_retried_delivery_is_not_handed_over_twice(hooked: tuple[Api, Sink]) -> None:
     api, sink = hooked
     body = payload(alert("aaaa"), alert("bbbb", labels={"alertname": "HighErrorRate", "service": "cart"}))
-    assert (await post(api, body))[1] == {"received": 2, "new": 2, "duplicates": 0, "matched": 1}
+    assert (await post(api, body))[1] == {"received": 2, "own": 0, "new": 2, "duplicates": 0, "matched": 1}
     status, out = await post(api, body)
-    assert status == 200 and out == {"received": 2, "new": 0, "duplicates": 2, "matched": 0}
+    assert status == 200 and out == {"received": 2, "own": 0, "new": 0, "duplicates": 2, "matched": 0}
     assert len(sink.calls) == 1  # nothing new: the sink is not called at all
 
 
@@ -375,3 +375,147 @@ receivers:
     assert resolved.fingerprint == fired.fingerprint and resolved.ends_at is not None
     assert abs(fired.starts_at - (time.time() - 5)) < 120
     assert sum(a.status is AlertState.FIRING for a in sink.alerts) == 1  # group re-sends were de-duplicated
+
+
+# --- guardrail's own notices (issue 13, case 2) ----------------------------------------------------
+
+
+def own_page_labels() -> dict[str, str]:
+    """The labels guardrail's alertmanager notifier puts on a page, built by the notifier itself."""
+    from guardrail.adapters.notify.alertmanager import AlertmanagerNotifier
+    from guardrail.domain.notifications import Notice, NoticeAction, Severity
+
+    notifier = AlertmanagerNotifier.from_config({"url": "http://alertmanager:9093", "labels": {"team": "checkout"}})
+    notice = Notice(
+        action=NoticeAction.TRIGGER,
+        key="guardrail:checkout:production:dep-7:CanaryRegression",
+        severity=Severity.PAGE,
+        service="checkout",
+        environment="production",
+        summary="canary 5xx 4.7% vs 0.1%: rolled back",
+        rule="CanaryRegression",
+        deploy_id="dep-7",
+        occurred_at=time.time(),
+    )
+    return notifier.alert(notice)["labels"]
+
+
+async def test_guardrails_own_pages_coming_back_are_recognised_and_not_handed_over(
+    hooked: tuple[Api, Sink],
+) -> None:
+    """A route that sends every alert to the hook (as alerts/alertmanager.yml does) brings guardrail's
+    own pages back; they carry the label the notifier always sets, whatever the operator configured,
+    and never reach the deploys (a page about a rollback would fail the next deploy)."""
+    api, sink = hooked
+    own = alert("0000000000000007", labels=own_page_labels())
+    theirs = alert("1a30ba71cca2921f")
+    status, out = await post(api, payload(own, theirs))
+    assert status == 200, out
+    assert (out["received"], out["own"], out["new"]) == (2, 1, 1)
+    assert [a.fingerprint for a in sink.alerts] == ["1a30ba71cca2921f"]
+
+
+def test_the_origin_label_cannot_be_configured_away() -> None:
+    from guardrail.adapters.notify.alertmanager import AlertmanagerNotifier
+    from guardrail.domain.errors import ConfigError
+
+    for value in ("ci", "guardrail"):
+        with pytest.raises(ConfigError) as e:
+            AlertmanagerNotifier.from_config({"url": "http://am:9093", "labels": {"origin": value}})
+        assert "origin" in e.value.detail
+    assert own_page_labels()["origin"] == "guardrail"
+
+
+@pytest.mark.integration
+async def test_the_example_routing_in_a_real_alertmanager_never_feeds_guardrails_pages_back(
+    hooked: tuple[Api, Sink], alertmanager_binary: str, tmp_path: Path
+) -> None:
+    """alerts/alertmanager.yml in a real Alertmanager, its guardrail receiver pointed at this hook
+    and its timings shortened; run twice: as shipped, and with the guardrail route's origin matcher
+    removed (a catch-all, as an operator might write it). guardrail's page, posted by its own
+    notifier, never reaches the deploys either way; a Prometheus alert does."""
+    from guardrail.adapters.notify.alertmanager import AlertmanagerNotifier
+    from guardrail.domain.notifications import Notice, NoticeAction, Severity
+
+    api, sink = hooked
+    hook = api.client.app[ALERT_HOOK]
+    token_file = tmp_path / "guardrail-token"
+    token_file.write_text(TOKENS["ci"][1])
+    example = (Path(__file__).resolve().parents[2] / "alerts/alertmanager.yml").read_text()
+    assert "'origin!=\"guardrail\"'" in example
+    for variant, text in (("as shipped", example), ("catch-all", example.replace(", 'origin!=\"guardrail\"'", ""))):
+        text = (
+            text.replace("http://guardrail:8080/hooks/alertmanager", str(api.client.make_url(HOOK)))
+            .replace("/etc/alertmanager/guardrail-token", str(token_file))
+            .replace("group_wait: 30s", "group_wait: 1s")
+            .replace("group_interval: 5m", "group_interval: 1s")
+        )
+        workdir = tmp_path / variant.replace(" ", "-")
+        workdir.mkdir()
+        (workdir / "am.yml").write_text(text)
+        port = _free_port()
+        proc = subprocess.Popen(
+            [alertmanager_binary, f"--config.file={workdir / 'am.yml'}", f"--storage.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        notifier = AlertmanagerNotifier.from_config({"url": base, "timeout_s": 5})
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+                async def ready(
+                    http: aiohttp.ClientSession = http, proc: subprocess.Popen[bytes] = proc, base: str = base
+                ) -> bool:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"alertmanager exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                    try:
+                        async with http.get(f"{base}/-/ready") as r:
+                            return r.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await _until(ready, 20, "alertmanager ready")
+                page = Notice(
+                    key=f"guardrail:checkout:production:dep-7:CanaryRegression:{variant}",
+                    action=NoticeAction.TRIGGER,
+                    severity=Severity.PAGE,
+                    summary="canary 5xx 4.7% vs 0.1%: rolled back",
+                    service="checkout",
+                    environment="production",
+                    deploy_id="dep-7",
+                    rule="CanaryRegression",
+                    occurred_at=time.time() - 5,
+                )
+                sent = await notifier.send(page)
+                assert sent.ok, sent
+                theirs = [{"labels": {"alertname": f"HighErrorRate{len(sink.alerts)}", "service": "checkout",
+                                      "environment": "production", "severity": "page"},
+                           "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))}]  # fmt: skip
+                before = len(sink.alerts)
+                async with http.post(f"{base}/api/v2/alerts", json=theirs) as r:
+                    assert r.status == 200, await r.text()
+
+                async def handed_over(before: int = before) -> bool:
+                    return len(sink.alerts) > before
+
+                await _until(handed_over, 20, f"{variant}: the Prometheus alert handed over")
+                if variant == "catch-all":
+
+                    async def came_back() -> bool:
+                        return hook.own >= 1
+
+                    await _until(came_back, 20, "guardrail's page routed back to the hook")
+                else:
+                    await asyncio.sleep(2.5)  # two group intervals: time for it to arrive, were it routed
+                    assert hook.own == 0  # the shipped route keeps it off the guardrail receiver
+        finally:
+            await notifier.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        assert all(a.labels.get("origin") != "guardrail" for a in sink.alerts), variant
+        assert not any(a.labels.get("deploy") == "dep-7" for a in sink.alerts), variant

@@ -277,6 +277,7 @@ def am_trigger(seen: Seen, n: Notice) -> None:
     assert seen.headers["Authorization"] == f"Bearer {BEARER}"
     [alert] = seen.json
     assert alert["labels"] == {
+        "origin": "guardrail",  # always: the hook recognises guardrail's own alerts by it
         "alertname": "CanaryRegression",
         "service": "checkout",
         "environment": "production",

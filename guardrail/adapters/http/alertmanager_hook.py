@@ -16,6 +16,11 @@ Alertmanager sends one with its ``http_config``::
 A dedicated token (e.g. named ``alertmanager``) keeps the audit trail readable. A shared secret in
 the query string was left out on purpose: it would end up in access logs and proxies.
 
+guardrail's own notices: the alertmanager notifier puts ``origin="guardrail"`` on every alert it
+posts (the operator cannot remove it); such an alert coming back through Alertmanager (a catch-all
+route sends it here) is counted as ``own`` and never handed over, so guardrail's page about one
+deploy cannot fail another, or the same one again.
+
 De-duplication: Alertmanager retries a failed delivery and re-sends a whole group when one alert of
 it changes, so an alert already handed over (same groupKey, fingerprint, status and startsAt) is not
 handed over again. A re-fire after a resolve has a new startsAt and goes through. The memory of what
@@ -42,6 +47,7 @@ from pydantic_core import PydanticCustomError
 
 from guardrail.adapters.http.errors import NotReady
 from guardrail.adapters.http.parsing import read_json
+from guardrail.adapters.notify.alertmanager import ORIGIN, ORIGIN_LABEL
 from guardrail.domain.errors import GuardrailError
 from guardrail.domain.rules import AlertState, ExternalAlert
 
@@ -128,6 +134,7 @@ class AlertHookOut(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     received: int = Field(description="alerts in the delivery")
+    own: int = Field(description="guardrail's own alerts coming back (label origin=guardrail): ignored")
     new: int = Field(description="alerts handed to guardrail (the rest were already handed over)")
     duplicates: int
     matched: int | None = Field(
@@ -146,6 +153,7 @@ class AlertHook:
         self.sink = sink
         self.ack_timeout_s = ack_timeout_s
         self._seen: OrderedDict[tuple[str, str, str, float], None] = OrderedDict()
+        self.own = 0  # guardrail's own alerts that came back (ignored)
         self._tasks: set[asyncio.Task[int]] = set()
 
     def claim(self, alerts: list[ExternalAlert]) -> list[ExternalAlert]:
@@ -212,7 +220,11 @@ async def alertmanager_hook(request: web.Request) -> web.Response:
     body = await read_json(request, AlertmanagerWebhookIn)
     if hook.sink is None:
         raise NotReady("this server takes no Alertmanager alerts: no alert sink is configured")
-    alerts = body.to_domain()
+    received = body.to_domain()
+    alerts = [a for a in received if a.labels.get(ORIGIN_LABEL) != ORIGIN]
+    if len(alerts) < len(received):
+        hook.own += len(received) - len(alerts)
+        log.debug("ignored %d of guardrail's own alert(s) routed back", len(received) - len(alerts))
     new = hook.claim(alerts)
     matched: int | None = 0
     if new:
@@ -227,7 +239,13 @@ async def alertmanager_hook(request: web.Request) -> web.Response:
         log.warning(
             "Alertmanager truncated %d alert(s) of group %s (max_alerts)", body.truncatedAlerts, body.groupKey
         )
-    out = AlertHookOut(received=len(alerts), new=len(new), duplicates=len(alerts) - len(new), matched=matched)
+    out = AlertHookOut(
+        received=len(received),
+        own=len(received) - len(alerts),
+        new=len(new),
+        duplicates=len(alerts) - len(new),
+        matched=matched,
+    )
     return web.Response(
         body=out.model_dump_json().encode(),
         status=200 if matched is not None else 202,

@@ -3,11 +3,15 @@
 ``POST {url}/api/v2/alerts`` with one alert::
 
     [{"labels": {"alertname": rule, "service": ..., "environment": ..., "severity": "page",
-                 "deploy": deploy_id, **labels},
+                 "deploy": deploy_id, "origin": "guardrail", **labels},
       "annotations": {"summary": ..., "description": text, "runbook_url": details["runbook_url"]},
       "startsAt": occurred_at, "endsAt": occurred_at + firing_for_s, "generatorURL": first link}]
 
-The labels come from the incident's trigger notice only (a resolve notice is built from it), so a
+``origin="guardrail"`` is on every alert and cannot be configured away: when Alertmanager routes
+the alert back to guardrail's ``/hooks/alertmanager`` (a catch-all route does), the hook recognises
+it as guardrail's own and never lets it judge a deploy (no loop, whatever the routing). Route on it
+too, to keep guardrail's alerts off the guardrail receiver. The labels come from the incident's
+trigger notice only (a resolve notice is built from it), so a
 trigger and its resolve are the same alert. A trigger carries an explicit ``endsAt``
 (``firing_for_s`` ahead, 24 h by default): without one Alertmanager would resolve the alert by
 itself after its ``resolve_timeout`` (5 minutes) while the incident is still open. A resolve
@@ -47,7 +51,8 @@ from guardrail.ports import NotifyResult
 from guardrail.secrets import secret_field, secret_values
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_OWN_LABELS = ("alertname", "service", "environment", "severity", "deploy")
+ORIGIN_LABEL, ORIGIN = "origin", "guardrail"  # on every alert guardrail posts; the hook drops them
+_OWN_LABELS = ("alertname", "service", "environment", "severity", "deploy", ORIGIN_LABEL)
 _RESERVED_HEADERS = ("content-type", "content-length", "host")
 
 
@@ -113,6 +118,7 @@ class AlertmanagerNotifier:
             "service": notice.service,
             "environment": notice.environment,
             "severity": notice.severity.value,
+            ORIGIN_LABEL: ORIGIN,
         }
         if notice.deploy_id:
             labels["deploy"] = notice.deploy_id
