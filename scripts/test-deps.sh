@@ -2,8 +2,9 @@
 # Installs and starts what the integration tests need, when it is missing:
 # PostgreSQL running on 127.0.0.1:5432 (these machines ship it), Prometheus and Alertmanager
 # (Debian packages `prometheus`, `prometheus-alertmanager`; the tests start their own instances),
-# Chromium for the deploy page's browser test (`chromium`) and docker-compose to validate the
-# compose file (`docker-compose config` needs no Docker engine).
+# Chromium for the deploy page's browser test (`chromium`), docker-compose to validate the
+# compose file (`docker-compose config` needs no Docker engine) and nginx, whose real `nginx -t`
+# checks the files the nginx adapter renders (the tests run their own nginx, not the service).
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
@@ -14,6 +15,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test-deps: installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq

@@ -15,6 +15,10 @@ Each action rewrites ``path`` (include it from the nginx config) with one block:
 - ``finalize``: 100% canary (the new version takes all traffic).
 - ``rollback``: 100% stable. Repeating any action writes the same file and reloads again.
 
+``server_options`` (added to both server lines) accepts only ``max_fails``, ``max_conns`` and
+``fail_timeout`` (seconds' units): what the open-source nginx takes there without breaking this
+upstream, checked against the real ``nginx -t`` (tests/integration/test_nginx_real.py).
+
 The file is written atomically (a temp file in the same directory, fsync, rename), then the
 ``check_command`` (default ``nginx -t``) and ``reload_command`` (default ``nginx -s reload``) run,
 each split with :func:`shlex.split`, without a shell, in its own process group killed after
@@ -48,7 +52,18 @@ from guardrail.ports import ActionResult, DeployTarget
 
 OUTPUT_LIMIT = 2000  # characters kept of each command's output (the tail)
 _SERVER = re.compile(r"^[A-Za-z0-9_.:\[\]/-]+$")  # host:port, [::1]:8080, unix:/path
-_OPTION = re.compile(r"^[a-z_]+=[A-Za-z0-9_.]+$|^(backup|resolve)$")
+# Server parameters the open-source nginx takes on both lines of a two-server weighted upstream
+# (checked against the real `nginx -t` in tests/integration/test_nginx_real.py): max_fails and
+# max_conns take a count, fail_timeout a time in seconds' units (ms is refused). Refused, because
+# they break nginx or this upstream: backup (on both servers leaves no primary: "no servers in
+# upstream"; and weights do not apply to it), resolve (needs a shared-memory zone, and nginx
+# >= 1.27.3 or NGINX Plus), slow_start, drain, service, route (NGINX Plus), weight and down
+# (guardrail's own).
+_OPTIONS = {
+    "max_fails": re.compile(r"^\d+$"),
+    "max_conns": re.compile(r"^\d+$"),
+    "fail_timeout": re.compile(r"^(\d+[smhdwMy]?)+$"),
+}
 _UPSTREAM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _LOCKS: dict[str, asyncio.Lock] = {}
 
@@ -94,10 +109,18 @@ class NginxConfig:
         if "{" not in self.upstream and not _UPSTREAM.match(self.upstream):
             raise ConfigError(f"not a valid upstream name: {self.upstream!r}", field="upstream")
         for option in self.server_options.split():
-            if not _OPTION.match(option) or option.startswith(("weight=", "down")):
+            name, eq, value = option.partition("=")
+            check = _OPTIONS.get(name)
+            if check is None or not eq or not check.match(value):
+                why = {
+                    "backup": "a backup server takes no weight, and on both lines leaves no primary server",
+                    "resolve": "it needs a shared-memory zone and nginx >= 1.27.3 or NGINX Plus",
+                    "weight": "guardrail sets the weights",
+                    "down": "guardrail marks a server down at 0% and 100%",
+                }.get(name, "")
+                accepted = "max_fails=<count>, max_conns=<count>, fail_timeout=<time, e.g. 10s or 1m30s>"
                 raise ConfigError(
-                    f"{option!r} is not a server parameter guardrail accepts (name=value; weight and down "
-                    "are guardrail's)",
+                    f"{option!r} is not accepted{': ' + why if why else ''}; accepted: {accepted}",
                     field="server_options",
                 )
         _split("check_command", self.check_command)
