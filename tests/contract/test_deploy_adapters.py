@@ -219,7 +219,7 @@ class WebhookTarget:
 
     def types(self) -> list[str]:
         kind = {"rollout": "apply_step", "confirm-promotion": "finalize", "rollback": "rollback"}
-        return [kind[r.json["metadata"]["type"]] for r in self.requests]
+        return [kind[r.json["metadata"]["guardrail_hook"]] for r in self.requests]
 
 
 @pytest.fixture
@@ -509,7 +509,39 @@ async def test_webhook_signs_the_exact_body_with_hmac_sha256(webhook_target: Web
     assert seen.headers["X-Team"] == "payments"
 
 
-async def test_webhook_sends_flagger_shaped_bodies(webhook_target: WebhookTarget) -> None:
+# Flagger's webhook payload and phases, from fluxcd/flagger at 15bd6ad555e6c935da55f0ab95977be74c149bd6:
+# pkg/apis/flagger/v1beta1/canary.go (CanaryWebhookPayload: name, namespace, phase, checksum,
+# metadata map[string]string), pkg/apis/flagger/v1beta1/status.go (CanaryPhase values),
+# pkg/controller/scheduler_hooks.go and scheduler.go (the phase sent with each hook type) and
+# pkg/loadtester/server.go (the load tester reads metadata.type as its task type; task types in
+# pkg/loadtester/*.go).
+FLAGGER_PAYLOAD_KEYS = {"name", "namespace", "phase", "checksum", "metadata"}
+FLAGGER_PHASES = {
+    "Initializing", "Initialized", "Waiting", "Progressing", "WaitingPromotion", "Promoting",
+    "Finalising", "Succeeded", "Failed", "Terminating", "Terminated",
+}  # fmt: skip
+PHASE_SENT_WITH = {  # runAnalysis / runConfirmPromotionHooks send Progressing; rollback: the status phase
+    "rollout": {"Progressing"},
+    "confirm-promotion": {"Progressing"},
+    "rollback": {"Progressing", "Waiting", "WaitingPromotion"},
+}
+LOADTESTER_TASK_TYPES = {"cmd", "bash", "helm", "helmv3", "kubectl", "concord", "ngrinder"}
+
+
+def as_flagger_decodes(body: bytes) -> dict[str, Any]:
+    """The body decoded into CanaryWebhookPayload's fields, failing where a Flagger receiver would
+    see something Flagger never sends."""
+    doc = json.loads(body)
+    assert set(doc) == FLAGGER_PAYLOAD_KEYS, f"not CanaryWebhookPayload: {sorted(doc)}"
+    assert all(isinstance(doc[k], str) for k in ("name", "namespace", "phase", "checksum"))
+    assert doc["phase"] in FLAGGER_PHASES and doc["checksum"]
+    assert isinstance(doc["metadata"], dict) and all(isinstance(v, str) for v in doc["metadata"].values())
+    assert doc["metadata"].get("type", "cmd") in LOADTESTER_TASK_TYPES  # else the load tester answers 400
+    return doc
+
+
+async def test_webhook_bodies_are_flaggers_canary_webhook_payload(webhook_target: WebhookTarget) -> None:
+    """Issue 13, case 6."""
     adapter = WebhookDeployAdapter.from_config({"url": webhook_target.url("ok")})
     try:
         await adapter.apply_step(target(), Step(weight=12.5), 1, 3)
@@ -518,14 +550,21 @@ async def test_webhook_sends_flagger_shaped_bodies(webhook_target: WebhookTarget
         await adapter.rollback(target(action_key="dep-1/rollback"), "error rate 4x baseline")
     finally:
         await adapter.close()
-    bodies = [r.json for r in webhook_target.requests]
+    bodies = [as_flagger_decodes(r.body) for r in webhook_target.requests]
+    hooks = [b["metadata"]["guardrail_hook"] for b in bodies]
+    assert hooks == ["rollout", "rollout", "confirm-promotion", "rollback"]
+    for body, hook in zip(bodies, hooks, strict=True):
+        assert body["phase"] in PHASE_SENT_WITH[hook], (hook, body["phase"])
+        assert "type" not in body["metadata"]
+    assert len({b["checksum"] for b in bodies}) == 1  # one deploy, one configuration
     common = {"deploy_id": "dep-1", "version": "2.4.0", "previous_version": "2.3.9", "commit": "abc1234"}
     assert bodies[0] == {
         "name": "checkout",
         "namespace": "production",
         "phase": "Progressing",
+        "checksum": bodies[0]["checksum"],
         "metadata": {
-            "type": "rollout",
+            "guardrail_hook": "rollout",
             **common,
             "weight": "12.5",
             "servers": "all",
@@ -535,18 +574,15 @@ async def test_webhook_sends_flagger_shaped_bodies(webhook_target: WebhookTarget
         },
     }
     assert bodies[1]["metadata"]["weight"] == "" and bodies[1]["metadata"]["step"] == "3"
-    assert bodies[2]["phase"] == "Promoting" and bodies[2]["metadata"] == {
-        "type": "confirm-promotion",
-        **common,
-        "action_key": "dep-1/finalize",
-    }
-    assert bodies[3]["phase"] == "Failed" and bodies[3]["metadata"] == {
-        "type": "rollback",
+    assert bodies[2]["metadata"] == {"guardrail_hook": "confirm-promotion", **common, "action_key": "dep-1/finalize"}
+    assert bodies[3]["metadata"] == {
+        "guardrail_hook": "rollback",
         **common,
         "reason": "error rate 4x baseline",
         "action_key": "dep-1/rollback",
     }
-    assert all(isinstance(v, str) for b in bodies for v in b["metadata"].values())
+    other = WebhookDeployAdapter.from_config({"url": webhook_target.url("ok")})
+    assert json.loads(other.body(target(deploy_id="dep-2"), "rollout", {}))["checksum"] != bodies[0]["checksum"]
     assert all(SIGNATURE_HEADER not in r.headers for r in webhook_target.requests)  # no secret: unsigned
 
 

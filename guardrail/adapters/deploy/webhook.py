@@ -1,14 +1,24 @@
-"""Call an HTTP endpoint for each action with a Flagger-compatible webhook body.
+"""Call an HTTP endpoint for each action with Flagger's webhook body (``CanaryWebhookPayload``).
 
-``POST url`` with ``{"name": service, "namespace": environment, "phase": ..., "metadata": {...}}``:
+``POST url`` with exactly Flagger's fields (fluxcd/flagger ``pkg/apis/flagger/v1beta1/canary.go``)::
 
-============  ===============  =====================
-method        phase            ``metadata.type``
-============  ===============  =====================
-apply_step    ``Progressing``  ``rollout``
-finalize      ``Promoting``    ``confirm-promotion``
-rollback      ``Failed``       ``rollback``
-============  ===============  =====================
+    {"name": service, "namespace": environment, "phase": "Progressing", "checksum": "<per deploy>",
+     "metadata": {"guardrail_hook": ..., ...}}
+
+============  ===========  =========================  =======================================
+method        phase        ``metadata.guardrail_hook``  Flagger sends the same phase with
+============  ===========  =========================  =======================================
+apply_step    Progressing  ``rollout``                a ``rollout`` webhook (runAnalysis)
+finalize      Progressing  ``confirm-promotion``      ``confirm-promotion`` webhooks
+rollback      Progressing  ``rollback``               ``rollback`` webhooks (the canary's phase
+                                                      while it is analysed)
+============  ===========  =========================  =======================================
+
+``checksum`` is stable for one deploy (a hash of its id and versions), as Flagger's identifies one
+canary configuration. ``metadata.type`` is never set: Flagger's load tester reads it as its task
+type (``cmd``, ``bash``, ``helm``, ...) and refuses others with a 400. A receiver written for
+Flagger tells the actions apart by URL (one webhook per type, as in a Canary); guardrail sends all
+three to one ``url`` and says which in ``metadata.guardrail_hook``.
 
 Metadata values are all strings: ``deploy_id version previous_version commit action_key`` always,
 ``weight servers step total_steps`` for a rollout (``step`` 1-based, ``servers`` a number or
@@ -100,6 +110,19 @@ class WebhookConfig:
             )
 
 
+PHASE = "Progressing"  # what Flagger sends with rollout, confirm-promotion and (while analysing) rollback
+
+
+def checksum(target: DeployTarget) -> str:
+    """Stable per deploy: FNV-32a of its id and versions, encoded with Kubernetes' SafeEncodeString
+    alphabet as Flagger's ``canary.ComputeHash`` does (there: of the canary's configuration)."""
+    h = 0x811C9DC5
+    for byte in "\0".join((target.deploy_id, target.version, target.previous_version)).encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(alphabet[ord(c) % len(alphabet)] for c in str(h))
+
+
 def sign(secret: str, body: bytes) -> str:
     """The ``X-Guardrail-Signature`` value for ``body``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -140,30 +163,34 @@ class WebhookDeployAdapter:
         await self._http.close()
 
     async def apply_step(self, target: DeployTarget, step: Step, index: int, total: int) -> ActionResult:
-        return await self._call(target, "Progressing", "rollout", step_values(step, index, total))
+        return await self._call(target, "rollout", step_values(step, index, total))
 
     async def finalize(self, target: DeployTarget) -> ActionResult:
-        return await self._call(target, "Promoting", "confirm-promotion", {})
+        return await self._call(target, "confirm-promotion", {})
 
     async def rollback(self, target: DeployTarget, reason: str) -> ActionResult:
-        return await self._call(target, "Failed", "rollback", {"reason": reason})
+        return await self._call(target, "rollback", {"reason": reason})
 
-    def body(self, target: DeployTarget, phase: str, kind: str, extra: Mapping[str, str]) -> bytes:
+    def body(self, target: DeployTarget, hook: str, extra: Mapping[str, str]) -> bytes:
         values = target_values(target)
         metadata = {
-            "type": kind,
+            "guardrail_hook": hook,
             **{k: values[k] for k in ("deploy_id", "version", "previous_version", "commit")},
             **extra,
             "action_key": target.action_key,
         }
-        doc = {"name": target.service, "namespace": target.environment, "phase": phase, "metadata": metadata}
+        doc = {
+            "name": target.service,
+            "namespace": target.environment,
+            "phase": PHASE,
+            "checksum": checksum(target),
+            "metadata": metadata,
+        }
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
-    async def _call(
-        self, target: DeployTarget, phase: str, kind: str, extra: Mapping[str, str]
-    ) -> ActionResult:
+    async def _call(self, target: DeployTarget, hook: str, extra: Mapping[str, str]) -> ActionResult:
         cfg = self.config
-        body = self.body(target, phase, kind, extra)
+        body = self.body(target, hook, extra)
         headers = {
             **cfg.headers,
             **cfg.secret_headers,
