@@ -142,7 +142,7 @@ class TestSecrets:
             await call("POST", f"/api/v1/deploys/{d.id}/rollback", "operator", json={"reason": "drill"})
             == 200
         )
-        assert [r["phase"] for r in received] == ["Progressing", "Failed"]  # the adapter really ran
+        assert [r["metadata"]["guardrail_hook"] for r in received] == ["rollout", "rollback"]  # it really ran
         misspelt = {"name": "hook", "config": {"secrett": MISSPELT_SECRET}}
         assert await call("POST", "/api/v1/deploys", "ci", json=marker(adapter=misspelt)) == 400
         assert "secrett" in bodies[-1]  # the misspelt key is named, its value is not

@@ -24,7 +24,7 @@ from guardrail.adapters.http.errors import (
 )
 from guardrail.adapters.http.integrations import INTEGRATION_ROUTES
 from guardrail.adapters.http.openapi import build_openapi
-from guardrail.adapters.http.otlp import OTLP
+from guardrail.adapters.http.otlp import OTLP, otlp_status_for
 from guardrail.adapters.http.otlp import document as document_otlp
 from guardrail.adapters.http.pages import PAGE_ROUTES
 from guardrail.adapters.http.routes import (
@@ -62,20 +62,22 @@ def _version() -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error", "detail", "field"}``; unexpected ones are logged, not shown."""
+    """Every error leaves as ``{"error", "detail", "field"}`` (on the OTLP receiver: a
+    ``google.rpc.Status`` in the request's encoding); unexpected ones are logged, not shown."""
     try:
         return await handler(request)
     except GuardrailError as e:
-        return from_guardrail_error(e)
+        return otlp_status_for(request, from_guardrail_error(e))
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return from_http_exception(request, e, max_body_bytes=request.app[SETTINGS].server.max_body_bytes)
+        max_body = request.app[SETTINGS].server.max_body_bytes
+        return otlp_status_for(request, from_http_exception(request, e, max_body_bytes=max_body))
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return internal_error()
+        return otlp_status_for(request, internal_error())
 
 
 @web.middleware

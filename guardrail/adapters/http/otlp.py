@@ -5,12 +5,15 @@ case, answers with an ``ExportMetricsServiceResponse`` in the request's encoding
   ``application/json`` (OTLP/JSON); a gzip (or deflate) ``Content-Encoding`` is decompressed by
   aiohttp, and the body size limit applies to the decompressed body.
 - 200 with an empty response, or with ``partialSuccess`` counting the rejected points and why.
-- 400 with a ``google.rpc.Status`` (protobuf, or JSON also carrying guardrail's error fields) for a
-  body that cannot be decoded; auth, size and media-type errors are the API's usual JSON errors.
+- Every 4xx and 5xx (a body that cannot be decoded, auth, size, an internal error) carries a
+  ``google.rpc.Status`` in the request's encoding, as the OTLP specification requires: protobuf for
+  a protobuf request, JSON (also carrying guardrail's usual error fields) otherwise; a 415 for an
+  unknown media type answers JSON. In JSON, ``rejectedDataPoints`` (an int64) is a decimal string.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +39,32 @@ _MEDIA_TYPES = {
     "application/json": JSON,
 }
 _CONTENT_TYPE = {PROTOBUF: "application/x-protobuf", JSON: "application/json"}
+# google.rpc.Code of an HTTP error status (the spec says clients need not read it)
+_RPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 413: 8, 415: 3, 429: 8, 500: 13, 502: 14, 503: 14}
+_KEPT_HEADERS = ("www-authenticate", "retry-after", "allow")
+
+
+def otlp_status_for(request: web.Request, response: web.Response) -> web.Response:
+    """An error answer of the API, re-encoded as a ``google.rpc.Status`` in the request's encoding
+    when it answers the OTLP receiver (any other path, or a success, is returned as it is)."""
+    if request.path != PATH or response.status < 400:
+        return response
+    fmt = _MEDIA_TYPES.get(request.content_type)
+    if fmt is None:
+        return response  # a media type we do not speak (415): the usual JSON error
+    try:
+        fields = json.loads(response.body) if isinstance(response.body, bytes) else {}
+    except ValueError:
+        fields = {}
+    message = str(fields.get("detail") or response.reason or "error")
+    code = _RPC_CODE.get(response.status, 2)
+    headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
+    return web.Response(
+        status=response.status,
+        body=encode_status(message, fmt, code=code, extra=fields if fmt == JSON else None),
+        content_type=_CONTENT_TYPE[fmt],
+        headers=headers,
+    )
 
 
 async def export_metrics(request: web.Request) -> web.Response:

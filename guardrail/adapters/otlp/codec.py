@@ -185,7 +185,8 @@ def encode_response(rejected: int, error_message: str, fmt: str) -> bytes:
     if fmt == JSON:
         if not rejected and not error_message:
             return b"{}"
-        body = {"partialSuccess": {"rejectedDataPoints": rejected, "errorMessage": error_message}}
+        # int64 in proto3's JSON mapping: a decimal string (OTLP/HTTP, "JSON Protobuf Encoding")
+        body = {"partialSuccess": {"rejectedDataPoints": str(rejected), "errorMessage": error_message}}
         return json.dumps(body).encode()
     response = ExportMetricsServiceResponse()
     if rejected or error_message:
