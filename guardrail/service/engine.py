@@ -49,12 +49,19 @@ from guardrail.domain.rollout import (
 )
 from guardrail.domain.rules import ExternalAlert, with_rules
 from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
+from guardrail.retry import Backoff
 from guardrail.service.alerting import DeployAlerts
 from guardrail.service.analysis import analysis_spec, apply_weight, build_judge
 from guardrail.service.notify import NotificationService
 from guardrail.telemetry import Telemetry
 
 log = logging.getLogger("guardrail.engine")
+
+
+def _rollback_backoff(cfg: Any) -> Backoff:
+    """The wait before rollback retry n: the shared rule's ceiling, no jitter (the due check
+    computes it again and must agree)."""
+    return Backoff(cfg.rollback_backoff_s, max(cfg.rollback_backoff_s, cfg.rollback_backoff_max_s))
 
 ADAPTER_GUARD_S = 900.0  # a last-resort timeout around any adapter call (adapters have their own)
 
@@ -731,7 +738,7 @@ class Engine:
 
     def _schedule_retry(self, deploy_id: str, action: Action, attempt: int) -> None:
         cfg = self.settings.engine
-        delay = min(cfg.rollback_backoff_s * 2 ** (attempt - 1), cfg.rollback_backoff_max_s)
+        delay = _rollback_backoff(cfg).ceiling(attempt)
 
         async def later() -> None:
             await asyncio.sleep(delay)
@@ -761,7 +768,7 @@ class Engine:
         if action.status is not ActionStatus.PENDING or action.attempts == 0:
             return True
         cfg = self.settings.engine
-        delay = min(cfg.rollback_backoff_s * 2 ** (action.attempts - 1), cfg.rollback_backoff_max_s)
+        delay = _rollback_backoff(cfg).ceiling(action.attempts)
         return self.clock() - action.updated_at >= delay
 
     async def _resume(self, actions: Sequence[Action], *, due_only: bool) -> int:

@@ -121,7 +121,7 @@ def document(openapi: dict[str, Any]) -> None:
             "partialSuccess": {
                 "type": "object",
                 "properties": {
-                    "rejectedDataPoints": {"type": "integer"},
+                    "rejectedDataPoints": {"type": "string", "format": "int64"},
                     "errorMessage": {"type": "string"},
                 },
             }
