@@ -289,11 +289,21 @@ async def test_argo_templates_read_the_decision_from_the_real_route(api: Api, de
     }
 
 
+async def test_confirm_rollout_holds_flagger_until_the_marker_is_in(api: Api) -> None:
+    """Flagger waits (phase Waiting, no failed check) while confirm-rollout answers non-2xx
+    (fluxcd/flagger pkg/controller/scheduler_hooks.go runConfirmRolloutHooks @ 15bd6ad5)."""
+    status, _ = await flagger(api, "confirm-rollout", flagger_body(version="v8.0.0"))
+    assert status == 404  # no marker yet: Flagger holds the canary
+    await api.mark(marker(version="v8.0.0", steps=STEPS))
+    status, out = await flagger(api, "confirm-rollout", flagger_body(version="v8.0.0"))
+    assert status == 200 and out["answer"] == "advance"
+
+
 async def test_flagger_canary_webhooks_get_the_documented_answers(api: Api, deploys: dict[str, Any]) -> None:
     canary = yaml.safe_load((ROOT / "examples/flagger/canary.yaml").read_text())
     assert canary["kind"] == "Canary"
     hooks = canary["spec"]["analysis"]["webhooks"]
-    assert {h["type"] for h in hooks} == {"pre-rollout", "rollout", "confirm-promotion", "rollback"}
+    assert {h["type"] for h in hooks} == {"confirm-rollout", "pre-rollout", "rollout", "confirm-promotion", "rollback"}
     answers = {}
     for hook in hooks:
         url = urlsplit(hook["url"])
@@ -305,6 +315,7 @@ async def test_flagger_canary_webhooks_get_the_documented_answers(api: Api, depl
             resp = await api.client.post(f"{url.path}?{url.query}", json=body)
             answers[(hook["type"], version)] = resp.status
     assert answers == {
+        ("confirm-rollout", "v2.4.1"): 200, ("confirm-rollout", "v2.4.2"): 409,
         ("pre-rollout", "v2.4.1"): 200, ("pre-rollout", "v2.4.2"): 409,
         ("rollout", "v2.4.1"): 200, ("rollout", "v2.4.2"): 409,
         ("confirm-promotion", "v2.4.1"): 200, ("confirm-promotion", "v2.4.2"): 409,
