@@ -385,7 +385,9 @@ def own_page_labels() -> dict[str, str]:
     from guardrail.adapters.notify.alertmanager import AlertmanagerNotifier
     from guardrail.domain.notifications import Notice, NoticeAction, Severity
 
-    notifier = AlertmanagerNotifier.from_config({"url": "http://alertmanager:9093", "labels": {"team": "checkout"}})
+    notifier = AlertmanagerNotifier.from_config(
+        {"url": "http://alertmanager:9093", "labels": {"team": "checkout"}}
+    )
     notice = Notice(
         action=NoticeAction.TRIGGER,
         key="guardrail:checkout:production:dep-7:CanaryRegression",
@@ -443,7 +445,10 @@ async def test_the_example_routing_in_a_real_alertmanager_never_feeds_guardrails
     token_file.write_text(TOKENS["ci"][1])
     example = (Path(__file__).resolve().parents[2] / "alerts/alertmanager.yml").read_text()
     assert "'origin!=\"guardrail\"'" in example
-    for variant, text in (("as shipped", example), ("catch-all", example.replace(", 'origin!=\"guardrail\"'", ""))):
+    for variant, text in (
+        ("as shipped", example),
+        ("catch-all", example.replace(", 'origin!=\"guardrail\"'", "")),
+    ):
         text = (
             text.replace("http://guardrail:8080/hooks/alertmanager", str(api.client.make_url(HOOK)))
             .replace("/etc/alertmanager/guardrail-token", str(token_file))

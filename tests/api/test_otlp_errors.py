@@ -22,7 +22,9 @@ from tests.api.test_otlp import counts, mark
 PROTOBUF = "application/x-protobuf"
 
 
-async def send(api: Api, data: bytes, ctype: str, as_: str | None = "ci", **headers: str) -> tuple[int, str, bytes]:
+async def send(
+    api: Api, data: bytes, ctype: str, as_: str | None = "ci", **headers: str
+) -> tuple[int, str, bytes]:
     h = {**(auth(as_) if as_ else {}), "Content-Type": ctype, **headers}
     resp = await api.client.post("/v1/metrics", data=data, headers=h)
     return resp.status, resp.content_type, await resp.read()

@@ -162,8 +162,6 @@ def deployment(version: str = "2.4.0", revision: int = 3) -> dict[str, Any]:
     }
 
 
-
-
 def rollout() -> dict[str, Any]:
     return {
         "kind": "Rollout",
@@ -369,10 +367,18 @@ class FakeKubernetes(Recorder):
             st.update(phase="Degraded", pauseConditions=None)
             st["canary"]["weights"] = {"canary": {"weight": 0}, "stable": {"weight": 100}}
         elif st.get("promoteFull"):
-            st.update(phase="Healthy", currentStepIndex=last, pauseConditions=None, stableRS=st.get("currentPodHash"))
+            st.update(
+                phase="Healthy",
+                currentStepIndex=last,
+                pauseConditions=None,
+                stableRS=st.get("currentPodHash"),
+            )
             st["canary"]["weights"] = {"canary": {"weight": 100}, "stable": {"weight": 0}}
         elif not (
-            st.get("pauseConditions") or ro["spec"].get("paused") or st.get("controllerPause") or self.argo_frozen
+            st.get("pauseConditions")
+            or ro["spec"].get("paused")
+            or st.get("controllerPause")
+            or self.argo_frozen
         ):
             index = st.get("currentStepIndex") or 0
             if index < last and ("pause" in steps[index] or "analysis" in steps[index]):

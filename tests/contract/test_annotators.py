@@ -69,7 +69,9 @@ class Fake:
             # a careless server echoing the credential it got: it must not reach a log
             echoed = request.headers.get("Authorization") or request.headers.get("X-Honeycomb-Team")
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-            return body, web.json_response({"message": f"failed for {echoed}"}, status=status, headers=headers)
+            return body, web.json_response(
+                {"message": f"failed for {echoed}"}, status=status, headers=headers
+            )
         return body, None
 
     # Grafana: POST /api/annotations, PATCH /api/annotations/{id}

@@ -574,7 +574,11 @@ async def test_webhook_bodies_are_flaggers_canary_webhook_payload(webhook_target
         },
     }
     assert bodies[1]["metadata"]["weight"] == "" and bodies[1]["metadata"]["step"] == "3"
-    assert bodies[2]["metadata"] == {"guardrail_hook": "confirm-promotion", **common, "action_key": "dep-1/finalize"}
+    assert bodies[2]["metadata"] == {
+        "guardrail_hook": "confirm-promotion",
+        **common,
+        "action_key": "dep-1/finalize",
+    }
     assert bodies[3]["metadata"] == {
         "guardrail_hook": "rollback",
         **common,
@@ -582,7 +586,9 @@ async def test_webhook_bodies_are_flaggers_canary_webhook_payload(webhook_target
         "action_key": "dep-1/rollback",
     }
     other = WebhookDeployAdapter.from_config({"url": webhook_target.url("ok")})
-    assert json.loads(other.body(target(deploy_id="dep-2"), "rollout", {}))["checksum"] != bodies[0]["checksum"]
+    assert (
+        json.loads(other.body(target(deploy_id="dep-2"), "rollout", {}))["checksum"] != bodies[0]["checksum"]
+    )
     assert all(SIGNATURE_HEADER not in r.headers for r in webhook_target.requests)  # no secret: unsigned
 
 

@@ -133,9 +133,13 @@ async def backends() -> AsyncIterator[Backends]:
 def running(nginx: Nginx, backends: Backends) -> Iterator[subprocess.Popen[bytes]]:
     # a first upstream file so that nginx starts (the adapter rewrites it at every action)
     nginx.upstream.write_text(f"upstream checkout {{ server {backends.address('stable')}; }}\n")
-    proc = subprocess.Popen([nginx.binary, *nginx.args().split()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [nginx.binary, *nginx.args().split()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     # the backends run on this test's event loop, which this fixture blocks: check the port only
-    _wait_until(lambda: socket.create_connection(("127.0.0.1", nginx.port), 1).close() is None, 15, "nginx", proc)
+    _wait_until(
+        lambda: socket.create_connection(("127.0.0.1", nginx.port), 1).close() is None, 15, "nginx", proc
+    )
     yield proc
     proc.send_signal(signal.SIGQUIT)
     try:
@@ -201,8 +205,18 @@ async def test_every_action_renders_a_file_the_real_nginx_accepts_and_splits_tra
 
 @pytest.mark.parametrize(
     "option",
-    ["backup", "resolve", "slow_start=30s", "drain", "max_fails=x", "fail_timeout=10q", "max_conns=-1",
-     "service=_http._tcp", "route=a", "fail_timeout=500ms"],
+    [
+        "backup",
+        "resolve",
+        "slow_start=30s",
+        "drain",
+        "max_fails=x",
+        "fail_timeout=10q",
+        "max_conns=-1",
+        "service=_http._tcp",
+        "route=a",
+        "fail_timeout=500ms",
+    ],
 )
 def test_options_that_break_nginx_are_refused_and_do_break_the_real_nginx(
     nginx: Nginx, backends: Backends, option: str

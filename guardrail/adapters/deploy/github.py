@@ -272,7 +272,9 @@ class GitHubDeployAdapter:
                 await self._api.http.pause(1)
             found = await self._api.call("GET", listing, params=params)
             if not found.ok:
-                return 0, self._result(False, f"cannot list deployments: {self._explain(found, target)}", found)
+                return 0, self._result(
+                    False, f"cannot list deployments: {self._explain(found, target)}", found
+                )
             existing = _find(found.json, target.deploy_id)
             if existing is not None:
                 self._deployments[key] = existing

@@ -486,7 +486,9 @@ class KubernetesDeployAdapter:
                 f"{target.version}, the version being rolled back; someone rolled back already? not touching it",
                 rs_reply,
             )
-        restored = _restored_annotations(annotations, (previous.get("metadata") or {}).get("annotations") or {})
+        restored = _restored_annotations(
+            annotations, (previous.get("metadata") or {}).get("annotations") or {}
+        )
         restored.update({ROLLBACK_DEPLOY: target.deploy_id, ROLLBACK_TO: rs_name})
         ops: list[dict[str, Any]] = [
             {"op": "replace", "path": "/spec/template", "value": template},
@@ -660,7 +662,10 @@ def argo_promote_patches(
         status_patch = {"status": {"pauseConditions": None}}
     elif canary and steps:
         status_patch = {"status": {"pauseConditions": None, "currentStepIndex": following}}
-        unified = {"spec": {"paused": False}, "status": {"pauseConditions": None, "currentStepIndex": following}}
+        unified = {
+            "spec": {"paused": False},
+            "status": {"pauseConditions": None, "currentStepIndex": following},
+        }
     return spec_patch, status_patch, unified
 
 

@@ -213,5 +213,7 @@ class WebhookDeployAdapter:
             detail = f"POST {self._shown_url} -> {got.outcome} (attempt {got.attempts})"
             return ActionResult(ok=True, detail=detail, output=output, data=data)
         why = "not retried" if not got.retryable else "giving up"
-        detail = f"POST {self._shown_url} -> {got.outcome} (attempt {got.attempts} of {cfg.retries + 1}, {why})"
+        detail = (
+            f"POST {self._shown_url} -> {got.outcome} (attempt {got.attempts} of {cfg.retries + 1}, {why})"
+        )
         return ActionResult(ok=False, detail=redact_text(detail, self._secrets), output=output, data=data)
