@@ -116,6 +116,7 @@ async def test_pages_and_tickets_reach_their_receivers_and_the_resolve_follows(
             "environment": "production",
             "severity": "page",
             "deploy": "dep-7",
+            "origin": "guardrail",  # always: /hooks/alertmanager recognises guardrail's own alerts by it
         }
         assert paged["annotations"] == {
             "summary": "CanaryRegression on checkout",
