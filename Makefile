@@ -22,8 +22,9 @@ test: $(STAMP)
 	$(BIN)/ruff check guardrail tests bench
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP)  # the judge table (~3 min), then the service-level table (long: see bench/README.md)
 	$(BIN)/python -m bench.judge_bench
+	$(BIN)/python -m bench.service_bench
 
 bench-capacity: $(STAMP)
 	$(BIN)/python -m bench.capacity_bench

@@ -1,0 +1,442 @@
+"""The service-level benchmark: ``python -m bench.service_bench`` (second table of ``make bench``).
+
+Each run is one canary deploy replayed through the real :class:`guardrail.service.engine.Engine`:
+in-memory SQLite store, the ``noop`` deploy adapter loaded like the server loads it, the default
+canary steps (10% -> 50% -> 100%), default settings (alert rules on, default analysis), a manual
+wall clock moved with data time. One canary and one baseline 10-s window are pushed per look, the
+canary's share of traffic being the weight of the step the engine put in effect, until the deploy is
+promoted, rolled back or paused, or 45 minutes of data time pass. The harness only uses the public
+API (``Engine.record_deploy``, ``Engine.ingest``, ``Engine.get_deploy``, the store), so it measures
+whatever the engine, rules and judge do, however they change.
+
+Run ``i`` of scenario ``s`` draws from ``default_rng(SeedSequence(seed, spawn_key=(crc32(s), i)))``:
+results do not depend on the number of workers, on chunking, or on the order of the scenarios.
+Writes ``service.md`` and ``service.json`` into ``--out`` (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import re
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.judge_bench import wilson_hi
+from bench.service_sim import BY_NAME, SCENARIOS_SERVICE, T0, RunModel, ServiceScenario
+from bench.sim import LOOK_S
+from guardrail.adapters.db.store import SqlStore
+from guardrail.adapters.http.schemas import MarkerIn
+from guardrail.config import Settings
+from guardrail.domain.model import DeployState, Strategy, default_steps
+from guardrail.domain.records import Deploy
+from guardrail.plugins import load_deploy_adapter
+from guardrail.ports import Store
+from guardrail.service.engine import Engine
+from guardrail.testing import ManualClock
+
+DEFAULT_SEED = 20240601
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+MAX_WINDOWS = 270  # 45 minutes of data time
+CHUNK_RUNS = 20  # runs per task (load balance only: seeds are per run)
+CRASH_TARGET_S = 30.0
+DB_URL = "sqlite+aiosqlite://"  # in-memory
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What happened to one deploy. Times are data seconds after the first canary window's start."""
+
+    scenario: str
+    index: int
+    outcome: str  # promoted | rolled_back | paused | analyzing (45 min passed) | other terminal states
+    at_s: float | None  # data time of the outcome (None: still analysing)
+    rollback_by: str | None  # judge | rule | inconclusive | other (rolled back only)
+    reason: str
+    max_weight: float  # highest canary weight (percent) the engine put in effect
+    windows: int  # window pairs pushed
+    # (window start, canary weight %) whenever the share the harness pushed changed, and (data time,
+    # weight %) of each step the engine put in effect: the first must follow the second
+    shares: tuple[tuple[float, float], ...] = ()
+    steps: tuple[tuple[float, float], ...] = ()
+    stop_s: float | None = None  # crash_loop: when the canary stopped serving
+    from_stop_s: float | None = None  # crash_loop: rollback time - start of the first empty window
+
+
+def run_seed(seed: int, scenario: str, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=(zlib.crc32(scenario.encode()), index))
+
+
+_ALERT = re.compile(r"\balert \S+ firing\b")
+
+
+def rollback_class(reason: str, verdict: dict | None) -> str:
+    """Why a deploy was rolled back, from its public record: a firing alert rule named in the
+    reason, the judge's stored FAIL verdict, an inconclusive analysis set to roll back, or other."""
+    if _ALERT.search(reason):
+        return "rule"
+    if verdict is not None and verdict.get("decision") == "fail":
+        return "judge"
+    if "inconclusive" in reason:
+        return "inconclusive"
+    return "other"
+
+
+def _weight(deploy: Deploy) -> float:
+    """The canary weight (percent) of the step the engine put in effect."""
+    r = deploy.rollout
+    if r.step < 0:
+        return 0.0
+    w = r.steps[r.step].weight
+    return 0.0 if w is None else float(w)
+
+
+async def run_one(store: Store, settings: Settings, sc: ServiceScenario, index: int, seed: int) -> RunResult:
+    """Replay one deploy of scenario ``sc`` through a fresh Engine on ``store``."""
+    model = RunModel(sc, np.random.default_rng(run_seed(seed, sc.name, index)))
+    clock = ManualClock(T0)
+    engine = Engine(store=store, settings=settings, adapter_factory=load_deploy_adapter, clock=clock)
+    marker = MarkerIn.model_validate_json(  # as POST /api/v1/deploys reads a marker
+        json.dumps(
+            {
+                "service": f"bench-{index}",
+                "environment": "bench",
+                "version": f"v{index}",
+                "previous_version": "old",
+                "commit": f"{seed:x}{index:05d}",
+                "change_type": "feature",
+                "strategy": "canary",
+                "started_at": T0,
+                "adapter": {"name": "noop"},
+            }
+        )
+    ).to_domain(settings.analysis)
+    try:
+        deploy, _ = await engine.record_deploy(marker)
+        history = model.history()
+        if history:
+            deploy = (await engine.ingest(deploy.id, history)).deploy
+        max_weight = _weight(deploy)
+        windows = 0
+        rolling_back = (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK)
+        rollback_at = deploy.data_time - T0 if deploy.state in rolling_back else None  # e.g. on history alone
+        shares: list[tuple[float, float]] = []
+        stop_states = (DeployState.PAUSED, DeployState.ROLLING_BACK)
+        for k in range(MAX_WINDOWS):
+            if deploy.state.terminal or deploy.state in stop_states:
+                break
+            w = _weight(deploy)
+            if not shares or shares[-1][1] != w:
+                shares.append((k * LOOK_S, w))
+            canary, baseline = model.window(k, w / 100.0)
+            clock.now = canary.end  # the wall clock follows data time: a window is pushed at its end
+            deploy = (await engine.ingest(deploy.id, [canary, baseline])).deploy
+            windows += 1
+            max_weight = max(max_weight, _weight(deploy))
+            if rollback_at is None and deploy.state in rolling_back:
+                rollback_at = canary.end - T0
+        final = await engine.get_deploy(deploy.id)
+        max_weight = max(max_weight, _weight(final))
+        state = final.state.value
+        if final.state in rolling_back:
+            at_s, by = rollback_at, rollback_class(final.rollout.reason, final.verdict)
+        elif final.state is DeployState.ANALYZING:
+            at_s, by = None, None
+        else:
+            at_s, by = final.data_time - T0, None
+        from_stop = None
+        if at_s is not None and by is not None and model.first_empty_s is not None:
+            from_stop = at_s - model.first_empty_s  # negative: rolled back before the canary stopped
+        steps = tuple(
+            (at - T0, float(final.rollout.steps[i].weight or 0.0)) for i, at in final.rollout.history
+        )
+        return RunResult(
+            scenario=sc.name,
+            index=index,
+            outcome="rolled_back" if by is not None else state,
+            at_s=at_s,
+            rollback_by=by,
+            reason=final.rollout.reason,
+            max_weight=max_weight,
+            windows=windows,
+            shares=tuple(shares),
+            steps=steps,
+            stop_s=model.stop_s,
+            from_stop_s=from_stop,
+        )
+    finally:
+        await engine.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Workers.
+
+
+def _settings() -> Settings:
+    """The server's defaults (as `guardrail serve` with an empty config file, on in-memory SQLite)."""
+    return Settings.model_validate({"database_url": DB_URL})
+
+
+async def _run_chunk(scenario: str, first: int, n: int, seed: int) -> tuple[list[RunResult], float]:
+    store = await SqlStore.open(DB_URL, migrate=True)
+    settings = _settings()
+    sc = BY_NAME[scenario]
+    t = time.process_time()
+    try:
+        out = [await run_one(store, settings, sc, i, seed) for i in range(first, first + n)]
+    finally:
+        await store.close()
+    return out, time.process_time() - t
+
+
+def run_task(task: tuple[str, int, int, int]) -> tuple[list[RunResult], float]:
+    return asyncio.run(_run_chunk(*task))
+
+
+def make_tasks(runs_null: int, runs_reg: int, seed: int, names: list[str]) -> list[tuple[str, int, int, int]]:
+    tasks = []
+    for name in names:
+        runs = runs_reg if BY_NAME[name].regression else runs_null
+        tasks += [(name, c, min(CHUNK_RUNS, runs - c), seed) for c in range(0, runs, CHUNK_RUNS)]
+    # no-regression runs last longest (until promotion): start them first
+    return sorted(tasks, key=lambda t: (BY_NAME[t[0]].regression, names.index(t[0]), t[1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Summary.
+
+
+def _pct(a: list[float], q: float) -> float | None:
+    return float(np.percentile(a, q)) if a else None
+
+
+def summarize(sc: ServiceScenario, results: list[RunResult], cpu_s: float) -> dict[str, object]:
+    runs = len(results)
+    rolled = [r for r in results if r.outcome == "rolled_back"]
+    promoted = [r for r in results if r.outcome == "promoted"]
+    # crash_loop: time from the stop; a rollback before the stop is counted apart, not as a time
+    times = [r.from_stop_s if sc.crash else r.at_s for r in rolled]
+    times = [t for t in times if t is not None and t >= 0]
+    row: dict[str, object] = {
+        "scenario": sc.name,
+        "regression": sc.regression,
+        "runs": runs,
+        "rolled_back": len(rolled),
+        "rollback_rate": len(rolled) / runs,
+        "false_rollback_rate": None if sc.regression else len(rolled) / runs,
+        "false_rollback_wilson_hi": None if sc.regression else wilson_hi(len(rolled), runs),
+        "bad_promoted": len(promoted) if sc.regression else None,
+        "ttr_from": "first empty window" if sc.crash else "first canary window",
+        "ttr_median_s": _pct(times, 50),
+        "ttr_p90_s": _pct(times, 90),
+        "paused": sum(r.outcome == "paused" for r in results),
+        "analyzing_at_45min": sum(r.outcome == "analyzing" for r in results),
+        "promoted": len(promoted),
+        "promote_median_s": _pct([r.at_s for r in promoted if r.at_s is not None], 50),
+        "reached_50pct": sum(r.max_weight >= 50 for r in results),
+        "rollback_by": {
+            k: sum(r.rollback_by == k for r in rolled) for k in ("judge", "rule", "inconclusive", "other")
+        },
+        "other_outcomes": sum(
+            r.outcome not in ("rolled_back", "promoted", "paused", "analyzing") for r in results
+        ),
+        "cpu_s": round(cpu_s, 1),
+        "windows": sum(r.windows for r in results),
+    }
+    if sc.crash:
+        before = [r for r in rolled if r.from_stop_s is not None and r.from_stop_s < 0]
+        within = [r for r in rolled if r.from_stop_s is not None and 0 <= r.from_stop_s <= CRASH_TARGET_S]
+        row["rolled_back_before_stop"] = len(before)
+        row["within_30s_of_stop"] = len(within)
+        row["within_30s_rate"] = len(within) / runs
+    return row
+
+
+COLUMNS = (
+    "scenario",
+    "runs",
+    "rolled back",
+    "false rollback % (Wilson 95% hi)",
+    "bad promoted to 100%",
+    "TTR median s",
+    "TTR p90 s",
+    "paused",
+    "analysing at 45 min",
+    "promoted (median s)",
+    "rollbacks judge / rule / other",
+)
+
+
+def _fmt(v: object, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        ff = (
+            "—"
+            if r["false_rollback_rate"] is None
+            else f"{100 * r['false_rollback_rate']:.2f} ({100 * r['false_rollback_wilson_hi']:.2f})"
+        )
+        by = r["rollback_by"]
+        ttr = _fmt(r["ttr_median_s"], ".0f")
+        if r["ttr_from"] != "first canary window" and r["ttr_median_s"] is not None:
+            ttr += " (from stop)"
+        cells = (
+            r["scenario"],
+            str(r["runs"]),
+            f"{r['rolled_back']} ({100 * r['rollback_rate']:.1f}%)",
+            ff,
+            _fmt(r["bad_promoted"], "d"),
+            ttr,
+            _fmt(r["ttr_p90_s"], ".0f"),
+            str(r["paused"]),
+            str(r["analyzing_at_45min"]),
+            f"{r['promoted']} ({_fmt(r['promote_median_s'], '.0f')})",
+            f"{by['judge']} / {by['rule']} / {by['inconclusive'] + by['other']}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: float, rows: list[dict]) -> str:
+    settings = _settings()
+    a = settings.analysis
+    steps = " -> ".join(
+        f"{s.weight:g}% (min {s.min_duration_s:g} s)" for s in default_steps(Strategy.CANARY, a.watch_s)
+    )
+    rules = ", ".join(f"{r.name} ({r.severity.value})" for r in settings.rules.specs())
+    scen = "\n".join(
+        f"  - `{n}`{' (regression)' if BY_NAME[n].regression else ''}: {BY_NAME[n].what}"
+        + ("" if BY_NAME[n].history else " (no history)")
+        for n in names
+    )
+    crash = next((r for r in rows if r["scenario"] == "crash_loop"), None)
+    crash_line = ""
+    if crash is not None:
+        crash_line = (
+            f"\n- crash_loop: rolled back within {CRASH_TARGET_S:g} s of the first empty window in "
+            f"{crash['within_30s_of_stop']}/{crash['runs']} runs ({100 * crash['within_30s_rate']:.1f}%, target >= 95%); "
+            f"rolled back before the stop: {crash['rolled_back_before_stop']}."
+        )
+    return f"""## Settings
+- Engine: `guardrail.service.engine.Engine` on `SqlStore.open("{DB_URL}", migrate=True)` (in-memory SQLite, one
+  store per chunk of {CHUNK_RUNS} runs, a fresh Engine per run), adapter `noop` loaded by `load_deploy_adapter`,
+  `ManualClock` set to each window's end before it is pushed. Wall-clock timers (`Engine.tick`) are not driven:
+  data arrives every window.
+- Marker: canary strategy, default steps {steps}; the analysis settings are the server defaults
+  (`MarkerIn.to_domain(settings.analysis)`: alpha {a.alpha}, max duration {a.max_duration_s:g} s, warm-up {a.warmup_s:g} s,
+  on_inconclusive {a.on_inconclusive!r}, interval {a.interval_s:g} s); alert rules on ({rules}),
+  rules fail deploys: {settings.rules.fails_deploy}.
+- Traffic as in bench/sim.py (Poisson 200 req/s in total, errors 0.5%, lognormal latency median 100 ms, sigma 0.5
+  in Prometheus buckets, bursty model as in bench/README.md), except that the canary's share is the weight of the
+  step in effect when the window starts (10%, then 50%). Ten pre-deploy baseline minutes (60-s windows at
+  200 req/s, the scenario's baseline models) are pushed first unless a scenario says "no history".
+- A run ends when the deploy is promoted, rolled back or paused, or after {MAX_WINDOWS} windows (45 min of data time).
+  Time to rollback (TTR) is the data time from the first canary window's start to the end of the window whose push
+  made the engine roll back (crash_loop: from the start of the first window in which the canary served nothing).
+- Rollback reason classes: `rule` = the rollback reason names a firing alert rule; `judge` = the stored verdict is a
+  FAIL; `other` = anything else (an inconclusive analysis set to roll back, a failed step).
+- Scenarios:
+{scen}
+- Runs: {args.runs_null} per no-regression scenario, {args.runs_reg} per regression scenario.{crash_line}
+
+## Seeds and runtime
+- Master seed {args.seed}; run i of scenario s draws from
+  `default_rng(SeedSequence({args.seed}, spawn_key=(zlib.crc32(s), i)))`; reproduce one run with
+  `python -m bench.service_bench --scenario s --run i --seed {args.seed}`.
+- Wall time {wall_s:.0f} s on {args.workers} worker processes; CPU {cpu_s:.0f} s in the workers.
+"""
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    async def go() -> RunResult:
+        store = await SqlStore.open(DB_URL, migrate=True)
+        try:
+            return await run_one(store, _settings(), BY_NAME[args.scenario[0]], args.run, args.seed)
+        finally:
+            await store.close()
+
+    print(json.dumps(asdict(asyncio.run(go())), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.service_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--runs-null", type=int, default=400, help="runs per no-regression scenario")
+    ap.add_argument("--runs-reg", type=int, default=100, help="runs per regression scenario")
+    ap.add_argument("--runs", type=int, default=None, help="runs per scenario (both kinds)")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="master seed")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes")
+    ap.add_argument("--quick", action="store_true", help="development run: 40 runs per scenario")
+    ap.add_argument("--scenario", action="append", choices=sorted(BY_NAME), help="only these (repeatable)")
+    ap.add_argument("--run", type=int, default=None, help="reproduce one run of --scenario and print it")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    args = ap.parse_args(argv)
+    if args.run is not None:
+        if not args.scenario or len(args.scenario) != 1:
+            ap.error("--run needs exactly one --scenario")
+        return reproduce(args)
+    if args.quick:
+        args.runs_null = args.runs_reg = 40
+    if args.runs is not None:
+        args.runs_null = args.runs_reg = args.runs
+    names = [sc.name for sc in SCENARIOS_SERVICE if not args.scenario or sc.name in args.scenario]
+
+    began = time.perf_counter()
+    tasks = make_tasks(args.runs_null, args.runs_reg, args.seed, names)
+    print(f"{len(tasks)} chunks of <= {CHUNK_RUNS} runs on {args.workers} workers", file=sys.stderr)
+    results: dict[str, list[RunResult]] = {n: [] for n in names}
+    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+    done = 0
+    ctx = multiprocessing.get_context("spawn")  # no event loop or database handle inherited
+    with ctx.Pool(args.workers) as pool:
+        for out, cpu_s in pool.imap_unordered(run_task, tasks):
+            results[out[0].scenario] += out
+            cpu[out[0].scenario] += cpu_s
+            done += 1
+            print(
+                f"\r{done}/{len(tasks)} chunks, {time.perf_counter() - began:.0f} s", end="", file=sys.stderr
+            )
+    print(file=sys.stderr)
+    rows = [summarize(BY_NAME[n], sorted(results[n], key=lambda r: r.index), cpu[n]) for n in names]
+    wall_s = time.perf_counter() - began
+
+    md = table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "seed": args.seed,
+        "runs_null": args.runs_null,
+        "runs_reg": args.runs_reg,
+        "workers": args.workers,
+        "wall_s": round(wall_s, 1),
+        "cpu_s": round(sum(cpu.values()), 1),
+        "rows": rows,
+        "rollbacks_of_no_regression_runs": [
+            asdict(r)
+            for n in names
+            if not BY_NAME[n].regression
+            for r in results[n]
+            if r.outcome == "rolled_back"
+        ],
+    }
+    (args.out / "service.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (args.out / "service.md").write_text(
+        "# Service-level benchmark\n\nGenerated by `python -m bench.service_bench`; see bench/README.md for how to "
+        f"read it.\n\n{md}\n\n{notes(args, names, wall_s, sum(cpu.values()), rows)}"
+    )
+    print(md)
+    print(f"\ntotal runtime {wall_s:.1f} s; wrote {args.out / 'service.md'} and {args.out / 'service.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
