@@ -21,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import re
+import subprocess
 import sys
 import time
 import zlib
@@ -247,6 +248,8 @@ def summarize(sc: ServiceScenario, results: list[RunResult], cpu_s: float) -> di
         "other_outcomes": sum(
             r.outcome not in ("rolled_back", "promoted", "paused", "analyzing") for r in results
         ),
+        # runs whose pushed canary share did not follow the engine's steps (a harness fault: must be 0)
+        "share_mismatches": sum(r.shares != tuple(st for st in r.steps if st[1] < 100) for r in results),
         "cpu_s": round(cpu_s, 1),
         "windows": sum(r.windows for r in results),
     }
@@ -311,7 +314,8 @@ def notes(args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: floa
     settings = _settings()
     a = settings.analysis
     steps = " -> ".join(
-        f"{s.weight:g}% (min {s.min_duration_s:g} s)" for s in default_steps(Strategy.CANARY, a.watch_s)
+        f"{s.weight:g}%" + (f" (min {s.min_duration_s:g} s)" if s.min_duration_s else "")
+        for s in default_steps(Strategy.CANARY, a.watch_s)
     )
     rules = ", ".join(f"{r.name} ({r.severity.value})" for r in settings.rules.specs())
     scen = "\n".join(
@@ -319,6 +323,7 @@ def notes(args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: floa
         + ("" if BY_NAME[n].history else " (no history)")
         for n in names
     )
+    windows = sum(r["windows"] for r in rows)
     crash = next((r for r in rows if r["scenario"] == "crash_loop"), None)
     crash_line = ""
     if crash is not None:
@@ -327,6 +332,12 @@ def notes(args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: floa
             f"{crash['within_30s_of_stop']}/{crash['runs']} runs ({100 * crash['within_30s_rate']:.1f}%, target >= 95%); "
             f"rolled back before the stop: {crash['rolled_back_before_stop']}."
         )
+    mismatched = sum(r["share_mismatches"] for r in rows)
+    check = (
+        "every run pushed the canary share of the step the engine had in effect"
+        if mismatched == 0
+        else f"WARNING: in {mismatched} run(s) the pushed canary share did not follow the engine's steps"
+    )
     return f"""## Settings
 - Engine: `guardrail.service.engine.Engine` on `SqlStore.open("{DB_URL}", migrate=True)` (in-memory SQLite, one
   store per chunk of {CHUNK_RUNS} runs, a fresh Engine per run), adapter `noop` loaded by `load_deploy_adapter`,
@@ -347,14 +358,28 @@ def notes(args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: floa
   FAIL; `other` = anything else (an inconclusive analysis set to roll back, a failed step).
 - Scenarios:
 {scen}
-- Runs: {args.runs_null} per no-regression scenario, {args.runs_reg} per regression scenario.{crash_line}
+- Runs: {args.runs_null} per no-regression scenario, {args.runs_reg} per regression scenario; {check}.{crash_line}
 
 ## Seeds and runtime
 - Master seed {args.seed}; run i of scenario s draws from
   `default_rng(SeedSequence({args.seed}, spawn_key=(zlib.crc32(s), i)))`; reproduce one run with
   `python -m bench.service_bench --scenario s --run i --seed {args.seed}`.
-- Wall time {wall_s:.0f} s on {args.workers} worker processes; CPU {cpu_s:.0f} s in the workers.
+- Code: {_commit()}. Wall time {wall_s:.0f} s on {args.workers} worker processes; CPU {cpu_s:.0f} s in the workers
+  ({1000 * cpu_s / max(windows, 1):.1f} ms per pushed window pair, {windows} pushes).
 """
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def reproduce(args: argparse.Namespace) -> int:

@@ -61,13 +61,17 @@ async def test_canary_share_follows_the_steps_the_engine_took_and_promotion_is_n
 
 
 def test_summary_counts_outcomes_and_reason_classes():
-    base = RunResult("aa", 0, "promoted", 900.0, None, "", 100.0, 90)
+    steps = ((0.0, 10.0), (600.0, 50.0), (900.0, 100.0))
+    base = RunResult("aa", 0, "promoted", 900.0, None, "", 100.0, 90, shares=steps[:2], steps=steps)
+    early = {"max_weight": 10.0, "shares": steps[:1], "steps": steps[:1]}
     results = [
         base,
-        replace(base, index=1, outcome="rolled_back", at_s=120.0, rollback_by="judge", max_weight=10.0),
-        replace(base, index=2, outcome="rolled_back", at_s=310.0, rollback_by="rule", max_weight=10.0),
-        replace(base, index=3, outcome="paused", at_s=1810.0, max_weight=50.0),
-        replace(base, index=4, outcome="analyzing", at_s=None, max_weight=50.0),
+        replace(base, index=1, outcome="rolled_back", at_s=120.0, rollback_by="judge", **early),
+        replace(base, index=2, outcome="rolled_back", at_s=310.0, rollback_by="rule", **early),
+        replace(base, index=3, outcome="paused", at_s=1810.0, max_weight=50.0, steps=steps[:2]),
+        replace(
+            base, index=4, outcome="analyzing", at_s=None, max_weight=50.0, shares=steps[:1], steps=steps[:2]
+        ),
     ]
     row = summarize(BY_NAME["aa"], results, 1.0)
     assert (row["rolled_back"], row["promoted"], row["paused"], row["analyzing_at_45min"]) == (2, 1, 1, 1)
@@ -75,6 +79,7 @@ def test_summary_counts_outcomes_and_reason_classes():
         row["false_rollback_rate"] == 2 / 5 and row["rollback_by"]["judge"] == row["rollback_by"]["rule"] == 1
     )
     assert row["ttr_median_s"] == 215.0 and row["reached_50pct"] == 3
+    assert row["share_mismatches"] == 1  # run 4 kept pushing at 10% after the engine moved to 50%
     reg = summarize(BY_NAME["errors_x2"], results, 1.0)
     assert reg["bad_promoted"] == 1 and reg["false_rollback_rate"] is None
 
