@@ -79,7 +79,9 @@ def test_summary_counts_outcomes_and_reason_classes():
         row["false_rollback_rate"] == 2 / 5 and row["rollback_by"]["judge"] == row["rollback_by"]["rule"] == 1
     )
     assert row["ttr_median_s"] == 215.0 and row["reached_50pct"] == 3
-    assert row["share_mismatches"] == 1  # run 4 kept pushing at 10% after the engine moved to 50%
+    assert (
+        row["paused_after_50pct"] == 1 and row["share_mismatches"] == 1
+    )  # run 4 kept pushing at 10% after the engine moved to 50%
     reg = summarize(BY_NAME["errors_x2"], results, 1.0)
     assert reg["bad_promoted"] == 1 and reg["false_rollback_rate"] is None
 
