@@ -141,6 +141,8 @@ def _load_marker(args: argparse.Namespace) -> dict[str, Any]:
         }
     if args.db_migrations is not None:
         marker["db_migrations"] = {"applied": True, "description": args.db_migrations}
+    if args.on_inconclusive is not None:
+        marker["analysis"] = {**(marker.get("analysis") or {}), "on_inconclusive": args.on_inconclusive}
     return marker
 
 
@@ -153,6 +155,8 @@ async def cmd_mark(args: argparse.Namespace, client: Client) -> int:
         f"{d['service']} {d['version']} -> {d['environment']}: {d['state']}, step {d['step']['description']}",
         file=sys.stderr,
     )
+    if d.get("outlook"):
+        print(f"outlook: {d['outlook']['sentence']}", file=sys.stderr)
     return 0
 
 
@@ -207,6 +211,10 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
             print(f"  reason: {d['reason']}")
         for ev in (d.get("verdict") or {}).get("evidence", []):
             print(f"  {ev['metric']:<12} {ev['detail']}")
+        for rule in (d.get("verdict") or {}).get("rules", []):
+            print(f"  {'alert':<12} {rule['sentence']}")
+        if d.get("outlook") and d["state"] not in TERMINAL:
+            print(f"  {'outlook':<12} {d['outlook']['sentence']}")
         return 0
     params = {
         k: v
@@ -417,6 +425,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--strategy", choices=["canary", "blue_green", "rolling", "all_at_once"])
     m.add_argument("--change", action="append", help="one line of the change list (repeatable)")
     m.add_argument("--adapter", help="deploy adapter preset configured on the server")
+    m.add_argument(
+        "--on-inconclusive",
+        dest="on_inconclusive",
+        choices=["hold", "rollback"],
+        help="when a step's analysis window ends without a verdict: hold for a human, or roll back "
+        "(default: the server's analysis.on_inconclusive); `mark` prints whether that is likely",
+    )
     m.add_argument(
         "--db-migrations",
         dest="db_migrations",

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from guardrail.domain.errors import ValidationError
 
@@ -213,6 +214,7 @@ class Verdict:
     mode: str = "concurrent"  # or "pre_post" (weaker: no concurrent baseline)
     power: str | None = None  # for inconclusive: what more would be needed
     rules: tuple[RuleCheck, ...] = ()  # deploy-failing rules firing on the canary, with their attribution
+    outlook: Any = None  # judge.planning.Outlook: how long the analysis needs at this traffic
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -224,6 +226,7 @@ class Verdict:
             "power": self.power,
             "evidence": [e.to_dict() for e in self.evidence],
             "rules": [r.to_dict() for r in self.rules],
+            "outlook": self.outlook.to_dict() if self.outlook is not None else None,
         }
 
 

@@ -53,6 +53,7 @@ class Marker:
     fast_track: str = ""  # a recorded reason to skip blocking policy checks (security patches, emergency fixes)
     links: dict[str, str] = field(default_factory=dict)  # e.g. {"pr": url, "ci_run": url, "issue": url}
     policy: dict[str, Any] = field(default_factory=dict)  # the policy checks made when it was recorded
+    outlook: dict[str, Any] = field(default_factory=dict)  # judge.planning.Outlook at marker time ({}: none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,7 @@ def build_judge(deploy: Deploy, defaults: AnalysisDefaults, samples: Iterable[Sa
         return None
     mode = BaselineMode.CONCURRENT if r.concurrent else BaselineMode.PRE_POST
     judge = Judge(analysis_spec(deploy, defaults), start=r.traffic_started_at, mode=mode)
+    judge.on_inconclusive = r.on_inconclusive
     for step, at in r.history:
         apply_weight(judge, deploy, step, at)
     judge.add_many(samples)
@@ -103,6 +104,8 @@ def build_judge(deploy: Deploy, defaults: AnalysisDefaults, samples: Iterable[Sa
 
 
 def apply_weight(judge: Judge, deploy: Deploy, step: int, at: float) -> None:
+    """Step ``step`` took effect at data time ``at``: its traffic share, analysis window and warm-up."""
+    judge.mark_step(at)
     w = deploy.rollout.steps[step].weight
     if w is not None and 0 < w <= 100:
         judge.set_weight(at, w / 100)

@@ -34,6 +34,7 @@ from guardrail.domain.errors import (
     ValidationError,
 )
 from guardrail.domain.judge import Judge
+from guardrail.domain.judge.planning import Outlook, plan, previous_traffic
 from guardrail.domain.model import Decision, DeployState, RuleCheck, Sample, Strategy, Verdict, default_steps
 from guardrail.domain.policy import derive_facts, evaluate_policy
 from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
@@ -276,7 +277,8 @@ class Engine:
         if policy.blocked:  # nothing is stored: CI gets the checks and the reason, and can fast-track
             self._adapters.pop(deploy.id, None)
             raise PolicyBlockedError(policy.summary(), policy=policy.to_dict())
-        marker = replace(marker, policy=policy.to_dict())
+        outlook = await self._outlook(deploy)
+        marker = replace(marker, policy=policy.to_dict(), outlook=outlook.to_dict() if outlook else {})
         deploy = replace(deploy, marker=marker)
         created_event = self._event(
             EventKind.CREATED,
@@ -291,6 +293,10 @@ class Engine:
             policy=policy.to_dict(),
         )
         first_events = []
+        if outlook is not None:
+            first_events.append(
+                self._event(EventKind.NOTE, f"Outlook: {outlook.sentence}", deploy.data_time, outlook=outlook.to_dict())
+            )
         if policy.fast_tracked:
             first_events.append(
                 self._event(
@@ -317,6 +323,34 @@ class Engine:
             stored = await self._apply(stored, Start(stored.data_time))
         await self._refresh_state_gauges()
         return stored, True
+
+    async def _outlook(self, deploy: Deploy) -> Outlook | None:
+        """How long this deploy's analysis will need, from the traffic of the service's last judged
+        deploy in the same environment (None when there is none)."""
+        m = deploy.marker
+        try:
+            recent = await self.store.list_deploys(service=m.service, environment=m.environment, limit=10)
+        except Exception:  # an estimate must never stop a marker
+            log.warning("could not read earlier deploys for the outlook", exc_info=True)
+            return None
+        for prev in recent:
+            traffic = previous_traffic(prev)
+            if traffic is None:
+                continue
+            total_rps, error_rate = traffic
+            spec = analysis_spec(deploy, self.settings.analysis)
+            first = next((s for s in deploy.rollout.steps if s.weight is None or s.weight > 0), None)
+            share = (first.weight or 100) / 100 if first is not None else 1.0
+            return plan(
+                spec,
+                total_rps=total_rps,
+                error_rate=error_rate,
+                canary_share=share,
+                on_inconclusive=deploy.rollout.on_inconclusive,
+                basis=f"traffic of the last deploy, {prev.marker.version}",
+                pre_post=not deploy.rollout.concurrent,
+            )
+        return None
 
     @staticmethod
     def _replayed(stored: Deploy, marker: Marker, idempotency_key: str | None) -> Deploy:

@@ -153,3 +153,26 @@ class TestWaitCap:
             api.call("GET", f"/api/v1/deploys/{d['id']}/wait", params={"timeout": "600"}), 5
         )
         assert status == 200 and out["terminal"] is False
+
+
+async def test_the_marker_says_up_front_when_the_traffic_is_too_low_for_a_verdict(api: Api) -> None:
+    """A service at 20 req/s: the second deploy's marker answers, from the first deploy's traffic, that
+    ruling out the critical change takes longer than a step's window, and what will happen then."""
+    first = await api.mark(marker(steps=STEPS))
+    assert first["outlook"] is None  # nothing to estimate from yet
+    d = first
+    for i in range(12):
+        d = (await api.push(d["id"], window(i, 10, total=200)))["deploy"]
+    live = d["outlook"]
+    assert live["basis"] == "this deploy's traffic so far" and live["likely_inconclusive"] is True
+    assert "expect INCONCLUSIVE, then held for a human" in live["sentence"]
+    await api.call("POST", f"/api/v1/deploys/{d['id']}/rollback", as_="operator", json={"reason": "drill"})
+    second = await api.mark(marker(steps=STEPS, version="v2.4.2", analysis={"on_inconclusive": "rollback"}))
+    o = second["outlook"]
+    assert o["basis"] == "traffic of the last deploy, v2.4.1"
+    assert o["total_rps"] == pytest.approx(20.0) and o["likely_inconclusive"] is True
+    assert (
+        o["on_inconclusive"] == "rollback" and "then rolled back (on_inconclusive: rollback)" in o["sentence"]
+    )
+    _, out = await api.call("GET", f"/api/v1/deploys/{second['id']}/events")
+    assert any(e["kind"] == "note" and e["message"].startswith("Outlook: ") for e in out["events"])

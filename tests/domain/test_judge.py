@@ -463,3 +463,39 @@ def test_traffic_that_dips_on_both_tracks_does_not_fail_throughput():
             thr = next(e for e in j.evaluate(c.end).evidence if e.metric == "throughput")
             assert thr.status is not MetricStatus.FAIL, thr.detail
     assert silent_windows > 0  # the dips did leave the canary without a request now and then
+
+
+def test_the_analysis_window_is_each_steps_so_a_late_step_gets_a_full_one():
+    """max_duration_s counts from the step taking effect: a step that started at minute 9 of a 10-min
+    window is not declared inconclusive a minute later (it was, when the window ran per deploy)."""
+    rng = np.random.default_rng(17)
+    t = Traffic(rate=20)  # too little traffic to decide anything soon
+    j = Judge(AnalysisSpec(max_duration_s=600), start=T0)
+    j.mark_step(T0)
+    j.set_weight(T0, 0.1)
+    for k in range(54):
+        c, b = t.window(rng, T0 + 10 * k)
+        j.add_many((c, b))
+    assert j.decide(T0 + 540) is Decision.CONTINUE
+    j.mark_step(T0 + 540)  # e.g. promoted by hand to 50% at minute 9
+    j.set_weight(T0 + 540, 0.5)
+    for k in range(54, 120):
+        c, b = t.window(rng, T0 + 10 * k, weight=0.5)
+        j.add_many((c, b))
+        d = j.decide(c.end)
+        assert d is not Decision.INCONCLUSIVE or c.end >= T0 + 540 + 600, c.end
+    assert j.deadline(T0 + 600) == T0 + 1140
+    assert j.evaluate(T0 + 1200).decision is Decision.INCONCLUSIVE
+
+
+def test_warm_up_applies_to_each_step():
+    rng = np.random.default_rng(18)
+    t = Traffic()
+    j = Judge(AnalysisSpec(warmup_s=30), start=T0)
+    for at, w in ((T0, 0.1), (T0 + 300, 0.5)):
+        j.mark_step(at)
+        j.set_weight(at, w)
+    for k in range(60):
+        c, b = t.window(rng, T0 + 10 * k, weight=0.1 if k < 30 else 0.5)
+        j.add_many((c, b))
+    assert j.windows == 60 - 3 - 3  # the first 30 s of each step are left out

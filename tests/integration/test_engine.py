@@ -23,24 +23,54 @@ STEPS = (Step(weight=10, min_duration_s=120), Step(weight=50, min_duration_s=120
 
 def marker(strategy: Strategy = Strategy.CANARY, steps=STEPS, **kw) -> Marker:
     base = Marker(
-        service="checkout", environment="production", version="1.4.2", previous_version="1.4.1",
-        commit="abc1234", strategy=strategy, change_type=ChangeType.FEATURE, author="ci",
-        adapter=AdapterRef("recording"), analysis=AnalysisSettings(max_duration_s=1800), steps=steps,
+        service="checkout",
+        environment="production",
+        version="1.4.2",
+        previous_version="1.4.1",
+        commit="abc1234",
+        strategy=strategy,
+        change_type=ChangeType.FEATURE,
+        author="ci",
+        adapter=AdapterRef("recording"),
+        analysis=AnalysisSettings(max_duration_s=1800),
+        steps=steps,
         started_at=T0,
     )
     return replace(base, **kw)
 
 
-def make_engine(store, adapter: RecordingDeployAdapter, clock: ManualClock | None = None, *, notifications=None,
-                **settings) -> Engine:
-    s = Settings.model_validate({"allow_marker_adapters": True, "engine": {"rollback_backoff_s": 0.01}, **settings})
-    return Engine(store=store, settings=s, adapter_factory=lambda name, cfg: adapter, clock=clock or ManualClock(),
-                  notifications=notifications)
+def make_engine(
+    store,
+    adapter: RecordingDeployAdapter,
+    clock: ManualClock | None = None,
+    *,
+    notifications=None,
+    **settings,
+) -> Engine:
+    s = Settings.model_validate(
+        {"allow_marker_adapters": True, "engine": {"rollback_backoff_s": 0.01}, **settings}
+    )
+    return Engine(
+        store=store,
+        settings=s,
+        adapter_factory=lambda name, cfg: adapter,
+        clock=clock or ManualClock(),
+        notifications=notifications,
+    )
 
 
-async def drive(engine: Engine, deploy_id: str, traffic: SyntheticTraffic, adapter: RecordingDeployAdapter, *,
-                seed: int = 0, windows: int = 180, clock: ManualClock | None = None, history: bool = True,
-                pre_post: bool = False):
+async def drive(
+    engine: Engine,
+    deploy_id: str,
+    traffic: SyntheticTraffic,
+    adapter: RecordingDeployAdapter,
+    *,
+    seed: int = 0,
+    windows: int = 180,
+    clock: ManualClock | None = None,
+    history: bool = True,
+    pre_post: bool = False,
+):
     """Push 10-s windows at the weight the adapter put in effect, until the deploy finishes."""
     rng = np.random.default_rng(seed)
     if history:
@@ -66,12 +96,22 @@ async def test_healthy_canary_is_promoted_step_by_step(store):
     assert created and adapter.methods() == ["apply_step"]
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter)
     assert d.state is DeployState.PROMOTED
-    assert [(m, s) for m, _, s in adapter.calls] == [("apply_step", 0), ("apply_step", 1), ("apply_step", 2),
-                                                     ("finalize", None)]
+    assert [(m, s) for m, _, s in adapter.calls] == [
+        ("apply_step", 0),
+        ("apply_step", 1),
+        ("apply_step", 2),
+        ("finalize", None),
+    ]
     steps = [(s, at) for s, at in d.rollout.history]
-    assert steps[1][1] - steps[0][1] >= 120 and steps[2][1] - steps[1][1] >= 120  # minimum durations, data time
+    assert (
+        steps[1][1] - steps[0][1] >= 120 and steps[2][1] - steps[1][1] >= 120
+    )  # minimum durations, data time
     kinds = [e.kind for e in await store.events(d.id)]
-    assert kinds[0] is EventKind.CREATED and EventKind.VERDICT in kinds and kinds.count(EventKind.ACTION_DONE) == 4
+    assert (
+        kinds[0] is EventKind.CREATED
+        and EventKind.VERDICT in kinds
+        and kinds.count(EventKind.ACTION_DONE) == 4
+    )
 
 
 async def test_regressed_canary_is_rolled_back_once(store):
@@ -99,10 +139,23 @@ async def test_replay_speed_does_not_change_the_outcome(store):
         clock = ManualClock()
         engine = make_engine(store, adapter, clock)
         d, _ = await engine.record_deploy(marker(version=f"2.0.{i}"))
-        d = await drive(engine, d.id, SyntheticTraffic(rate=400, err_ratio=1.8), adapter, seed=5,
-                        clock=clock if real_time else None)
-        results.append((d.state, d.rollout.history, d.verdict["decision"], d.verdict["decided_at"],
-                        [(m, s) for m, _, s in adapter.calls]))
+        d = await drive(
+            engine,
+            d.id,
+            SyntheticTraffic(rate=400, err_ratio=1.8),
+            adapter,
+            seed=5,
+            clock=clock if real_time else None,
+        )
+        results.append(
+            (
+                d.state,
+                d.rollout.history,
+                d.verdict["decision"],
+                d.verdict["decided_at"],
+                [(m, s) for m, _, s in adapter.calls],
+            )
+        )
     assert results[0] == results[1]
 
 
@@ -144,7 +197,10 @@ async def test_manual_pause_resume_and_rollback_are_audited(store):
         await engine.override(d.id, "rollback", who="bob", why="twice")
     overrides = [e for e in await store.events(d.id) if e.kind is EventKind.OVERRIDE]
     assert [(e.details["who"], e.details["action"]) for e in overrides] == [
-        ("alice", "pause"), ("alice", "resume"), ("bob", "rollback")]
+        ("alice", "pause"),
+        ("alice", "resume"),
+        ("bob", "rollback"),
+    ]
     with pytest.raises(ValidationError):
         await engine.override(d.id, "pause", who="bob", why="  ")
 
@@ -186,13 +242,22 @@ async def test_a_failed_step_rolls_back(store):
     ("strategy", "steps"),
     [
         (Strategy.BLUE_GREEN, (Step(weight=0), Step(weight=100, min_duration_s=300))),
-        (Strategy.ROLLING, (Step(servers=1, min_duration_s=120), Step(servers=3, min_duration_s=120),
-                            Step(servers=None, min_duration_s=120))),
+        (
+            Strategy.ROLLING,
+            (
+                Step(servers=1, min_duration_s=120),
+                Step(servers=3, min_duration_s=120),
+                Step(servers=None, min_duration_s=120),
+            ),
+        ),
         (Strategy.ALL_AT_ONCE, (Step(weight=100, min_duration_s=300),)),
     ],
 )
 async def test_pre_post_strategies_promote_healthy_and_roll_back_regressed(store, strategy, steps):
-    for version, err_ratio, expected in (("3.0.0", 1.0, DeployState.PROMOTED), ("3.0.1", 5.0, DeployState.ROLLED_BACK)):
+    for version, err_ratio, expected in (
+        ("3.0.0", 1.0, DeployState.PROMOTED),
+        ("3.0.1", 5.0, DeployState.ROLLED_BACK),
+    ):
         adapter = RecordingDeployAdapter()
         engine = make_engine(store, adapter)
         d, _ = await engine.record_deploy(marker(strategy, steps, version=version))
@@ -231,7 +296,9 @@ async def test_unknown_adapter_preset_is_rejected_before_anything_is_stored(stor
 async def test_bad_metric_override_is_rejected_before_anything_is_stored(store):
     engine = make_engine(store, RecordingDeployAdapter())
     with pytest.raises(ValidationError) as err:
-        await engine.record_deploy(marker(metrics_overrides={"overrides": {"latency_p99": {"critical_change": "x"}}}))
+        await engine.record_deploy(
+            marker(metrics_overrides={"overrides": {"latency_p99": {"critical_change": "x"}}})
+        )
     assert "latency_p99" in err.value.field
     assert await store.list_deploys() == []
 
@@ -243,8 +310,39 @@ async def test_step_start_gauge_follows_an_active_deploy(store):
     engine = make_engine(store, adapter, clock)
     d, _ = await engine.record_deploy(marker())
     value = engine.telemetry.registry.get_sample_value(
-        "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"})
+        "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}
+    )
     assert value == T0 + 5
     await engine.override(d.id, "rollback", who="bob", why="drill")
-    assert engine.telemetry.registry.get_sample_value(
-        "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}) is None
+    assert (
+        engine.telemetry.registry.get_sample_value(
+            "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}
+        )
+        is None
+    )
+
+
+async def test_a_step_that_starts_late_gets_its_full_analysis_window(store):
+    """max_duration_s is per step (as documented): promoted by hand to 50% at minute 9 of a 10-min
+    window, the deploy keeps analysing instead of turning inconclusive a minute later."""
+    import numpy as np
+
+    adapter = RecordingDeployAdapter()
+    engine = make_engine(store, adapter)
+    d, _ = await engine.record_deploy(marker(analysis=AnalysisSettings(max_duration_s=600)))
+    rng = np.random.default_rng(5)
+    traffic = SyntheticTraffic(rate=20)  # far too little to decide within minutes
+    for k in range(54):
+        c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
+        d = (await engine.ingest(d.id, [c, b])).deploy
+    assert d.state is DeployState.ANALYZING and d.rollout.step == 0
+    d = await engine.override(d.id, "promote", who="alice", why="payments dashboard looks fine")
+    assert d.rollout.step == 1
+    for k in range(54, 110):
+        c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
+        d = (await engine.ingest(d.id, [c, b])).deploy
+        assert d.state is DeployState.ANALYZING, (c.end - T0, d.rollout.reason)
+    for k in range(110, 120):
+        c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
+        d = (await engine.ingest(d.id, [c, b])).deploy
+    assert d.state is DeployState.PAUSED and "inconclusive" in d.rollout.reason  # 10 min after the step

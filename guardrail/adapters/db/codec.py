@@ -160,6 +160,7 @@ MARKER: Spec = {
     "fast_track": PLAIN,
     "links": DICT,
     "policy": DICT,
+    "outlook": DICT,
 }
 HISTOGRAM: Spec = {"bounds": (list, tuple), "counts": (list, tuple)}
 SAMPLE: Spec = {

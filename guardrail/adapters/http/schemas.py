@@ -419,6 +419,24 @@ class VerdictOut(BaseModel):
     evidence: list[EvidenceOut] = []
 
 
+class OutlookOut(BaseModel):
+    """How long the analysis needs at the observed traffic to rule out the critical change on every
+    metric, and what happens if a step's window ends first (``on_inconclusive``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    basis: str = Field(description="where the traffic figures come from (the last deploy, or this one so far)")
+    total_rps: float
+    canary_share: float
+    error_rate: float | None
+    metric: str | None = Field(description="the metric that needs the longest")
+    needs_s: float | None = Field(description="seconds of analysis needed from the canary's first window")
+    window_s: float = Field(description="each step's analysis window (max_duration_s)")
+    likely_inconclusive: bool
+    on_inconclusive: str
+    sentence: str
+
+
 class Links(_Out):
     self: str
     events: str
@@ -468,6 +486,10 @@ class DeployOut(_Out):
     checklist: dict[str, bool]
     fast_track: str
     policy: PolicyOut | None = Field(description="the deploy policy's checks when the marker was recorded")
+    outlook: OutlookOut | None = Field(
+        description="whether the analysis can decide at the observed traffic: from the deploy's own traffic "
+        "while it is analysed, else from the last deploy's traffic at marker time (null: nothing to estimate from)"
+    )
     links: Links
     marker_links: dict[str, str]
 
@@ -514,6 +536,7 @@ class DeployOut(_Out):
             checklist=dict(m.checklist),
             fast_track=m.fast_track,
             policy=PolicyOut.model_validate(m.policy) if m.policy else None,
+            outlook=_outlook(d),
             links=Links(
                 self=base,
                 events=f"{base}/events",
@@ -524,6 +547,12 @@ class DeployOut(_Out):
             marker_links=dict(m.links),
             **extra,
         )
+
+
+def _outlook(d: Deploy) -> OutlookOut | None:
+    live = (d.verdict or {}).get("outlook") if not d.state.terminal else None
+    raw = live or d.marker.outlook
+    return OutlookOut.model_validate(raw) if raw else None
 
 
 class WaitOut(DeployOut):

@@ -6,7 +6,9 @@ Decision rule at each evaluation (data time):
   A FAIL is final.
 - PASS when every metric passes its non-inferiority test (a metric with no data passes only if it
   is not ``must_have_data``); a failing non-critical metric blocks PASS but does not fail the deploy.
-- INCONCLUSIVE at the end of the analysis window, with what more data would be needed.
+- INCONCLUSIVE at the end of the analysis window, with what more data would be needed. The window
+  (``max_duration_s``) is each step's: it runs from the step taking effect (``mark_step``), so a step
+  that starts late still gets a full window; evidence itself accumulates over the whole deploy.
 - CONTINUE otherwise. No decision of any kind before ``min_canary_requests`` canary requests.
 """
 
@@ -30,6 +32,7 @@ from guardrail.domain.judge.counts import (
     SilenceTest,
 )
 from guardrail.domain.judge.gauges import SignTest
+from guardrail.domain.judge.planning import Outlook, plan
 from guardrail.domain.judge.quantiles import LogSketch, always_valid_p, quantile_bounds
 from guardrail.domain.judge.spec import AnalysisSpec, BaselineMode, MetricKind, MetricSpec
 from guardrail.domain.model import (
@@ -609,6 +612,7 @@ class Judge:
         self.start = float(start)
         self.mode = mode
         self._weights: list[tuple[float, float]] = []
+        self._steps: list[float] = []  # data times at which a step took effect
         metrics = spec.metrics
         if mode is BaselineMode.PRE_POST:  # no share to compare against without a concurrent baseline
             metrics = tuple(m for m in metrics if m.kind is not MetricKind.THROUGHPUT)
@@ -625,6 +629,9 @@ class Judge:
         self.duplicates = 0
         self.ignored = 0
         self.canary_requests = 0
+        self.total_requests = 0
+        self.first_start: float | None = None
+        self.on_inconclusive = "hold"  # what the deploy does on INCONCLUSIVE (said in the outlook)
         self.windows = 0
         self.first_end: float | None = None
         self.last_end: float | None = None
@@ -635,6 +642,19 @@ class Judge:
         if not 0 < weight <= 1:
             raise ValidationError(f"canary weight must be in (0, 1], got {weight}", field="weight")
         bisect.insort(self._weights, (float(at), float(weight)))
+
+    def mark_step(self, at: float) -> None:
+        """A step took effect at data time ``at``: its analysis window and warm-up start there."""
+        bisect.insort(self._steps, float(at))
+
+    def step_start(self, t: float) -> float:
+        """Data time the step in effect at ``t`` took effect (the deploy's start before any step)."""
+        i = bisect.bisect_right(self._steps, t)
+        return max(self.start, self._steps[i - 1]) if i else self.start
+
+    def deadline(self, t: float) -> float:
+        """End of the analysis window of the step in effect at ``t``."""
+        return self.step_start(t) + self.spec.max_duration_s
 
     def weight_at(self, t: float) -> float:
         i = bisect.bisect_right(self._weights, (t, math.inf))
@@ -657,8 +677,8 @@ class Judge:
             else:
                 self.ignored += 1
             return
-        if sample.start < self.start + self.spec.warmup_s:
-            self.ignored += 1
+        if self.spec.warmup_s > 0 and sample.start < self.step_start(sample.start) + self.spec.warmup_s:
+            self.ignored += 1  # a step's first seconds (cold caches, pods starting) are not judged
             return
         if self.mode is BaselineMode.PRE_POST:
             if sample.track is Track.CANARY:
@@ -679,6 +699,8 @@ class Judge:
         self._bank.flush()
         self.windows += 1
         self.canary_requests += c.requests
+        self.total_requests += c.requests + (b.requests if b is not None else 0)
+        self.first_start = c.start if self.first_start is None else min(self.first_start, c.start)
         self.first_end = c.end if self.first_end is None else min(self.first_end, c.end)
         self.last_end = c.end if self.last_end is None else max(self.last_end, c.end)
 
@@ -704,7 +726,7 @@ class Judge:
         )
         if passing and allowed:
             return Decision.PASS
-        if t >= self.start + self.spec.max_duration_s:
+        if t >= self.deadline(t):
             return Decision.INCONCLUSIVE
         return Decision.CONTINUE
 
@@ -781,6 +803,32 @@ class Judge:
             evidence,
             self._summary("continue", [e for e in evidence if e.status is not MetricStatus.PASS], notes),
             self.mode.value,
+            outlook=self.outlook(t),
+        )
+
+    def outlook(self, t: float) -> Outlook | None:
+        """How long the analysis needs at this deploy's traffic so far (see ``judge.planning``)."""
+        if self.first_start is None or self.last_end is None or self.last_end <= self.first_start:
+            return None
+        total_rps = self.total_requests / (self.last_end - self.first_start)
+        errors = next((m for m in self._metrics if isinstance(m, _ErrorMetric)), None)
+        error_rate = None
+        if errors is not None and errors.test.exposure_baseline > 0:
+            error_rate = errors.test.x_baseline / errors.test.exposure_baseline
+        pre_post = self.mode is BaselineMode.PRE_POST
+        share = 1.0 if pre_post else self.weight_at(t)
+        dispersion = max((m.test.dispersion() for m in self._count_tests), default=1.0)  # type: ignore[union-attr]
+        return plan(
+            self.spec,
+            total_rps=total_rps,
+            error_rate=error_rate,
+            canary_share=share,
+            on_inconclusive=self.on_inconclusive,
+            basis="this deploy's traffic so far",
+            dispersion=dispersion,
+            elapsed_s=max(t - self.start, 0.0),
+            remaining_s=self.deadline(t) - t,
+            pre_post=pre_post,
         )
 
     def _canary_rate(self) -> float | None:

@@ -120,8 +120,8 @@ def default_metrics() -> tuple[MetricSpec, ...]:
 class AnalysisSpec:
     alpha: float = 0.01  # false-rollback budget of the whole deploy, split across metrics by alpha_share
     pass_alpha: float = 0.02  # error budget of an early PASS (promoting a deploy that is critically worse)
-    warmup_s: float = 0.0  # ignore canary data (and the matching baseline) in the first N seconds
-    max_duration_s: float = 1800.0  # analysis window: at its end, no decision means inconclusive
+    warmup_s: float = 0.0  # ignore canary data (and the matching baseline) in the first N seconds of each step
+    max_duration_s: float = 1800.0  # analysis window of each step: at its end, no decision means inconclusive
     min_canary_requests: int = 50  # no decision of any kind before this many canary requests
     metrics: tuple[MetricSpec, ...] = field(default_factory=default_metrics)
 
