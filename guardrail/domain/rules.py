@@ -454,6 +454,25 @@ class RuleEvaluator:
         self._prune()
         return out
 
+    def counts(self, spec: RuleSpec, track: Track, at: float) -> tuple[float, float] | None:
+        """(events, requests) of a rate rule over ``(at - window_s, at]`` on one track: errors for the
+        error rate, requests slower than the threshold for a latency quantile (buckets whose lower
+        bound is at or above it); None for gauge rules or without data."""
+        ws = self._in_window(track, at, spec.window_s)
+        if spec.kind is RuleKind.ERROR_RATE:
+            n = sum(w.requests for w in ws)
+            return (float(sum(w.errors for w in ws)), float(n)) if n > 0 else None
+        if spec.kind is RuleKind.LATENCY_QUANTILE:
+            slow = total = 0.0
+            for w in ws:
+                if w.hist is None:
+                    continue
+                bounds, counts = w.hist
+                total += sum(counts)
+                slow += sum(c for i, c in enumerate(counts) if i > 0 and bounds[i - 1] >= spec.threshold)
+            return (slow, total) if total > 0 else None
+        return None
+
     def last_reading(self, spec: RuleSpec, track: Track) -> str:
         """What the rule read at the track's latest point where its condition held ("" if never)."""
         st = self._status.get((spec.name, track))
@@ -575,7 +594,9 @@ def attribute(
     the new version's. It is not when the baseline breaches the same rule over the same windows
     (:meth:`RuleEvaluator.shared_breach`: a service slow everywhere), nor when the judge rules out
     harm on the matching metric (its non-inferiority test passed: the canary is confidently not worse
-    than the baseline by the critical change). Otherwise it is, and the deploy fails on it."""
+    than the baseline by the critical change), nor when the canary's rate over the rule's window is
+    within the noise of the baseline's (:func:`_within_noise`: bursts on a tenth of the traffic).
+    Otherwise it is, and the deploy fails on it."""
     by_name = {e.metric: e for e in evidence}
     out: list[RuleCheck] = []
     for spec, track, since in evaluator.firing:
@@ -587,6 +608,10 @@ def attribute(
             out.append(RuleCheck(spec.name, since, at, False, reading, shared))
             continue
         judged = [by_name[n] for n in judge_metrics_for(spec, metrics) if n in by_name]
+        noise = _within_noise(evaluator, spec, at, max((e.dispersion for e in judged), default=1.0))
+        if noise is not None:
+            out.append(RuleCheck(spec.name, since, at, False, reading, noise))
+            continue
         if judged and all(e.status is MetricStatus.PASS for e in judged):
             e = judged[0]
             why = (
@@ -596,6 +621,16 @@ def attribute(
             out.append(RuleCheck(spec.name, since, at, False, reading, why))
             continue
         base = f"the baseline stays under {_threshold_text(spec)}"
+        gap = _gap_text(evaluator, spec, at)
+        if gap:
+            base += f" over the same windows ({gap})"
+            if judged:
+                e = judged[0]
+                why = f"{base}, and the judge does not rule out harm on {e.metric} ({e.status.value})"
+            else:
+                why = base
+            out.append(RuleCheck(spec.name, since, at, True, reading, why))
+            continue
         if judged:
             e = judged[0]
             why = f"{base} over the same windows, and the judge does not rule out harm on {e.metric} ({e.status.value})"
@@ -603,6 +638,43 @@ def attribute(
             why = f"{base} over the same windows"
         out.append(RuleCheck(spec.name, since, at, True, reading, why))
     return out
+
+
+NOISE_Z = 3.0  # how far above the baseline, in standard errors, a canary breach must be to be its own
+
+
+def _within_noise(evaluator: RuleEvaluator, spec: RuleSpec, at: float, dispersion: float) -> str | None:
+    """Why the canary's breach is within the noise of the baseline over the rule's window, or None.
+
+    A threshold rule on a 10% canary reads a tenth of the traffic: bursts of errors push its 5-min
+    rate over 1% now and then while the service is fine. The breach is the canary's only if its rate
+    over the rule's window is above the baseline's over the same windows by ``NOISE_Z`` standard
+    errors (two-proportion, inflated by the judge's dispersion of the metric). Gauge rules, and rules
+    without concurrent baseline data, are not tested here."""
+    c = evaluator.counts(spec, Track.CANARY, at)
+    b = evaluator.counts(spec, Track.BASELINE, at)
+    if c is None or b is None:
+        return None
+    (xc, nc), (xb, nb) = c, b
+    pooled = (xc + xb) / (nc + nb)
+    se = (
+        math.sqrt(max(dispersion, 1.0) * pooled * (1 - pooled) * (1 / nc + 1 / nb)) if 0 < pooled < 1 else 0.0
+    )
+    if se <= 0:
+        return None
+    z = (xc / nc - xb / nb) / se
+    if z >= NOISE_Z:
+        return None
+    what = (
+        "error rate"
+        if spec.kind is RuleKind.ERROR_RATE
+        else f"share of requests slower than {secs(spec.threshold)}"
+    )
+    disp = f" at dispersion x{dispersion:.1f}" if dispersion > 1.05 else ""
+    return (
+        f"the canary's {what} over the rule's window ({pct(xc / nc)}) is not above the baseline's "
+        f"({pct(xb / nb)}) by more than the noise (z {z:.1f} < {NOISE_Z:g}{disp})"
+    )
 
 
 def with_rules(verdict: Verdict, checks: Sequence[RuleCheck], at: float) -> Verdict:
@@ -620,6 +692,15 @@ def with_rules(verdict: Verdict, checks: Sequence[RuleCheck], at: float) -> Verd
     if cleared:
         summary += " Alert rules: " + "; ".join(c.sentence for c in cleared) + "."
     return replace(verdict, summary=summary, rules=tuple(checks))
+
+
+def _gap_text(evaluator: RuleEvaluator, spec: RuleSpec, at: float) -> str:
+    c = evaluator.counts(spec, Track.CANARY, at)
+    b = evaluator.counts(spec, Track.BASELINE, at)
+    if c is None or b is None or c[1] <= 0 or b[1] <= 0:
+        return ""
+    what = "errors" if spec.kind is RuleKind.ERROR_RATE else f"slower than {secs(spec.threshold)}"
+    return f"{what}: canary {pct(c[0] / c[1])} vs baseline {pct(b[0] / b[1])}"
 
 
 def _ratio_text(e: Evidence) -> str:

@@ -555,3 +555,17 @@ def test_ticket_rules_and_baseline_alerts_are_never_checked_for_blame():
     samples = [win(i, Track.CANARY, gauges={"disk_free_ratio": 0.05}) for i in range(3)]
     samples += [lat(i, Track.BASELINE, slow=300, requests=9000) for i in range(6)]
     assert _checks(samples, specs=[disk, replace(rule("HighLatencyP99"), for_s=0)]) == []
+
+
+def test_a_canary_breach_within_the_noise_of_the_baseline_is_not_blamed():
+    """A tenth of the traffic is noisy: 1.5% errors on 1,000 canary requests against 0.78% on the
+    baseline's 9,000 is 2.4 standard errors: the rule pages, the deploy is not failed on it."""
+    er = replace(rule("HighErrorRate"), for_s=120)
+    noisy = [win(i, Track.CANARY, requests=200, errors=3) for i in range(5)]
+    base = [win(i, Track.BASELINE, requests=1800, errors=14) for i in range(5)]
+    (check,) = _checks(noisy + base, specs=[er])
+    assert not check.attributable
+    assert "not above the baseline's (0.78%) by more than the noise (z 2.4 < 3)" in check.reason
+    clear = [win(i, Track.CANARY, requests=200, errors=6) for i in range(5)]
+    (check,) = _checks(clear + base, specs=[er])
+    assert check.attributable and "(errors: canary 3% vs baseline 0.78%)" in check.reason

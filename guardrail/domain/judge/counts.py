@@ -47,7 +47,7 @@ DISPERSION_NOISE_SD = 1.5
 # give about 7; 4 keeps every A/A scenario within alpha from the first look at no cost in detection
 # once a pre-deploy window gives the baseline's estimate).
 PRIOR_DISPERSION = 4.0
-MIN_DISPERSION_DF = 6  # baseline degrees of freedom before its own estimate replaces the prior
+MIN_DISPERSION_DF = 8  # baseline degrees of freedom before its own estimate replaces the prior
 CANARY_PRIOR_DF = 8.0  # weight of the baseline's estimate in the canary's, in degrees of freedom
 
 
