@@ -640,7 +640,7 @@ def attribute(
     return out
 
 
-NOISE_Z = 3.0  # how far above the baseline, in standard errors, a canary breach must be to be its own
+NOISE_Z = 4.0  # how far above the baseline, in standard errors, a canary breach must be to be its own (checked at every look: kept high)
 
 
 def _within_noise(evaluator: RuleEvaluator, spec: RuleSpec, at: float, dispersion: float) -> str | None:

@@ -565,7 +565,7 @@ def test_a_canary_breach_within_the_noise_of_the_baseline_is_not_blamed():
     base = [win(i, Track.BASELINE, requests=1800, errors=14) for i in range(5)]
     (check,) = _checks(noisy + base, specs=[er])
     assert not check.attributable
-    assert "not above the baseline's (0.78%) by more than the noise (z 2.4 < 3)" in check.reason
+    assert "not above the baseline's (0.78%) by more than the noise (z 2.4 < 4)" in check.reason
     clear = [win(i, Track.CANARY, requests=200, errors=6) for i in range(5)]
     (check,) = _checks(clear + base, specs=[er])
     assert check.attributable and "(errors: canary 3% vs baseline 0.78%)" in check.reason
