@@ -921,3 +921,19 @@ class ExternalAlert:
             "group_key": self.group_key,
             "receiver": self.receiver,
         }
+
+
+def external_blame(alert: ExternalAlert, baseline_firing: Iterable[str]) -> str | None:
+    """Why a firing alert from another system (Alertmanager) is not blamed on the new version, or
+    None when it is. Prometheus evaluates ``alerts/rules.yml`` per service and track: an alert of the
+    baseline track is the old version's, and a canary-track alert whose same rule also fires on the
+    baseline (``baseline_firing``: alert names firing there now) is a breach both versions share.
+    An alert without a track label (e.g. the DB pool) is about the service as a whole and counts."""
+    track = alert.labels.get("track", "")
+    if track == Track.BASELINE.value:
+        return "it fires on the baseline (the old version), not on the canary"
+    if track and track != Track.CANARY.value:
+        return f"it is about track {track!r}, not the canary"
+    if track == Track.CANARY.value and alert.name in set(baseline_firing):
+        return "the same alert fires on the baseline (the old version) too"
+    return None

@@ -48,7 +48,7 @@ from guardrail.domain.rollout import (
     VerdictReached,
     transition,
 )
-from guardrail.domain.rules import ExternalAlert, with_rules
+from guardrail.domain.rules import ExternalAlert, external_blame, with_rules
 from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
 from guardrail.retry import Backoff
 from guardrail.service.alerting import DeployAlerts
@@ -97,6 +97,9 @@ class Engine:
         self._changed: dict[str, asyncio.Event] = {}
         self._last_verdict: dict[str, tuple[str, float]] = {}
         self._rule_blame: dict[str, dict[str, bool]] = {}  # deploy -> rule -> attributable (last noted)
+        # Alertmanager alerts firing on the baseline track now, by (service, environment): in memory,
+        # Alertmanager resends what still fires
+        self._baseline_alerts: dict[tuple[str, str], set[str]] = {}
         self._last_data_wall: dict[str, float] = {}
         self._stalled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -430,10 +433,16 @@ class Engine:
     async def external_alerts(self, alerts: Sequence[ExternalAlert]) -> int:
         """Alertmanager alerts (``/hooks/alertmanager``): those for a service with an active deploy, or
         one promoted within the watch window (wall time), go on that deploy's timeline; a firing
-        page-severity alert during the canary steps is a failure signal and rolls the deploy back."""
+        page-severity alert during the canary steps is a failure signal and rolls the deploy back,
+        unless it is not the new version's (``domain.rules.external_blame``: a baseline-track alert, or
+        one firing on both tracks)."""
         matched = 0
         now = self.clock()
         candidates = await self.store.list_deploys(limit=500, since=now - 7 * 86400)
+        for alert in alerts:  # first what fires on the baseline now (Alertmanager resends what fires)
+            if alert.labels.get("track") == "baseline":
+                firing = self._baseline_alerts.setdefault((alert.service or "", alert.environment or ""), set())
+                (firing.add if alert.status.value == "firing" else firing.discard)(alert.name)
         for alert in alerts:
             for deploy in candidates:
                 m = deploy.marker
@@ -462,6 +471,13 @@ class Engine:
                         and self.settings.rules.fails_deploy
                         and fresh.state in (DeployState.ANALYZING, DeployState.PAUSED)
                     )
+                    shared = self._baseline_alerts.get((alert.service or "", alert.environment or ""), set())
+                    if shared == set() and alert.environment is None:
+                        shared = self._baseline_alerts.get((alert.service or "", m.environment), set())
+                    why_not = external_blame(alert, shared) if fails else None
+                    if why_not is not None:
+                        fails = False
+                        ev = replace(ev, message=f"{ev.message} (pages, but does not fail the deploy: {why_not})")
                     if fails:
                         await self._apply(
                             fresh,

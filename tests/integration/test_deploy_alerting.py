@@ -183,3 +183,31 @@ async def test_old_version_windows_pushed_for_the_canary_track_cannot_fail_the_d
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, seed=23)
     assert d.state is DeployState.PROMOTED, d.rollout.reason
     assert not [e for e in await store.events(d.id) if e.kind is EventKind.ALERT and e.details["alert"]["track"] == "canary"]
+
+
+async def test_alertmanager_pages_about_the_old_version_or_both_tracks_do_not_fail_the_canary(store, fake):
+    """Prometheus evaluates alerts/rules.yml per service and track: a baseline-track page is the old
+    version's, and a canary-track page that also fires on the baseline is shared (before: any page for
+    the service rolled the canary back)."""
+    svc = make_service(store, fake)
+    adapter = RecordingDeployAdapter()
+    engine = make_engine(store, adapter, notifications=svc)
+    d, _ = await engine.record_deploy(marker())
+    await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, windows=3)
+
+    def alert(track: str, status: AlertState = AlertState.FIRING) -> ExternalAlert:
+        return ExternalAlert(fingerprint=f"fp-{track}", status=status,
+                             labels={"alertname": "HighLatencyP99", "severity": "page", "service": "checkout",
+                                     "environment": "production", "track": track},
+                             annotations={"summary": f"checkout ({track}): p99 latency 1.3s"}, starts_at=T0)
+
+    assert await engine.external_alerts([alert("baseline")]) == 1
+    assert (await store.get_deploy(d.id)).state is DeployState.ANALYZING
+    assert await engine.external_alerts([alert("canary")]) == 1  # the baseline fires too: shared
+    assert (await store.get_deploy(d.id)).state is DeployState.ANALYZING
+    notes = [e.message for e in await store.events(d.id) if e.kind is EventKind.ALERT]
+    assert any("does not fail the deploy: the same alert fires on the baseline" in m for m in notes)
+    await engine.external_alerts([alert("baseline", AlertState.RESOLVED)])
+    await engine.external_alerts([alert("canary")])  # now the canary's alone
+    d = await store.get_deploy(d.id)
+    assert d.state is DeployState.ROLLED_BACK and "HighLatencyP99" in d.rollout.reason
