@@ -265,6 +265,9 @@ class RulesConfig(_Strict):
     DBConnectionPoolExhausted, DiskSpaceLow, MemoryLeakSuspected."""
 
     enabled: bool = True
+    # one point every interval of data time, like Prometheus's evaluation_interval (default 1m): keep
+    # the two equal for the in-service rules to fire and resolve when Prometheus's do
+    evaluation_interval_s: float = Field(60, gt=0)
     watch_s: float = Field(1800, ge=0)  # after promotion: rules keep running, Alertmanager alerts still count
     fails_deploy: bool = True  # False: firing rules only notify, never roll a canary back
     overrides: dict[str, RuleOverride] = {}

@@ -15,17 +15,25 @@ MemoryLeakSuspected        memory_bytes slope > 0 and 4 h projection     30m   1
                            > 2 GiB (least squares over the lookback)
 =========================  ============================================  ====  ===========  ======
 
-Evaluation is on *data time*. Every window end of a track is an evaluation point (like Prometheus's
-evaluation interval, but driven by the data), so replaying 30 minutes of windows in one push walks
-through the same points, and fires at the same data time, as receiving them live. A rule's
-condition at point ``t`` uses that track's windows ending in ``(t - window_s, t]``: summed counts for
-the error rate, a merged histogram for the latency quantile (Prometheus-style interpolation inside
-the bucket), the latest value for the gauges, a least-squares line for the memory trend.
+Evaluation is on *data time*, at fixed points like a Prometheus rule group: every evaluation
+interval (``interval_s``, 60 s by default like Prometheus's ``evaluation_interval``) from the end of
+the first window the evaluator sees, so replaying 30 minutes of windows in one push walks through the
+same points, and fires at the same data time, as receiving them live. A rule's condition at point
+``t`` reads the track's data in ``[t - window_s, t]``, both ends included like Prometheus 2's range
+selectors and 5-minute lookback: the windows lying entirely inside it for the error rate and the
+latency quantile (a window is the increase between two scrapes; ``rate`` counts it only when both
+scrapes are in the range), the latest value for the gauges, a least-squares line through every value
+for the memory trend. The p99 rule also holds when more than 1% of the requests were slower than the
+threshold where the threshold is a bucket bound (the +Inf edge: the 99% rank past the last bound).
 
-``for``: a rule fires at the first point where its condition has held at every point for ``for_s``
-of data time, and resolves at the first point where the condition is false again. **No data is not
-zero**: a point where the condition cannot be computed (no requests in the window, no histogram, no
-gauge value) neither fires, resolves nor resets a rule: it keeps its state.
+``for``: a rule goes pending at the first point where its condition holds, fires at the first point
+where it has held at every point for ``for_s`` of data time, and resolves at the first point where it
+does not hold. **No data is not zero, and it is not "as before" either**: a point where the condition
+cannot be computed (no requests, no histogram, no gauge value in the rule's window; a hole longer
+than the window) does not hold, as in Prometheus, where a series missing from the result resolves the
+alert: a pending rule starts over, a firing one resolves ("no data"), and once data is back it waits
+its full ``for`` again. alerts/RUNBOOK.md ("How the rules read data") has the whole semantics; a
+differential test (tests/test_rule_parity.py) holds this evaluator and ``promtool`` to it.
 
 **The canary starts with the new version.** Canary-track windows that end at or before the time the
 new version first got traffic (``canary_start``) are the old version's and are left out, like the judge
@@ -35,12 +43,12 @@ canary serves (``canary_start`` None), the canary's points wait.
 **Attribution.** A page rule firing on the canary pages on-call, but it fails the deploy only when
 the breach is the new version's (:func:`attribute`): the same rule's condition did not hold on the
 baseline at any point over the rule's window (or, with no baseline data in that window, at the
-baseline's last point: the old version was already breaching before the deploy), and the judge does
+baseline's last reading: the old version was already breaching before the deploy), and the judge does
 not rule out harm on the matching metric (error rate, or the latency quantile of the same q).
 
 Samples may arrive in any order and twice (duplicates are ignored). A window that arrives after
 points later than its end were evaluated still counts in the aggregates of the points to come, but
-its own point is not evaluated again; one older than every remaining lookback is dropped
+the points already evaluated are not evaluated again; one older than every remaining lookback is dropped
 (:attr:`RuleEvaluator.late`). Memory is bounded: only the windows the longest lookback needs are kept,
 with only the gauges some rule reads.
 """
@@ -325,10 +333,12 @@ class _Window:
 class _Status:
     since: float | None = None  # data time the condition started to hold (None: not holding)
     firing: bool = False
-    value: float = math.nan
+    value: float = math.nan  # the latest reading's value (kept through points without data)
     last_held: float | None = None  # the latest point at which the condition held
     held_text: str = ""  # what it read then, e.g. "p99 1.3 s > 1 s"
+    held_data: float | None = None  # the end of the newest window that reading used
     last_point: float | None = None  # the latest point with a reading
+    at: float | None = None  # the latest point evaluated (with or without a reading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +347,17 @@ class _Reading:
     holds: bool
     text: str  # e.g. "error rate 2.3% > 1%"
     back: str  # e.g. "error rate 0.4%, back under 1%"
+    data: float  # the end of the newest window read
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStatus:
+    """Where one rule stands on one track after the latest evaluation point."""
+
+    state: str  # "inactive", "pending" or "firing" (Prometheus's alert states)
+    since: float | None  # data time the condition started to hold (pending or firing)
+    value: float | None  # the value read at the latest point; None when that point had no data
+    at: float | None  # the latest evaluation point (None: none yet)
 
 
 @dataclass(slots=True)
@@ -351,13 +372,24 @@ class RuleEvaluator:
     resolved) since the last call, in data-time order.
 
     ``canary_start``: the data time the new version first got traffic (see the module docstring);
-    None while it has none; the default (-inf) takes every canary window (a service with no deploy)."""
+    None while it has none; the default (-inf) takes every canary window (a service with no deploy).
+    ``interval_s``: the evaluation interval (points every ``interval_s`` of data time from the end of
+    the first window seen)."""
 
-    def __init__(self, specs: Iterable[RuleSpec], *, canary_start: float | None = -math.inf) -> None:
+    def __init__(
+        self, specs: Iterable[RuleSpec], *, canary_start: float | None = -math.inf, interval_s: float = 60.0
+    ) -> None:
         self.specs = tuple(specs)
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise ValidationError(f"rule names must be unique, got {names}", field="rules")
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise ValidationError(
+                f"the evaluation interval must be > 0 seconds, got {interval_s}",
+                field="rules.evaluation_interval_s",
+            )
+        self.interval_s = float(interval_s)
+        self._anchor: float | None = None  # the first evaluation point; the others follow every interval
         self._span = max((s.window_s for s in self.specs), default=0.0)
         self._gauge_names = frozenset(g for s in self.specs for g in s.gauges)
         thresholds = {
@@ -427,21 +459,29 @@ class RuleEvaluator:
                     out.append((s, t, st.since))
         return out
 
+    def status(self, rule: str, track: Track) -> RuleStatus:
+        """Where ``rule`` stands on ``track`` after the latest evaluation point."""
+        st = self._status[(rule, track)]
+        state = "firing" if st.firing else "pending" if st.since is not None else "inactive"
+        value = st.value if st.at is not None and st.last_point == st.at else None
+        return RuleStatus(state, st.since, value, st.at)
+
     # output ------------------------------------------------------------------------------------------
     def evaluate(self, now: float) -> list[RuleTransition]:
-        """Evaluate every point (window end) in ``(last evaluated, now]`` of data time, in order."""
+        """Evaluate every point in ``(last evaluated, now]`` of data time, in order."""
         if not self.specs:
             return []
+        if self._anchor is None:
+            firsts = [tr.windows[0][0] for tr in self._tracks.values() if tr.windows]
+            self._anchor = min(firsts) if firsts else None
         points: list[tuple[float, Track]] = []
         for track, tr in self._tracks.items():
             start = self._start(track)
             done = self._evaluated[track]
             if start is None or now <= done:
                 continue  # the canary is not serving yet: its points wait for it
-            lo = bisect.bisect_right(tr.windows, (max(done, start), math.inf))
-            hi = bisect.bisect_right(tr.windows, (now, math.inf))
-            ends = sorted({end for end, _ in tr.windows[lo:hi]})
-            points.extend((end, track) for end in ends)
+            if self._anchor is not None:
+                points.extend((t, track) for t in self._points(tr, max(done, start), now))
             self._evaluated[track] = now
         points.sort(key=lambda p: (p[0], p[1].value))
         out: list[RuleTransition] = []
@@ -454,11 +494,29 @@ class RuleEvaluator:
         self._prune()
         return out
 
+    def _points(self, tr: _Track, after: float, now: float) -> Iterable[float]:
+        """The evaluation points in ``(after, now]``. Past a point that reads no data at all (nothing in
+        the longest lookback: every rule is inactive after it), the next one is where data resumes."""
+        anchor, step = self._anchor, self.interval_s
+        assert anchor is not None
+        t = anchor if after < anchor else anchor + (math.floor((after - anchor) / step) + 1) * step
+        while t <= now:
+            yield t
+            lo = bisect.bisect_left(tr.windows, (t - self._span, -math.inf))
+            if lo < len(tr.windows) and tr.windows[lo][0] <= t:
+                t += step
+                continue
+            nxt = bisect.bisect_right(tr.windows, (t, math.inf))
+            if nxt == len(tr.windows):
+                return
+            t = max(t + step, anchor + math.ceil((tr.windows[nxt][0] - anchor) / step) * step)
+
     def counts(self, spec: RuleSpec, track: Track, at: float) -> tuple[float, float] | None:
-        """(events, requests) of a rate rule over ``(at - window_s, at]`` on one track: errors for the
-        error rate, requests slower than the threshold for a latency quantile (buckets whose lower
-        bound is at or above it); None for gauge rules or without data."""
-        ws = self._in_window(track, at, spec.window_s)
+        """(events, requests) of a rate rule over ``[at - window_s, at]`` on one track (the windows
+        lying inside it, as the rule reads them): errors for the error rate, requests slower than the
+        threshold for a latency quantile (buckets whose lower bound is at or above it); None for gauge
+        rules or without data."""
+        ws = [w for w in self._in_window(track, at, spec.window_s) if w.start >= at - spec.window_s]
         if spec.kind is RuleKind.ERROR_RATE:
             n = sum(w.requests for w in ws)
             return (float(sum(w.errors for w in ws)), float(n)) if n > 0 else None
@@ -481,14 +539,18 @@ class RuleEvaluator:
     def shared_breach(self, spec: RuleSpec, at: float) -> str | None:
         """Why a canary breach of ``spec`` at ``at`` is not the new version's alone, or None: the
         rule's condition held on the baseline at a point in ``(at - window_s, at]``, or the baseline
-        has no point there and was breaching at its last one (before the deploy, in pre/post mode)."""
+        has no reading there and its last reading held (before the deploy, in pre/post mode: with no
+        data, the baseline's rule resolves, but what it last read still stands for the old version)."""
         st = self._status.get((spec.name, Track.BASELINE))
         if st is None:
             return None  # the rule does not watch the baseline: nothing to compare with
-        if st.last_held is not None and st.last_held > at - spec.window_s:
-            return f"the baseline (old version) breaches it too: {st.held_text}"
-        no_recent = st.last_point is None or st.last_point <= at - spec.window_s
-        if no_recent and st.since is not None:
+        recent = at - spec.window_s
+        if st.last_held is not None and st.last_held > recent:
+            if st.held_data is not None and st.held_data > recent:
+                return f"the baseline (old version) breaches it too: {st.held_text}"
+            return f"the baseline (old version) was already breaching it at its last data: {st.held_text}"
+        no_recent = st.last_point is None or st.last_point <= recent
+        if no_recent and st.last_point is not None and st.last_held == st.last_point:
             return f"the baseline (old version) was already breaching it at its last data: {st.held_text}"
         return None
 
@@ -509,13 +571,13 @@ class RuleEvaluator:
 
     def _step(self, spec: RuleSpec, track: Track, t: float) -> RuleTransition | None:
         reading = self._read(spec, track, t)
-        if reading is None:  # no data: keep the state
-            return None
         st = self._status[(spec.name, track)]
-        st.value = reading.value
-        st.last_point = t
-        if reading.holds:
-            st.last_held, st.held_text = t, reading.text
+        st.at = t
+        if reading is not None:
+            st.value = reading.value
+            st.last_point = t
+        if reading is not None and reading.holds:
+            st.last_held, st.held_text, st.held_data = t, reading.text, reading.data
             if st.since is None:
                 st.since = t
             if not st.firing and t - st.since >= spec.for_s:
@@ -528,12 +590,18 @@ class RuleEvaluator:
             return None
         since, was_firing = st.since, st.firing
         st.since, st.firing = None, False
-        if was_firing and since is not None:
-            return RuleTransition(
-                spec, track, AlertState.RESOLVED, t, since, reading.value, spec.threshold,
-                f"{track.value} {reading.back} (fired for {duration(t - since)})",
-            )  # fmt: skip
-        return None
+        if not (was_firing and since is not None):
+            return None
+        if reading is not None:
+            back = reading.back
+        else:  # no data: not a recovery, and said so
+            back = (
+                f"{spec.summary}: no data in the last {duration(spec.window_s)}, resolved without a reading"
+            )
+        return RuleTransition(
+            spec, track, AlertState.RESOLVED, t, since, st.value, spec.threshold,
+            f"{track.value} {back} (fired for {duration(t - since)})",
+        )  # fmt: skip
 
     def _prune(self) -> None:
         for track, tr in self._tracks.items():
@@ -546,20 +614,22 @@ class RuleEvaluator:
             del tr.windows[:cut]
 
     def _in_window(self, track: Track, t: float, span: float) -> list[_Window]:
-        """The track's windows ending in ``(t - span, t]`` (and after the canary's start), oldest first."""
+        """The track's windows ending in ``[t - span, t]`` (and after the canary's start), oldest first."""
         tr = self._tracks[track]
+        lo = bisect.bisect_left(tr.windows, (t - span, -math.inf))
         start = self._start(track)
-        lo = bisect.bisect_right(tr.windows, (max(t - span, start if start is not None else t), math.inf))
+        if start is not None and start > -math.inf:
+            lo = max(lo, bisect.bisect_right(tr.windows, (start, math.inf)))
         hi = bisect.bisect_right(tr.windows, (t, math.inf))
         return [tr.by_key[(start_, end)] for end, start_ in tr.windows[lo:hi]]
 
     # one reader per kind: None when there is nothing to judge ----------------------------------------
     def _read(self, spec: RuleSpec, track: Track, t: float) -> _Reading | None:
         ws = self._in_window(track, t, spec.window_s)
-        if spec.kind is RuleKind.ERROR_RATE:
-            return _error_rate(spec, ws)
+        if spec.kind is RuleKind.ERROR_RATE:  # a rate reads the windows lying inside its range
+            return _error_rate(spec, [w for w in ws if w.start >= t - spec.window_s])
         if spec.kind is RuleKind.LATENCY_QUANTILE:
-            return _latency(spec, ws)
+            return _latency(spec, [w for w in ws if w.start >= t - spec.window_s])
         if spec.kind is RuleKind.POOL_SATURATION:
             return _pool(spec, ws)
         if spec.kind is RuleKind.DISK_FREE:
@@ -735,6 +805,7 @@ def _error_rate(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
         rate > spec.threshold,
         f"error rate {pct(rate)} > {pct(spec.threshold)}",
         f"error rate {pct(rate)}, back under {pct(spec.threshold)}",
+        max(w.end for w in ws),
     )
 
 
@@ -754,15 +825,23 @@ def _latency(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
     q = _histogram_quantile(bounds, counts, spec.quantile)
     if q is None:  # pragma: no cover - total > 0
         return None
-    beyond = sum(counts[:-1]) < spec.quantile * total  # rank in the +Inf bucket: above the last bound
+    rank = spec.quantile * total
+    beyond = sum(counts[:-1]) < rank  # rank in the +Inf bucket: above the last bound
     name = f"p{spec.quantile * 100:g}"
     shown = f"above {secs(q)} (the last bucket bound)" if beyond else secs(q)
-    holds = q > spec.threshold or (beyond and q >= spec.threshold)
+    # q > threshold, or, where the threshold is a bucket bound, the rank past it: more than 1 - q of
+    # the requests slower than the threshold (histogram_quantile returns the last bound for a rank in
+    # +Inf, so "> 1 s" alone misses a p99 past a last bound of 1 s; alerts/rules.yml has the same `or`)
+    at_bound = bisect.bisect_left(bounds, spec.threshold)
+    past_bound = (
+        at_bound < len(bounds) and bounds[at_bound] == spec.threshold and sum(counts[: at_bound + 1]) < rank
+    )
     return _Reading(
         q,
-        holds,
+        q > spec.threshold or past_bound,
         f"{name} {shown} > {secs(spec.threshold)}",
         f"{name} {shown}, back under {secs(spec.threshold)}",
+        max(w.end for w in with_hist),
     )
 
 
@@ -786,18 +865,19 @@ def _pool(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
     else:
         text = f"{pool} ({pct(ratio)} >= {pct(spec.threshold)})"
         back = f"{pool} ({pct(ratio)}), back under {pct(spec.threshold)}"
-    return _Reading(ratio, ratio >= spec.threshold, text, back)
+    return _Reading(ratio, ratio >= spec.threshold, text, back, w.end)
 
 
 def _disk(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
     ratio_name, avail, size = spec.gauges
     free: float | None = None
+    end = 0.0
     for w in reversed(ws):
         if ratio_name in w.gauges:
-            free = w.gauges[ratio_name]
+            free, end = w.gauges[ratio_name], w.end
             break
         if avail in w.gauges and w.gauges.get(size, 0) > 0:
-            free = w.gauges[avail] / w.gauges[size]
+            free, end = w.gauges[avail] / w.gauges[size], w.end
             break
     if free is None:
         return None
@@ -806,6 +886,7 @@ def _disk(spec: RuleSpec, ws: list[_Window]) -> _Reading | None:
         free < spec.threshold,
         f"disk {pct(free)} free < {pct(spec.threshold)}",
         f"disk {pct(free)} free, back over {pct(spec.threshold)}",
+        end,
     )
 
 
@@ -829,6 +910,7 @@ def _memory(spec: RuleSpec, ws: list[_Window], t: float) -> _Reading | None:
         slope > 0 and projected > spec.threshold,
         f"memory grows {rate}: {size(projected)} in {ahead} at this rate > {size(spec.threshold)}",
         f"memory {rate}: {size(projected)} projected in {ahead}, under {size(spec.threshold)}",
+        pts[-1][0],
     )
 
 

@@ -151,7 +151,9 @@ class DeployAlerts:
         ev = self._evaluators.get(deploy.id)
         start = deploy.rollout.traffic_started_at
         if ev is None:
-            ev = self._evaluators[deploy.id] = RuleEvaluator(self._specs, canary_start=start)
+            ev = self._evaluators[deploy.id] = RuleEvaluator(
+                self._specs, canary_start=start, interval_s=self.settings.rules.evaluation_interval_s
+            )
             ev.add_many(stored)
         else:
             ev.set_canary_start(start)

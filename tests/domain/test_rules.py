@@ -23,6 +23,7 @@ from guardrail.domain.rules import (
     RuleEvaluator,
     RuleKind,
     RuleSpec,
+    RuleStatus,
     RuleTransition,
     attribute,
     configure_rules,
@@ -48,8 +49,8 @@ def end(i: int) -> float:
     return T0 + (i + 1) * W
 
 
-def run(specs, samples, now=None) -> list[RuleTransition]:
-    ev = RuleEvaluator(specs)
+def run(specs, samples, now=None, **kw) -> list[RuleTransition]:
+    ev = RuleEvaluator(specs, **kw)
     ev.add_many(samples)
     return ev.evaluate(now if now is not None else max(s.end for s in samples))
 
@@ -96,19 +97,35 @@ def test_error_rate_resolves_when_back_under_the_threshold():
     assert not resolved.fails_deploy
 
 
-def test_no_requests_is_not_zero_errors_neither_resolves_nor_fires():
+def test_no_requests_is_no_data_not_zero_errors_and_resolves_once_the_window_is_empty():
+    """Issue 17 (was: no data kept the state): a point with no requests in the window does not hold,
+    as in Prometheus (0/0 is NaN, no alert): a firing rule resolves, saying it had no data, not
+    that the error rate recovered; a pending one starts over, and the silence never counts toward
+    ``for``."""
     bad = [win(i, errors=30) for i in range(7)]
     silent = [win(i, requests=0) for i in range(7, 30)]  # 23 min without a single request
-    assert brief(run([rule("HighErrorRate")], bad + silent)) == [
-        ("HighErrorRate", "canary", "firing", end(5))
-    ]
-    # and silence after a healthy start does not fire, nor does it resolve a pending condition early
+    fired, resolved = run([rule("HighErrorRate")], bad + silent)
+    assert (fired.state, fired.at) == (AlertState.FIRING, end(5))
+    # the last bad window (6) leaves the 5-min range [t - 300 s, t] after end(10)
+    assert (resolved.state, resolved.at, resolved.value) == (
+        AlertState.RESOLVED,
+        end(11),
+        pytest.approx(0.03),
+    )
+    assert (
+        resolved.sentence
+        == "canary error rate: no data in the last 5 min, resolved without a reading (fired for 11 min)"
+    )
     ev = RuleEvaluator([rule("HighErrorRate")])
     ev.add_many([win(0, errors=30)] + [win(i, requests=0) for i in range(1, 20)])
-    assert ev.evaluate(end(19)) == []  # held from end(0) to end(4), then no data: pending, not fired
-    ev.add(win(20, errors=30))
-    (fired,) = ev.evaluate(end(20))
-    assert fired.since == end(0)  # the condition never stopped holding: no data kept it pending
+    assert ev.evaluate(end(19)) == []  # held from end(0) to end(4), then no data: pending dropped
+    assert ev.status("HighErrorRate", Track.CANARY) == RuleStatus("inactive", None, None, end(19))
+    out = []
+    for i in range(20, 26):
+        ev.add(win(i, errors=30))
+        out += ev.evaluate(end(i))
+    (fired,) = out
+    assert fired.since == end(20) and fired.at == end(25)  # the full 5 min again after the silence
 
 
 def test_each_track_is_judged_on_its_own_and_only_the_canary_fails_the_deploy():
@@ -160,10 +177,13 @@ def test_p99_from_raw_latencies_without_a_histogram():
     assert run([rule("HighLatencyP99")], [win(i, requests=100, latencies=fast) for i in range(20)]) == []
 
 
-def test_windows_without_latency_keep_the_latency_rule_as_it_is():
+def test_windows_without_latency_are_no_data_for_the_latency_rule():
     h = hist((900, 50, 20, 10, 20, 0))
     samples = [win(i, latency=h) for i in range(7)] + [win(i) for i in range(7, 30)]
-    assert brief(run([rule("HighLatencyP99")], samples)) == [("HighLatencyP99", "canary", "firing", end(5))]
+    assert brief(run([rule("HighLatencyP99")], samples)) == [
+        ("HighLatencyP99", "canary", "firing", end(5)),
+        ("HighLatencyP99", "canary", "resolved", end(11)),  # no histogram left in [t - 5 min, t]
+    ]
 
 
 # --- gauges ---------------------------------------------------------------------------------------
@@ -409,7 +429,9 @@ def test_default_rules_match_the_prometheus_rules():
         spec = ours[r["alert"]]
         assert spec.for_s == _duration(r["for"]), spec.name
         assert spec.severity.value == r["labels"]["severity"], spec.name
-        op, threshold = re.findall(r"(>=|<=|>|<)\s*([\d.\s*]+?)\s*$", r["expr"].strip())[-1]
+        # the first comparison is the rule's threshold (the p99 rule's `or` and the memory rule's
+        # `and` come after it); tests/test_rule_parity.py checks what the rules compute
+        op, threshold = re.search(r"(>=|<=|>|<)\s*(\d[\d.]*(?:\s*\*\s*\d[\d.]*)*)", r["expr"]).groups()  # type: ignore[union-attr]
         assert op == op_of[spec.kind] and spec.threshold == pytest.approx(_number(threshold)), spec.name
         ranges = re.findall(r"\[(\d+[smh])\]", r["expr"])
         if ranges:  # rate / deriv window; gauges use Prometheus's 5-min staleness
@@ -569,3 +591,131 @@ def test_a_canary_breach_within_the_noise_of_the_baseline_is_not_blamed():
     clear = [win(i, Track.CANARY, requests=200, errors=6) for i in range(5)]
     (check,) = _checks(clear + base, specs=[er])
     assert check.attributable and "(errors: canary 3% vs baseline 0.78%)" in check.reason
+
+
+# --- issue 17: one semantics with Prometheus (alerts/RUNBOOK.md, "How the rules read data") ------
+
+
+def test_a_hole_longer_than_the_window_resolves_and_the_rule_pages_again_after_its_for():
+    """As Prometheus: no scrape for 8 min while firing resolves the rule 5 min into the hole (the
+    range has data until then), and the breach after it pages again after a full ``for``."""
+    samples = [win(i, errors=30) for i in range(10)] + [win(i, errors=30) for i in range(18, 30)]
+    assert brief(run([rule("HighErrorRate")], samples)) == [
+        ("HighErrorRate", "canary", "firing", end(5)),
+        ("HighErrorRate", "canary", "resolved", end(14)),  # window 9 left [t - 5 min, t] after end(13)
+        ("HighErrorRate", "canary", "firing", end(23)),  # pending from end(18), fired 5 min later
+    ]
+
+
+def test_a_hole_shorter_than_the_window_keeps_the_rule_on_the_data_before_it():
+    samples = [win(i, errors=30) for i in range(3)] + [win(i, errors=30) for i in range(6, 10)]
+    (fired,) = run([rule("HighErrorRate")], samples)
+    assert (fired.since, fired.at) == (end(0), end(5))  # the 3-min hole never emptied the range
+
+
+def test_traffic_across_a_hole_counts_only_in_ranges_holding_both_of_its_scrapes():
+    """The first window after a hole covers the hole (the counter's jump): a 5-min rate reads it
+    only while the whole window lies in [t - 5 min, t], as Prometheus's rate needs both samples."""
+    er = replace(rule("HighErrorRate"), for_s=0)
+    long = Sample(Track.CANARY, end(0), end(7), 7000, 700)  # 7 minutes, 10% errors
+    ev = RuleEvaluator([er])
+    ev.add_many([win(0), long, win(8), win(9)])
+    ev.evaluate(end(9))
+    assert ev.status("HighErrorRate", Track.CANARY).value == pytest.approx(0.0)  # windows 8 and 9 only
+    short = Sample(Track.CANARY, end(0), end(3), 3000, 300)  # 3 minutes: inside the range
+    ev = RuleEvaluator([er])
+    ev.add_many([win(0), short, win(4)])
+    (fired,) = ev.evaluate(end(4))
+    assert fired.at == end(3) and fired.value == pytest.approx(300 / 4000)  # windows 0 and 1-3
+    assert ev.status("HighErrorRate", Track.CANARY).value == pytest.approx(300 / 5000)
+
+
+def test_ranges_include_their_left_end_like_prometheus_2():
+    # a gauge exactly 5 min old still counts (the 5-minute lookback includes its left end)
+    disk = replace(rule("DiskSpaceLow"), for_s=0)
+    ev = RuleEvaluator([disk])
+    ev.add(win(0, gauges={"disk_free_ratio": 0.05}))
+    ev.add(win(5, gauges={}))
+    ev.evaluate(end(5))
+    assert ev.status("DiskSpaceLow", Track.CANARY) == RuleStatus("firing", end(0), 0.05, end(5))
+    ev.add(win(6, gauges={}))
+    ev.evaluate(end(6))
+    assert ev.status("DiskSpaceLow", Track.CANARY).state == "inactive"
+    # the memory line is fit through every value in [t - 1 h, t]: 61 one-minute values
+    mem = replace(rule("MemoryLeakSuspected"), for_s=0, threshold=0.0)
+    flat_then_up = [win(i, gauges={"memory_bytes": GIB if i else 0.0}) for i in range(62)]
+    ev = RuleEvaluator([mem])
+    ev.add_many(flat_then_up[:61])
+    ev.evaluate(end(60))  # the value at end(0) is exactly 1 h old: still in, the slope is > 0
+    assert ev.status("MemoryLeakSuspected", Track.CANARY).state == "firing"
+    ev.add(flat_then_up[61])
+    ev.evaluate(end(61))  # now it is out: a flat line, no growth
+    assert ev.status("MemoryLeakSuspected", Track.CANARY).state == "inactive"
+
+
+def test_points_come_every_evaluation_interval_not_with_every_window():
+    er = replace(rule("HighErrorRate"), for_s=60)
+    tens = [Sample(Track.CANARY, T0 + 10 * i, T0 + 10 * (i + 1), 100, 5) for i in range(30)]
+    (fired,) = run([er], tens)  # 10-s windows, points at T0 + 10 s, + 70 s, + 130 s, ...
+    assert (fired.since, fired.at) == (T0 + 10, T0 + 70)
+    (fired,) = run([er], tens, interval_s=30)  # points at T0 + 10 s, + 40 s, + 70 s, ...
+    assert (fired.since, fired.at) == (T0 + 10, T0 + 70)
+    with pytest.raises(ValidationError) as e:
+        RuleEvaluator([er], interval_s=0)
+    assert e.value.field == "rules.evaluation_interval_s"
+
+
+def test_after_a_long_silence_evaluation_resumes_where_data_does():
+    """Hours without data are skipped in one step (nothing can hold there), not walked minute by minute."""
+    er = rule("HighErrorRate")
+    ev = RuleEvaluator([er, rule("MemoryLeakSuspected")])
+    ev.add_many(win(i, errors=30) for i in range(8))
+    ev.evaluate(end(7))
+    ev.add_many(win(i, errors=30) for i in range(600, 606))
+    fired_again = [t for t in ev.evaluate(end(605)) if t.state is AlertState.FIRING]
+    assert [(t.since, t.at) for t in fired_again] == [(end(600), end(605))]
+
+
+def test_the_p99_rule_holds_when_more_than_1_percent_are_slower_than_a_bound_at_the_threshold():
+    """The +Inf edge and its twin inside the histogram: with 1 s a bucket bound, p99 > 1 s exactly
+    when more than 1% of the requests took longer; exactly 1% is p99 = 1 s, not above."""
+    p99 = replace(rule("HighLatencyP99"), for_s=0)
+    top_at_1 = Histogram((0.5, 1.0), (980, 8, 12))  # 1.2% past the last bound
+    assert brief(run([p99], [win(0, latency=top_at_1)])) == [("HighLatencyP99", "canary", "firing", end(0))]
+    exactly = Histogram((0.5, 1.0, 2.5), (980, 10, 10, 0))  # 1% above 1 s: p99 is 1 s
+    assert run([p99], [win(0, latency=exactly)]) == []
+    ev = RuleEvaluator([p99])
+    ev.add(win(0, latency=exactly))
+    ev.evaluate(end(0))
+    assert ev.status("HighLatencyP99", Track.CANARY).value == pytest.approx(1.0)
+    below_bound = Histogram((0.5, 0.9), (970, 10, 20))  # past a last bound under 1 s: unknown, no alert
+    assert run([p99], [win(0, latency=below_bound)]) == []
+
+
+def test_status_says_pending_firing_and_no_data():
+    ev = RuleEvaluator([rule("HighErrorRate")])
+    assert ev.status("HighErrorRate", Track.CANARY) == RuleStatus("inactive", None, None, None)
+    ev.add_many(win(i, errors=30) for i in range(3))
+    ev.evaluate(end(2))
+    assert ev.status("HighErrorRate", Track.CANARY) == RuleStatus(
+        "pending", end(0), pytest.approx(0.03), end(2)
+    )
+    ev.add_many(win(i, errors=30) for i in range(3, 6))
+    ev.evaluate(end(5))
+    assert ev.status("HighErrorRate", Track.CANARY).state == "firing"
+    baseline = ev.status("HighErrorRate", Track.BASELINE)  # evaluated, never any data
+    assert (baseline.state, baseline.since, baseline.value) == ("inactive", None, None)
+
+
+def test_pre_post_the_baseline_rule_resolves_without_data_but_its_last_reading_still_counts():
+    """The baseline is the pre-deploy window: its rule resolves once its data leaves the range
+    (no data), yet a canary breach is still compared with what the baseline last read."""
+    before = [lat(i, Track.BASELINE, slow=300, requests=9000) for i in range(5)]
+    after = [lat(i, Track.CANARY, slow=30) for i in range(5, 40)]
+    ev = RuleEvaluator([replace(rule("HighLatencyP99"), for_s=120)], canary_start=end(4))
+    ev.add_many(before + after)
+    out = ev.evaluate(end(39))
+    assert ("HighLatencyP99", "baseline", "resolved", end(9)) in brief(out)
+    assert "no data in the last 5 min" in next(t.sentence for t in out if t.state is AlertState.RESOLVED)
+    (check,) = attribute(ev, end(39))
+    assert not check.attributable and "already breaching it at its last data" in check.reason
