@@ -9,7 +9,8 @@ The smallest meaningful step:
   threshold in seconds;
 - an operator: the edge flips (``>`` <-> ``>=``, ``<`` <-> ``<=``), ``==`` <-> ``!=``;
 - a ``for``: one evaluation interval (1m) either way; a rule without ``for`` gets ``for: 1m``.
-Runs the real promtool (Debian package prometheus), one process per mutant (~0.1 s each).
+Runs the real promtool (Debian package prometheus), one process per mutant on the test groups that
+check the mutated rule (~0.1 s each).
 """
 
 from __future__ import annotations
@@ -86,16 +87,24 @@ def _clause_drops(expr: str) -> Iterator[tuple[str, str]]:
     terms = _split(expr, "or")
     if len(terms) > 1:
         for i, t in enumerate(terms):
-            yield f"without `{' '.join(t.split())[:60]}`", " or ".join(terms[:i] + terms[i + 1 :])
+            yield (
+                f"without or-term {i + 1} of {len(terms)} `{_short(t)}`",
+                " or ".join(terms[:i] + terms[i + 1 :]),
+            )
     for i, term in enumerate(terms):
         factors = _split(term, "and")
         if len(factors) > 1:
             for j, f in enumerate(factors):
                 rest = " and ".join(factors[:j] + factors[j + 1 :])
                 yield (
-                    f"without `{' '.join(f.split())[:60]}`",
+                    f"without and-operand {j + 1} of {len(factors)} `{_short(f)}`",
                     " or ".join([*terms[:i], rest, *terms[i + 1 :]]),
                 )
+
+
+def _short(text: str) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= 70 else words[:40] + " ... " + words[-25:]
 
 
 def mutants(rules_text: str) -> list[Mutant]:
@@ -151,28 +160,35 @@ def promtool() -> str:
     return path
 
 
-def _passes(promtool: str, workdir: Path, rules_yml: str) -> tuple[bool, str]:
-    (workdir / "rules.yml").write_text(rules_yml)
+def _passes(promtool: str, tests: Path, rules_yml: str) -> tuple[bool, str]:
+    (tests.parent / "rules.yml").write_text(rules_yml)
     r = subprocess.run(
-        [promtool, "test", "rules", str(workdir / "tests.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60, check=False
     )
     return r.returncode == 0, r.stdout + r.stderr
 
 
 def test_every_mutant_of_the_rules_fails_the_promtool_tests(promtool: str, tmp_path: Path):
+    """A mutant of rule R runs against the test groups of alerts/tests.yml that name R (the others
+    check other alerts and cannot see it): the same verdict as the whole file, in a fraction of
+    the time."""
     rules_text = (ALERTS / "rules.yml").read_text()
-    shutil.copy(ALERTS / "tests.yml", tmp_path / "tests.yml")
-    ok, out = _passes(promtool, tmp_path, rules_text)
+    tests = yaml.safe_load((ALERTS / "tests.yml").read_text())
+    whole = tmp_path / "tests.yml"
+    whole.write_text(yaml.safe_dump(tests, sort_keys=False))
+    ok, out = _passes(promtool, whole, rules_text)
     assert ok, f"the unmutated rules must pass their tests:\n{out}"
+    by_rule: dict[str, Path] = {}
     all_mutants = mutants(rules_text)
     assert len(all_mutants) >= 9 * 4  # every rule: operator, two thresholds, two `for`s at least
     survivors = []
     for m in all_mutants:
-        passed, out = _passes(promtool, tmp_path, m.rules_yml)
+        if m.rule not in by_rule:
+            groups = [g for g in tests["tests"] if m.rule in yaml.safe_dump(g)]
+            assert groups, f"no test group of alerts/tests.yml checks {m.rule}"
+            by_rule[m.rule] = tmp_path / f"tests-{m.rule}.yml"
+            by_rule[m.rule].write_text(yaml.safe_dump({**tests, "tests": groups}, sort_keys=False))
+        passed, out = _passes(promtool, by_rule[m.rule], m.rules_yml)
         if passed:
             survivors.append(f"{m.rule}: {m.what}")
         else:  # failed on a test's expectation, not on loading the mutant
