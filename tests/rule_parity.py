@@ -36,8 +36,9 @@ from typing import Any
 
 import yaml
 
+from guardrail.config import Settings
 from guardrail.domain.model import Histogram, Sample, Track
-from guardrail.domain.rules import GIB, RuleEvaluator, default_rules
+from guardrail.domain.rules import GIB, RuleEvaluator
 
 ALERTS_DIR = Path(__file__).resolve().parent.parent / "alerts"
 RULES_YML = ALERTS_DIR / "rules.yml"
@@ -229,7 +230,7 @@ def datasets(seed: int = 17) -> list[Dataset]:
 
     add(
         "holes-pending",
-        "no scrapes for 8 min and for 3 min while the canary's rules are pending",
+        "no scrapes for 8 min from 3 min into a breach (pending), and for 3 min 2 min into another",
         90,
         holes_pending,
         baseline_hole,
@@ -439,9 +440,17 @@ class Point:
 Timeline = dict[tuple[str, str, int], Point]  # (rule, track, time) -> point
 
 
-def run_service(d: Dataset, evaluator: Callable[[], RuleEvaluator] | None = None) -> Timeline:
+def service_evaluator() -> RuleEvaluator:
+    """The evaluator the service builds for a deploy with the default settings (its rules and its
+    evaluation interval, which must be Prometheus's 1 minute the data sets are scraped at)."""
+    rules = Settings().rules
+    assert rules.evaluation_interval_s == STEP, rules.evaluation_interval_s
+    return RuleEvaluator(rules.specs(), interval_s=rules.evaluation_interval_s)
+
+
+def run_service(d: Dataset, evaluator: Callable[[], RuleEvaluator] = service_evaluator) -> Timeline:
     """The in-service evaluator fed the data set minute by minute, as a live push."""
-    ev = evaluator() if evaluator is not None else RuleEvaluator(default_rules())
+    ev = evaluator()
     windows = service_windows(d)
     out: Timeline = {}
     for t in range(STEP, d.n * STEP + 1, STEP):
