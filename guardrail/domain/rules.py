@@ -357,7 +357,8 @@ class RuleStatus:
     state: str  # "inactive", "pending" or "firing" (Prometheus's alert states)
     since: float | None  # data time the condition started to hold (pending or firing)
     value: float | None  # the value read at the latest point; None when that point had no data
-    at: float | None  # the latest evaluation point (None: none yet)
+    at: float | None  # the latest point evaluated (None: none yet; past a point with no data at all in
+    # the longest lookback, evaluation skips to where the track's data resumes)
 
 
 @dataclass(slots=True)
