@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: venv demo test bench bench-capacity lint fmt clean
 
@@ -11,6 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 venv: $(STAMP)
 
@@ -22,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/ruff check guardrail tests bench
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)  # the judge table (~3 min), then the service-level table (long: see bench/README.md)
+bench: $(BENCH_STAMP)  # the judge table and the trade-off picture (~4 min), then the service-level table (long: see bench/README.md)
 	$(BIN)/python -m bench.judge_bench
 	$(BIN)/python -m bench.service_bench
 

@@ -1,12 +1,39 @@
 """The methods guardrail is compared against, vectorised over runs.
 
-Each method takes a :class:`~bench.sim.SimData` and returns, per run, the data time in seconds
-after deploy start of the first look that says FAIL (``nan`` when it never fails in 30 minutes).
+Two yardsticks (the oracle SPRT and the naive peeked z-test) and three peers, Kayenta, Argo
+Rollouts and Flagger, each modelled on its upstream source: every parameter of a peer carries the
+file and commit, or the documentation page, it comes from. A peer is a :class:`Machine`: its own
+schedule of judgments, its own traffic steps and its own promotion and rollback rules, vectorised
+over runs. The judge benchmark drives it over the fixed arrays of :mod:`bench.sim` (the canary share
+stays at 10% there); the service benchmark drives it over traffic drawn window by window at the
+canary share of the peer's own steps (:func:`drive`).
+
+Every method returns, per run, the data time in seconds after deploy start at which it rolls back
+(``fail_s``) and at which it promotes (``pass_s``); ``nan`` when it did not within the horizon.
+
+Upstream sources read for this file (commits of the snapshots read):
+- spinnaker/kayenta @ a69573be9d8f: kayenta-judge/.../NetflixACAJudge.scala,
+  classifiers/metric/MannWhitneyClassifier.scala, scorers/WeightedSumScorer.scala,
+  classifiers/score/ThresholdScoreClassifier.scala, stats/EffectSizes.scala,
+  kayenta-mannwhitney/.../MannWhitney.scala.
+- spinnaker/orca @ 2fdb327a9f67: orca-kayenta/.../KayentaCanaryContext.kt,
+  pipeline/RunCanaryIntervalsStage.kt, tasks/MonitorKayentaCanaryTask.kt,
+  tasks/AggregateCanaryResultsTask.kt.
+- Spinnaker docs (spinnaker/spinnaker.io, content/en/docs/guides/user/canary/): best-practices/_index.md
+  @ 0ebfbaaed914 (https://spinnaker.io/docs/guides/user/canary/best-practices/), config/canary-config.md
+  and stage/_index.md @ 040f49739c02.
+- argoproj/argo-rollouts @ 9f8d111d8f8e: docs/features/analysis.md (the background `success-rate`
+  example), analysis/analysis.go, utils/evaluate/evaluate.go, pkg/apis/rollouts/v1alpha1/analysis_types.go.
+- fluxcd/flagger @ 15bd6ad555e6: docs/gitbook/tutorials/istio-progressive-delivery.md,
+  pkg/metrics/observers/istio.go, pkg/controller/scheduler.go, pkg/controller/scheduler_metrics.go,
+  pkg/metrics/providers/prometheus.go.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtri
@@ -150,44 +177,148 @@ def naive_z(d: SimData, alpha: float = ALPHA) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Argo Rollouts / Flagger style fixed thresholds.
-
-THRESHOLD_ERROR_RATE = 0.01
-THRESHOLD_P99_MS = 400.0
-THRESHOLD_INTERVAL_LOOKS = 6  # the PromQL range: last 60 s
-THRESHOLD_FAILURE_LIMIT = 3  # consecutive failing checks
+# What a peer sees: per-window counts, shared by the judge and the service benchmarks.
 
 
-def _rolling_sum(a: np.ndarray, width: int) -> np.ndarray:
-    """Sum over the last ``width`` windows along axis 1 (fewer at the start)."""
-    cs = np.cumsum(a, axis=1)
-    out = cs.copy()
-    out[:, width:] -= cs[:, :-width]
-    return out
+@dataclass(slots=True)
+class Tracks:
+    """Per-window counts of ``runs`` deploys (rows): canary and baseline requests, errors and latency
+    bucket counts, and the canary's share of traffic in each window. Window k covers data time
+    [10 k, 10 k + 10) s after deploy start."""
+
+    c_req: np.ndarray  # (runs, windows)
+    c_err: np.ndarray
+    c_lat: np.ndarray  # (runs, windows, buckets)
+    b_req: np.ndarray
+    b_err: np.ndarray
+    b_lat: np.ndarray
+    share: np.ndarray  # (runs, windows): the canary share the rollout assigned
+
+    @classmethod
+    def of(cls, d: SimData) -> Tracks:
+        """The judge benchmark's arrays: the canary share is fixed at 10%."""
+        return cls(
+            d.canary_req,
+            d.canary_err,
+            d.canary_lat,
+            d.base_req,
+            d.base_err,
+            d.base_lat,
+            np.full(d.canary_req.shape, WEIGHT),
+        )
+
+    @classmethod
+    def empty(cls, runs: int, windows: int, buckets: int) -> Tracks:
+        z = np.zeros((runs, windows), dtype=np.int64)
+        zl = np.zeros((runs, windows, buckets), dtype=np.int64)
+        return cls(z, z.copy(), zl, z.copy(), z.copy(), zl.copy(), np.zeros((runs, windows)))
+
+    @property
+    def runs(self) -> int:
+        return self.c_req.shape[0]
 
 
-def threshold_rule(d: SimData) -> np.ndarray:
-    """Canary error rate over the last 60 s > 1% or canary p99 over the last 60 s > 400 ms, for 3
-    consecutive checks."""
-    req = _rolling_sum(d.canary_req, THRESHOLD_INTERVAL_LOOKS)
-    err = _rolling_sum(d.canary_err, THRESHOLD_INTERVAL_LOOKS)
-    p99 = histogram_quantile(0.99, _rolling_sum(d.canary_lat, THRESHOLD_INTERVAL_LOOKS))
-    bad = (err > THRESHOLD_ERROR_RATE * req) | (np.nan_to_num(p99) > THRESHOLD_P99_MS)
-    streak = bad.copy()
-    for lag in range(1, THRESHOLD_FAILURE_LIMIT):
-        streak[:, lag:] &= bad[:, :-lag]
-        streak[:, :lag] = False
-    return first_time(streak, LOOK_TIMES)
+def _req_err(tr: Tracks, rows: np.ndarray, k0: int, k1: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
+    k0 = max(k0, 0)
+    req = tr.c_req[rows, k0:k1].sum(axis=1)
+    err = tr.c_err[rows, k0:k1].sum(axis=1)
+    if scope == "service":
+        req = req + tr.b_req[rows, k0:k1].sum(axis=1)
+        err = err + tr.b_err[rows, k0:k1].sum(axis=1)
+    return req, err
+
+
+def success_rate(tr: Tracks, rows: np.ndarray, k0: int, k1: int, scope: str) -> np.ndarray:
+    """Requests without error / all requests over windows [k0, k1) (the ratio the PromQL queries
+    compute: non-5xx over all), for the canary (``scope="canary"``) or the whole service
+    (``"service"``: canary + baseline, as a query on the service name sees it); ``nan`` without
+    requests (PromQL's 0/0)."""
+    req, err = _req_err(tr, rows, k0, k1, scope)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(req > 0, (req - err) / np.maximum(req, 1), np.nan)
+
+
+def error_rate(tr: Tracks, rows: np.ndarray, k0: int, k1: int, scope: str) -> np.ndarray:
+    """Errors / requests over windows [k0, k1); ``nan`` without requests."""
+    req, err = _req_err(tr, rows, k0, k1, scope)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(req > 0, err / np.maximum(req, 1), np.nan)
+
+
+def canary_p99_ms(tr: Tracks, rows: np.ndarray, k0: int, k1: int) -> np.ndarray:
+    """Canary p99 (ms) over windows [k0, k1) by ``histogram_quantile`` on the summed buckets."""
+    return histogram_quantile(0.99, tr.c_lat[rows, max(k0, 0) : k1].sum(axis=1))
 
 
 # --------------------------------------------------------------------------------------------
-# Kayenta style: NetflixACAJudge + MannWhitneyClassifier on 60-s points.
+# Peers as machines: a schedule of events, a canary share, and the decision taken at each event.
 
-KAYENTA_POINT_LOOKS = 6  # 60-s points
-KAYENTA_FIRST_MINUTE = 3
+
+class Machine:
+    """A peer's controller for ``runs`` deploys at once. ``fail_s`` / ``pass_s``: data time of the
+    rollback / the promotion to 100% (``nan``: not yet)."""
+
+    label = ""
+
+    def __init__(self, runs: int) -> None:
+        self.fail_s = np.full(runs, np.nan)
+        self.pass_s = np.full(runs, np.nan)
+
+    @property
+    def alive(self) -> np.ndarray:
+        return np.isnan(self.fail_s) & np.isnan(self.pass_s)
+
+    def share(self) -> np.ndarray:
+        """Canary share of traffic (0-1) per run until the next event."""
+        raise NotImplementedError
+
+    def next_event(self, k: int) -> int | None:
+        """Number of windows observed at the next event after ``k`` windows (> k); None: no more events."""
+        raise NotImplementedError
+
+    def decide(self, tr: Tracks, k: int) -> None:
+        """Act at the event after ``k`` windows (data time 10 k s), on the runs still alive."""
+        raise NotImplementedError
+
+
+Fill = Callable[[Tracks, int, int, np.ndarray, np.ndarray], None]
+
+
+def drive(m: Machine, tr: Tracks, max_windows: int, fill: Fill | None = None) -> Machine:
+    """Run ``m`` from deploy start to its last event or ``max_windows`` windows. ``fill(tr, k0, k1,
+    share, alive)`` draws windows [k0, k1) of the live runs at their current canary share (the
+    service benchmark); without it the windows already exist (the judge benchmark)."""
+    k = 0
+    while m.alive.any():
+        nxt = m.next_event(k)
+        if nxt is None or nxt > max_windows:
+            break
+        if fill is not None:
+            fill(tr, k, nxt, m.share(), m.alive)
+        k = nxt
+        m.decide(tr, k)
+    return m
+
+
+def _windows(seconds: float) -> int:
+    w = seconds / LOOK_S
+    if abs(w - round(w)) > 1e-9:
+        raise ValueError(f"{seconds} s is not a multiple of the {LOOK_S:g}-s window")
+    return round(w)
+
+
+# --------------------------------------------------------------------------------------------
+# Kayenta: NetflixACAJudge + MannWhitneyClassifier inside orca's canary stage.
+
+KAYENTA_METRICS = ("error_rate", "latency_p95", "latency_p99", "throughput")
+# MannWhitneyClassifier(tolerance = 0.25, confLevel = 0.98): NetflixACAJudge.scala classifyMetric
 KAYENTA_CONFIDENCE = 0.98
 KAYENTA_TOLERANCE = 0.25
-KAYENTA_FAIL_SCORE = 75.0
+# allowedIncrease / allowedDecrease default 1.0 for the meanRatio effect size (NetflixACAJudge.scala)
+KAYENTA_ALLOWED_RATIO = 1.0
+# WeightedSumScorer.scala: NODATA_THRESHOLD = 50 (% of metrics without data fails the canary)
+KAYENTA_NODATA_PCT = 50.0
+PASS, HIGH, LOW, NODATA = 0, 1, 2, 3  # metric classification labels
 
 
 def _tie_term(x: np.ndarray) -> np.ndarray:
@@ -201,78 +332,598 @@ def _tie_term(x: np.ndarray) -> np.ndarray:
     return (t**3 - t).reshape(rows, m).sum(axis=1)
 
 
-def mann_whitney_classify(canary: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kayenta's MannWhitneyClassifier (direction either), per row: returns (high, low).
+def _b_below(c: np.ndarray, b: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Per row: the sum over canary values c_i of #{b_j < c_i} (``<=`` when ``inclusive``)."""
+    n, m = c.shape[1], b.shape[1]
+    z = np.concatenate((b, c) if inclusive else (c, b), axis=1)  # on ties the stable sort keeps this order
+    is_b = np.zeros(z.shape, dtype=bool)
+    if inclusive:
+        is_b[:, :m] = True
+    else:
+        is_b[:, n:] = True
+    order = np.argsort(z, axis=1, kind="stable")
+    sb = np.take_along_axis(is_b, order, axis=1)
+    return np.where(sb, 0, np.cumsum(sb, axis=1)).sum(axis=1)
 
-    The Hodges-Lehmann estimate is the median of the pairwise differences canary - baseline; the
-    98% interval inverts the normal approximation of the rank-sum statistic with continuity
-    correction and tie-corrected variance, which selects order statistics of those differences.
-    Kayenta's bounds are +-tolerance * |estimate|: High when the interval's lower end is above
-    0.25 |estimate| (and the canary mean is >= the baseline mean), Low symmetrically.
-    """
+
+def _mw_rows(canary: np.ndarray, base: np.ndarray, direction: str) -> np.ndarray:
+    """MannWhitneyClassifier.compare on rows without NaN and with data on both sides: labels."""
     rows, n = canary.shape
     m = base.shape[1]
     nm = n * m
-    diffs = np.sort((canary[:, :, None] - base[:, None, :]).reshape(rows, nm), axis=1)
-    estimate = np.abs(np.median(diffs, axis=1))
+    labels = np.full(rows, PASS)
     ties = _tie_term(canary) + _tie_term(base)
     sigma = np.sqrt(nm / 12.0 * ((n + m + 1) - ties / ((n + m) * (n + m - 1))))
     z = ndtri(1.0 - (1.0 - KAYENTA_CONFIDENCE) / 2.0)
-    # #{differences > mu} must reach nm/2 +- (z sigma + 1/2): mu is the matching order statistic.
+    # MannWhitney.scala inverts the normal approximation of the rank-sum statistic (continuity
+    # correction 1/2): the interval's ends are order statistics of the pairwise differences.
     j_lo = np.clip(np.floor(nm / 2.0 - 0.5 - z * sigma).astype(int), 0, nm - 1)
     j_hi = np.clip(np.floor(nm / 2.0 + 0.5 + z * sigma).astype(int), 0, nm - 1)
-    lower = np.take_along_axis(diffs, j_lo[:, None], axis=1)[:, 0]
-    upper = np.take_along_axis(diffs, j_hi[:, None], axis=1)[:, 0]
-    mean_c, mean_b = canary.mean(axis=1), base.mean(axis=1)
+    # Fast path: an interval that holds 0 is a Pass whatever the estimate (High needs lower > 0.25 |est|
+    # >= 0, Low needs upper < -0.25 |est| <= 0). #{d <= 0} and #{d >= 0} come from one merge per row.
+    n_le0 = nm - _b_below(canary, base, inclusive=False)  # #{c_i - b_j <= 0}
+    n_ge0 = _b_below(canary, base, inclusive=True)  # #{c_i - b_j >= 0}
+    lower_pos = n_le0 <= j_lo  # the j_lo-th smallest difference is > 0
+    upper_neg = n_ge0 <= nm - 1 - j_hi  # the j_hi-th smallest difference is < 0
+    want_high = direction in ("increase", "either")
+    want_low = direction in ("decrease", "either")
+    need = np.flatnonzero((lower_pos & want_high) | (upper_neg & want_low))
+    if need.size == 0:
+        return labels
+    c, b = canary[need], base[need]
+    diffs = np.sort((c[:, :, None] - b[:, None, :]).reshape(need.size, nm), axis=1)
+    # Hodges-Lehmann estimate (MannWhitney.scala solves for the root of the statistic at quantile 0;
+    # the median of the pairwise differences is that root up to the continuity correction)
+    estimate = np.abs(np.median(diffs, axis=1))
+    lower = np.take_along_axis(diffs, j_lo[need, None], axis=1)[:, 0]
+    upper = np.take_along_axis(diffs, j_hi[need, None], axis=1)[:, 0]
+    mean_c, mean_b = c.mean(axis=1), b.mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        deviation = np.where((mean_c != 0) & (mean_b != 0), mean_c / mean_b, np.nan)
-    identical = (np.sort(canary, axis=1) == np.sort(base, axis=1)).all(axis=1)
-    high = ~identical & (lower > KAYENTA_TOLERANCE * estimate) & (deviation >= 1.0)
-    low = ~identical & (upper < -KAYENTA_TOLERANCE * estimate) & (deviation <= 1.0)
-    return high, low
+        # EffectSizes.meanRatio: NaN when a mean is 0, and then the effect-size check is skipped
+        ratio = np.where((mean_c != 0) & (mean_b != 0), mean_c / mean_b, np.nan)
+    nan_ratio = np.isnan(ratio)
+    high = want_high & (lower > KAYENTA_TOLERANCE * estimate) & (nan_ratio | (ratio >= KAYENTA_ALLOWED_RATIO))
+    low = want_low & (upper < -KAYENTA_TOLERANCE * estimate) & (nan_ratio | (ratio <= KAYENTA_ALLOWED_RATIO))
+    labels[need[high]] = HIGH
+    labels[need[low & ~high]] = LOW
+    return labels
 
 
-def _points(a: np.ndarray) -> np.ndarray:
-    """Per-look counts -> per-minute counts (axis 1)."""
-    runs, looks = a.shape[:2]
-    return a.reshape(runs, looks // KAYENTA_POINT_LOOKS, KAYENTA_POINT_LOOKS, *a.shape[2:]).sum(axis=2)
+def mann_whitney_classify(canary: np.ndarray, base: np.ndarray, direction: str = "either") -> np.ndarray:
+    """Kayenta's MannWhitneyClassifier.classify per row of points: PASS, HIGH, LOW or NODATA.
+
+    - NaN points are removed, track by track: NetflixACAJudge reads ``nanStrategy`` with the default
+      "none", which NaNStrategy.parse (BaseMetricClassifier.scala) maps to Remove. A track left empty
+      is NODATA.
+    - Identical sorted data, or a single distinct value over both tracks, is a Pass.
+    - Otherwise the Mann-Whitney 98% interval of the canary - baseline shift (Hodges-Lehmann) against
+      bounds of +-0.25 x |estimate|: HIGH when the interval's lower end is above 0.25 |estimate| and
+      the mean ratio canary/baseline is >= 1, LOW symmetrically; ``direction`` ("increase",
+      "decrease", "either") keeps only the allowed side.
+    Simplifications: the tie correction counts ties within each track (Kayenta recomputes it on the
+    shifted pooled sample at each trial shift); no Gaussian noise for two constant tracks (their
+    zero variance gives the same verdict); outlier removal is off, as by default.
+    """
+    rows = canary.shape[0]
+    labels = np.full(rows, PASS)
+    bad = np.isnan(canary).any(axis=1) | np.isnan(base).any(axis=1)
+    clean = np.flatnonzero(~bad)
+    if clean.size:
+        c, b = canary[clean], base[clean]
+        identical = (
+            (np.sort(c, axis=1) == np.sort(b, axis=1)).all(axis=1)
+            if c.shape[1] == b.shape[1]
+            else np.zeros(clean.size, dtype=bool)
+        )
+        lo = np.minimum(c.min(axis=1), b.min(axis=1))
+        hi = np.maximum(c.max(axis=1), b.max(axis=1))
+        test = np.flatnonzero(~identical & (lo != hi))
+        if test.size:
+            labels[clean[test]] = _mw_rows(c[test], b[test], direction)
+    for r in np.flatnonzero(bad):  # rare: only a canary that serves nothing has NaN points
+        c, b = canary[r][~np.isnan(canary[r])], base[r][~np.isnan(base[r])]
+        if c.size == 0 or b.size == 0:
+            labels[r] = NODATA
+        else:
+            labels[r] = mann_whitney_classify(c[None, :], b[None, :], direction)[0]
+    return labels
 
 
-def kayenta_style(d: SimData) -> np.ndarray:
-    """Judged every 60 s from minute 3 on all 60-s points so far: error rate (critical), p95, p99 and
-    throughput per unit of weight; FAIL when the critical metric fails or the score is < 75."""
-    c_req, b_req = _points(d.canary_req), _points(d.base_req)
-    c_lat, b_lat = _points(d.canary_lat), _points(d.base_lat)
+def kayenta_score(labels: np.ndarray, critical: np.ndarray) -> np.ndarray:
+    """WeightedSumScorer.score with every metric in one group, per row of metric labels (rows, metrics):
+    0 when a critical metric is not Pass or when >= 50% of the metrics have no data; otherwise
+    100 x Pass / (Pass + High + Low), rounded to 2 decimals (100 when none of them has data)."""
+    labels = np.asarray(labels)
+    critical = np.broadcast_to(np.asarray(critical, dtype=bool), labels.shape)
+    n_metrics = labels.shape[1]
+    passed = (labels == PASS).sum(axis=1)
+    counted = (labels != NODATA).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        metrics = [  # (canary points, baseline points, critical); NaN points are replaced by 0
-            (_points(d.canary_err) / c_req, _points(d.base_err) / b_req, True),
-            (histogram_quantile(0.95, c_lat), histogram_quantile(0.95, b_lat), False),
-            (histogram_quantile(0.99, c_lat), histogram_quantile(0.99, b_lat), False),
-            (c_req / WEIGHT, b_req / (1.0 - WEIGHT), False),
+        score = np.where(counted > 0, 100.0 * passed / np.maximum(counted, 1), 100.0)
+    crit_fail = (critical & (labels != PASS)).any(axis=1)
+    nodata = 100.0 * (labels == NODATA).sum(axis=1) / n_metrics >= KAYENTA_NODATA_PCT
+    return np.round(np.where(crit_fail | nodata, 0.0, score), 2)
+
+
+def kayenta_stage(
+    score: np.ndarray, last: bool, pass_score: float, marginal_score: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """orca's decision on one interval's scores: (fails, passes). MonitorKayentaCanaryTask ends the
+    stage (TERMINAL) as soon as an interval scores <= marginal; after the last interval
+    AggregateCanaryResultsTask also fails a final score below pass and otherwise succeeds."""
+    fails = score <= marginal_score
+    if not last:
+        return fails, np.zeros_like(fails)
+    fails = fails | (score < pass_score)
+    return fails, ~fails
+
+
+def kayenta_points(
+    tr: Tracks, rows: np.ndarray, k0: int, k1: int, step: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per metric of KAYENTA_METRICS: (canary points, baseline points), one point per ``step`` windows
+    over [k0, k1): error rate, p95 and p99 latency (``histogram_quantile``), and requests per unit of
+    assigned traffic share (canary / share, baseline / (1 - share)). NaN where a track has no data."""
+    npts = (k1 - k0) // step
+    k1 = k0 + npts * step
+
+    def pts(a: np.ndarray) -> np.ndarray:
+        x = a[rows, k0:k1]
+        return x.reshape(len(rows), npts, step, *x.shape[2:]).sum(axis=2)
+
+    c_req, b_req, share = pts(tr.c_req), pts(tr.b_req), pts(tr.share) / step
+    c_lat, b_lat = pts(tr.c_lat), pts(tr.b_lat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return [
+            (
+                np.where(c_req > 0, pts(tr.c_err) / c_req, np.nan),
+                np.where(b_req > 0, pts(tr.b_err) / b_req, np.nan),
+            ),
+            (histogram_quantile(0.95, c_lat), histogram_quantile(0.95, b_lat)),
+            (histogram_quantile(0.99, c_lat), histogram_quantile(0.99, b_lat)),
+            (c_req / share, b_req / (1.0 - share)),
         ]
-    metrics = [(np.nan_to_num(c), np.nan_to_num(b), crit) for c, b, crit in metrics]
-    minutes = c_req.shape[1]
-    fail_t = np.full(d.runs, np.nan)
-    for minute in range(KAYENTA_FIRST_MINUTE, minutes + 1):
-        alive = np.flatnonzero(np.isnan(fail_t))
-        if alive.size == 0:
-            break
-        failing = np.zeros(alive.size)
-        critical_fail = np.zeros(alive.size, dtype=bool)
-        for canary, base, critical in metrics:
-            high, low = mann_whitney_classify(canary[alive, :minute], base[alive, :minute])
-            failed = high | low
-            failing += failed
-            if critical:
-                critical_fail |= failed
-        score = 100.0 * (len(metrics) - failing) / len(metrics)
-        fail_t[alive[critical_fail | (score < KAYENTA_FAIL_SCORE)]] = 60.0 * minute
-    return fail_t
 
 
-PEERS = {
-    "oracle_sprt": oracle_sprt,
-    "kayenta_style": lambda d, sc: kayenta_style(d),
-    "threshold_argo_flagger": lambda d, sc: threshold_rule(d),
-    "naive_z": lambda d, sc: naive_z(d),
+@dataclass(frozen=True, slots=True)
+class KayentaConfig:
+    """One canary stage of Spinnaker (orca) judged by Kayenta's NetflixACAJudge."""
+
+    name: str
+    label: str
+    family: str = "Kayenta"
+    documented: bool = False
+    # Real-time canary: lifetime, and interval between judgments (KayentaCanaryContext.kt;
+    # RunCanaryIntervalsStage.kt: interval defaults to the lifetime, numIntervals = lifetime / interval).
+    lifetime_s: float = 1800.0
+    interval_s: float | None = None
+    # CanaryConfigScope.step: seconds between the points of each metric's time series (default 60)
+    step_s: float = 60.0
+    # KayentaCanaryContext.scoreThresholds default: pass 75, marginal 50
+    pass_score: float = 75.0
+    marginal_score: float = 50.0
+    # canary.direction per metric; NetflixACAJudge's default is "either"
+    directions: tuple[str, ...] = ("either",) * 4
+    # canary.critical per metric; NetflixACAJudge's default is false
+    critical: tuple[bool, ...] = (False,) * 4
+    # beginCanaryAnalysisAfterMins (warm-up wait) and lookbackMins (0: each judgment covers the whole
+    # window from the start, "growing"); RunCanaryIntervalsStage.buildRequestScopes
+    warmup_s: float = 0.0
+    lookback_s: float = 0.0
+    first_judgment_s: float = 0.0  # not Kayenta: lets the every-minute variant skip minutes 1 and 2
+    weight: float = WEIGHT  # canary share during the stage; promotion to 100% when it succeeds
+
+    def judgments(self) -> list[int]:
+        """Windows observed at each judgment: warm-up + i x interval, i = 1 .. lifetime / interval."""
+        interval = self.interval_s or self.lifetime_s
+        n = int(self.lifetime_s // interval)
+        times = [self.warmup_s + i * interval for i in range(1, n + 1)]
+        return [_windows(t) for t in times if t >= self.first_judgment_s]
+
+    def machine(self, runs: int) -> Machine:
+        return KayentaMachine(self, runs)
+
+
+class KayentaMachine(Machine):
+    def __init__(self, cfg: KayentaConfig, runs: int) -> None:
+        super().__init__(runs)
+        self.cfg = cfg
+        self.label = cfg.label
+        self.ks = cfg.judgments()
+        self.step = _windows(cfg.step_s)
+        self.scores: dict[int, np.ndarray] = {}  # judgment window -> scores of the runs judged then
+
+    def share(self) -> np.ndarray:
+        return np.full(self.fail_s.size, self.cfg.weight)
+
+    def next_event(self, k: int) -> int | None:
+        return next((j for j in self.ks if j > k), None)
+
+    def decide(self, tr: Tracks, k: int) -> None:
+        if k not in self.ks:
+            return
+        cfg = self.cfg
+        rows = np.flatnonzero(self.alive)
+        k_end = k
+        k_start = _windows(cfg.warmup_s)
+        if cfg.lookback_s > 0:
+            k_start = max(k_start, k_end - _windows(cfg.lookback_s))
+        labels = np.stack(
+            [
+                mann_whitney_classify(c, b, direction)
+                for (c, b), direction in zip(
+                    kayenta_points(tr, rows, k_start, k_end, self.step), cfg.directions, strict=True
+                )
+            ],
+            axis=1,
+        )
+        score = kayenta_score(labels, np.array(cfg.critical))
+        self.scores[k] = score
+        fails, passes = kayenta_stage(score, k == self.ks[-1], cfg.pass_score, cfg.marginal_score)
+        t = k * LOOK_S
+        self.fail_s[rows[fails]] = t
+        self.pass_s[rows[passes]] = t
+
+
+# --------------------------------------------------------------------------------------------
+# Argo Rollouts: a canary Rollout with a background AnalysisRun.
+
+ARGO_DOC_STEPS: tuple[tuple[str, float], ...] = (
+    # docs/features/analysis.md, "Background Analysis": setWeight 20/40/60/80, each followed by a 10m pause
+    ("setWeight", 20),
+    ("pause", 600),
+    ("setWeight", 40),
+    ("pause", 600),
+    ("setWeight", 60),
+    ("pause", 600),
+    ("setWeight", 80),
+    ("pause", 600),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArgoConfig:
+    """A Rollout's canary steps and one background analysis metric with a ``successCondition``."""
+
+    name: str
+    label: str
+    family: str = "Argo Rollouts"
+    documented: bool = False
+    steps: tuple[tuple[str, float], ...] = ARGO_DOC_STEPS
+    # analysis.startingStep: the analysis run starts when this step index is reached (the doc: 2,
+    # "delay starting analysis run until setWeight: 40%")
+    starting_step: int = 2
+    # the query's scope: "service" = every pod behind the service (the doc's
+    # destination_service=~"{{args.service-name}}"), "canary" = the canary's pods only
+    scope: str = "service"
+    success_min: float = 0.95  # successCondition: result[0] >= 0.95
+    interval_s: float = 300.0  # interval: 5m
+    # the query's window: the doc's irate(...[5m]) is the rate between the last two scrapes
+    # (Prometheus docs, querying/functions.md: "based on the last two data points"); one 10-s window here
+    range_s: float = 10.0
+    failure_limit: int = 3  # failureLimit: 3
+
+    def schedule(self) -> tuple[list[tuple[float, float]], float, float]:
+        """(weight changes (data time, share), analysis start, time all steps are done)."""
+        t, changes, start = 0.0, [], None
+        for i, (kind, value) in enumerate(self.steps):
+            if i == self.starting_step:
+                start = t
+            if kind == "setWeight":
+                changes.append((t, value / 100.0))
+            else:
+                t += value
+        return changes, (t if start is None else start), t
+
+    def machine(self, runs: int) -> Machine:
+        return ArgoMachine(self, runs)
+
+
+def argo_failed_at(failed: np.ndarray, failure_limit: int) -> np.ndarray:
+    """Index of the measurement at which the AnalysisRun fails, per row of measurement outcomes
+    (True = Failed), -1 if none: analysis.go assessMetricFailureInconclusiveOrError fails the metric
+    when ``result.Failed > failureLimit``; Failed is a running total, not a streak."""
+    total = np.cumsum(failed, axis=1)
+    hit = total > failure_limit
+    return np.where(hit.any(axis=1), np.argmax(hit, axis=1), -1)
+
+
+class ArgoMachine(Machine):
+    def __init__(self, cfg: ArgoConfig, runs: int) -> None:
+        super().__init__(runs)
+        self.cfg = cfg
+        self.label = cfg.label
+        changes, start, done = cfg.schedule()
+        self.changes = {_windows(t): w for t, w in changes}
+        self.weight = changes[0][1] if changes and changes[0][0] == 0 else 0.0
+        self.done = _windows(done)
+        # analysis.go generateMetricTasks: the first measurement right away (no initialDelay), then one
+        # when `interval` has passed since the last; the run is terminated when the rollout completes
+        k_a, step = _windows(start), _windows(cfg.interval_s)
+        self.measure = set(range(k_a, self.done, step))
+        self.events = sorted({*self.measure, *(k for k in self.changes if k > 0), self.done})
+        self.failed = np.zeros(runs, dtype=int)
+
+    def share(self) -> np.ndarray:
+        return np.full(self.fail_s.size, self.weight)
+
+    def next_event(self, k: int) -> int | None:
+        return next((j for j in self.events if j > k), None)
+
+    def decide(self, tr: Tracks, k: int) -> None:
+        t = k * LOOK_S
+        if k >= self.done:  # all steps done: the rollout is promoted to 100%
+            self.pass_s[self.alive] = t
+            return
+        if k in self.measure:
+            rows = np.flatnonzero(self.alive)
+            value = success_rate(tr, rows, k - _windows(self.cfg.range_s), k, self.cfg.scope)
+            # evaluate.go EvaluateResult: with only a successCondition, a measurement fails when the
+            # condition is false; NaN >= x is false (an empty result is an Error, counted apart and
+            # aborting only after consecutiveErrorLimit; a 0/0 query returns NaN, not an empty vector)
+            self.failed[rows] += ~(value >= self.cfg.success_min)
+            self.fail_s[rows[self.failed[rows] > self.cfg.failure_limit]] = t
+        if k in self.changes:
+            self.weight = self.changes[k]
+
+
+# --------------------------------------------------------------------------------------------
+# Flagger: a Canary's analysis driven by the scheduler every `interval`.
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggerConfig:
+    """spec.analysis of a Flagger Canary with the two built-in Istio metrics."""
+
+    name: str
+    label: str
+    family: str = "Flagger"
+    documented: bool = False
+    # istio-progressive-delivery.md: interval 1m, threshold 5, maxWeight 50, stepWeight 10
+    interval_s: float = 60.0
+    threshold: int = 5
+    max_weight: int = 50
+    step_weight: int = 10
+    # request-success-rate: thresholdRange.min 99 (percent), interval 1m; canary workload only
+    # (observers/istio.go: destination_workload=~"{{ target }}")
+    success_min_pct: float = 99.0
+    success_range_s: float = 60.0
+    # request-duration: thresholdRange.max 500 (ms, P99), interval 30s
+    p99_max_ms: float = 500.0
+    duration_range_s: float = 30.0
+
+    def machine(self, runs: int) -> Machine:
+        return FlaggerMachine(self, runs)
+
+
+def flagger_checks_ok(success_pct: np.ndarray, p99_ms: np.ndarray, cfg: FlaggerConfig) -> np.ndarray:
+    """scheduler_metrics.go runBuiltinMetricChecks: a check fails when a query has no value
+    (providers/prometheus.go turns NaN into ErrNoValuesFound), when the success rate < min, or when
+    the p99, truncated to whole milliseconds (observers/istio.go GetRequestDuration), > max."""
+    with np.errstate(invalid="ignore"):
+        ok_sr = ~np.isnan(success_pct) & ~(success_pct < cfg.success_min_pct)
+        ok_dur = ~np.isnan(p99_ms) & ~(np.floor(np.nan_to_num(p99_ms)) > cfg.p99_max_ms)
+    return ok_sr & ok_dur
+
+
+class FlaggerMachine(Machine):
+    """scheduler.go advanceCanary, one call per interval. Tick 0 (deploy start) runs the pre-rollout
+    hooks and sets the canary weight to stepWeight. At each later tick: if failedChecks >= threshold,
+    roll back; otherwise run the analysis: a failed check adds 1 to failedChecks (a running total,
+    never reset by a success); a passed check adds stepWeight to the weight (runCanary), or, once the
+    weight is >= maxWeight, promotes (the canary spec is copied to the primary: the new version then
+    gets all the traffic)."""
+
+    def __init__(self, cfg: FlaggerConfig, runs: int) -> None:
+        super().__init__(runs)
+        self.cfg = cfg
+        self.label = cfg.label
+        self.tick = _windows(cfg.interval_s)
+        self.weight = np.full(runs, cfg.step_weight, dtype=int)
+        self.failed = np.zeros(runs, dtype=int)
+
+    def share(self) -> np.ndarray:
+        return self.weight / 100.0
+
+    def next_event(self, k: int) -> int | None:
+        return (k // self.tick + 1) * self.tick
+
+    def step(self, rows: np.ndarray, ok: np.ndarray, t: float) -> None:
+        """One tick for ``rows`` (alive) with their analysis outcomes ``ok``."""
+        rollback = self.failed[rows] >= self.cfg.threshold
+        self.fail_s[rows[rollback]] = t
+        run, ok = rows[~rollback], ok[~rollback]
+        self.failed[run[~ok]] += 1
+        good = run[ok]
+        top = self.weight[good] >= self.cfg.max_weight
+        self.pass_s[good[top]] = t
+        grow = good[~top]
+        self.weight[grow] = np.minimum(self.weight[grow] + self.cfg.step_weight, 100)
+
+    def decide(self, tr: Tracks, k: int) -> None:
+        rows = np.flatnonzero(self.alive)
+        cfg = self.cfg
+        req, err = _req_err(tr, rows, k - _windows(cfg.success_range_s), k, "canary")
+        with np.errstate(invalid="ignore", divide="ignore"):  # istio.go: non-5xx / all * 100
+            sr = np.where(req > 0, (req - err) / np.maximum(req, 1) * 100.0, np.nan)
+        p99 = canary_p99_ms(tr, rows, k - _windows(cfg.duration_range_s), k)
+        self.step(rows, flagger_checks_ok(sr, p99, cfg), k * LOOK_S)
+
+
+# --------------------------------------------------------------------------------------------
+# A fixed-threshold rule checked every 10 s (neither Argo's nor Flagger's counting).
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdConfig:
+    name: str
+    label: str
+    family: str = "Threshold rule"
+    documented: bool = False
+    error_rate_max: float = 0.01
+    p99_max_ms: float = 400.0
+    range_s: float = 60.0  # the PromQL range: last 60 s
+    in_a_row: int = 3  # consecutive failing checks
+
+    def machine(self, runs: int) -> Machine:
+        return ThresholdMachine(self, runs)
+
+
+class ThresholdMachine(Machine):
+    """Canary error rate over the last 60 s > 1% or canary p99 over the last 60 s > 400 ms, at every
+    10-s check; rolls back after 3 consecutive failing checks; never promotes by itself."""
+
+    def __init__(self, cfg: ThresholdConfig, runs: int) -> None:
+        super().__init__(runs)
+        self.cfg = cfg
+        self.label = cfg.label
+        self.streak = np.zeros(runs, dtype=int)
+
+    def share(self) -> np.ndarray:
+        return np.full(self.fail_s.size, WEIGHT)
+
+    def next_event(self, k: int) -> int | None:
+        return k + 1
+
+    def decide(self, tr: Tracks, k: int) -> None:
+        rows = np.flatnonzero(self.alive)
+        k0 = k - _windows(self.cfg.range_s)
+        err_rate = error_rate(tr, rows, k0, k, "canary")
+        p99 = canary_p99_ms(tr, rows, k0, k)
+        bad = (np.nan_to_num(err_rate) > self.cfg.error_rate_max) | (np.nan_to_num(p99) > self.cfg.p99_max_ms)
+        self.streak[rows] = np.where(bad, self.streak[rows] + 1, 0)
+        self.fail_s[rows[self.streak[rows] >= self.cfg.in_a_row]] = k * LOOK_S
+
+
+# --------------------------------------------------------------------------------------------
+# The configurations: documented ones first, then common variants (the trade-off picture).
+
+PeerConfig = KayentaConfig | ArgoConfig | FlaggerConfig | ThresholdConfig
+
+_KAYENTA_DOC = {
+    # best-practices/_index.md "Run the canary for enough time": >= 50 points per metric per canary run;
+    # start with a 3-hour lifetime and a 1-hour interval, no warm-up: 3 canary runs. Our deploys last
+    # 30 minutes, so the same shape is 3 judgments of a growing window, 10 minutes apart, with the
+    # 10-s resolution of the data as the step: 60 points per metric by the first judgment.
+    "lifetime_s": 1800.0,
+    "interval_s": 600.0,
+    "step_s": 10.0,
+    # "Carefully choose your thresholds": marginal 75, pass 95 as good starting points
+    "marginal_score": 75.0,
+    "pass_score": 95.0,
+    # config/canary-config.md: each metric fails when it deviates too high, too low or either way;
+    # errors and latency fail high, throughput fails low
+    "directions": ("increase", "increase", "increase", "decrease"),
 }
+
+KAYENTA = KayentaConfig(
+    "kayenta",
+    "Kayenta as documented (3 × 10-min growing judgments, 10-s points, marginal 75 / pass 95)",
+    documented=True,
+    **_KAYENTA_DOC,
+)
+KAYENTA_EVERY_MINUTE = KayentaConfig(
+    "kayenta_every_minute",
+    "Kayenta-style, judged every minute (60-s points, from minute 3, score < 75 or error rate fails)",
+    interval_s=60.0,
+    step_s=60.0,
+    first_judgment_s=180.0,
+    critical=(True, False, False, False),
+)
+ARGO = ArgoConfig(
+    "argo",
+    "Argo Rollouts as documented (service success rate >= 95% every 5 min, failureLimit 3)",
+    documented=True,
+)
+FLAGGER = FlaggerConfig(
+    "flagger",
+    "Flagger as documented (Istio tutorial: 1-min checks, threshold 5, 10% steps to 50%)",
+    documented=True,
+)
+THRESHOLD_EVERY_10S = ThresholdConfig(
+    "threshold_every_10s", "Threshold rule checked every 10 s (errors > 1% or p99 > 400 ms, 3 in a row)"
+)
+
+VARIANTS: tuple[PeerConfig, ...] = (
+    KayentaConfig(
+        "kayenta_5min", "Kayenta, 6 × 5-min judgments, 75/95", **{**_KAYENTA_DOC, "interval_s": 300.0}
+    ),
+    KayentaConfig(
+        "kayenta_defaults_thresholds",
+        "Kayenta, 3 × 10-min judgments, orca's default 50/75",
+        **{**_KAYENTA_DOC, "marginal_score": 50.0, "pass_score": 75.0},
+    ),
+    KayentaConfig(
+        "kayenta_one_judgment",
+        "Kayenta, one 30-min judgment (orca's default interval), 75/95",
+        **{**_KAYENTA_DOC, "interval_s": None},
+    ),
+    KayentaConfig(
+        "kayenta_60s_points",
+        "Kayenta, 3 × 10-min judgments of 60-s points (orca's default step), 75/95",
+        **{**_KAYENTA_DOC, "step_s": 60.0},
+    ),
+    ArgoConfig(
+        "argo_canary_fl3",
+        "Argo, canary success >= 99% over 1 min, every 1 min, failureLimit 3",
+        starting_step=0,
+        scope="canary",
+        success_min=0.99,
+        interval_s=60.0,
+        range_s=60.0,
+        failure_limit=3,
+    ),
+    ArgoConfig(
+        "argo_canary_fl1",
+        "Argo, canary success >= 99% over 1 min, every 1 min, failureLimit 1",
+        starting_step=0,
+        scope="canary",
+        success_min=0.99,
+        interval_s=60.0,
+        range_s=60.0,
+        failure_limit=1,
+    ),
+    ArgoConfig(
+        "argo_canary_fl0",
+        "Argo, canary success >= 99% over 1 min, every 1 min, failureLimit 0 (default)",
+        starting_step=0,
+        scope="canary",
+        success_min=0.99,
+        interval_s=60.0,
+        range_s=60.0,
+        failure_limit=0,
+    ),
+    ArgoConfig(
+        "argo_canary_5min",
+        "Argo, canary success >= 99% over 5 min, every 5 min, failureLimit 0",
+        starting_step=0,
+        scope="canary",
+        success_min=0.99,
+        interval_s=300.0,
+        range_s=300.0,
+        failure_limit=0,
+    ),
+    FlaggerConfig("flagger_threshold1", "Flagger, threshold 1", threshold=1),
+    FlaggerConfig("flagger_threshold2", "Flagger, threshold 2", threshold=2),
+    FlaggerConfig("flagger_threshold10", "Flagger, threshold 10", threshold=10),
+    FlaggerConfig("flagger_step5", "Flagger, stepWeight 5 (10 passing checks to promote)", step_weight=5),
+    FlaggerConfig("flagger_30s", "Flagger, 30-s interval (success rate over 1 min)", interval_s=30.0),
+)
+
+TABLE_PEERS: tuple[PeerConfig, ...] = (KAYENTA, KAYENTA_EVERY_MINUTE, ARGO, FLAGGER, THRESHOLD_EVERY_10S)
+ALL_PEERS: dict[str, PeerConfig] = {c.name: c for c in (*TABLE_PEERS, *VARIANTS)}
+SERVICE_PEERS: tuple[PeerConfig, ...] = (KAYENTA, KAYENTA_EVERY_MINUTE, ARGO, FLAGGER)
+
+
+def run_peer(cfg: PeerConfig, d: SimData) -> tuple[np.ndarray, np.ndarray]:
+    """A peer on the judge benchmark's arrays: (fail_s, pass_s) per run within the 30 minutes."""
+    m = drive(cfg.machine(d.runs), Tracks.of(d), N_LOOKS)
+    return m.fail_s, m.pass_s
+
+
+METHOD_FUNCS: dict[str, Callable[[SimData, Scenario], tuple[np.ndarray, np.ndarray]]] = {
+    "oracle_sprt": lambda d, sc: (oracle_sprt(d, sc), np.full(d.runs, np.nan)),
+    **{c.name: (lambda d, sc, c=c: run_peer(c, d)) for c in TABLE_PEERS},
+    "naive_z": lambda d, sc: (naive_z(d), np.full(d.runs, np.nan)),
+}
+"""The methods of the judge table besides guardrail, in table order."""
