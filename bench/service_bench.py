@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.judge_bench import wilson_hi
+from bench.peers import ALL_PEERS, SERVICE_PEERS, ArgoConfig, FlaggerConfig, KayentaConfig, Tracks, drive
 from bench.service_sim import BY_NAME, SCENARIOS_SERVICE, T0, RunModel, ServiceScenario
-from bench.sim import LOOK_S
+from bench.sim import LOOK_S, N_BUCKETS
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.schemas import MarkerIn
 from guardrail.config import Settings
@@ -47,6 +48,7 @@ DEFAULT_SEED = 20240601
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MAX_WINDOWS = 270  # 45 minutes of data time
 CHUNK_RUNS = 20  # runs per task (load balance only: seeds are per run)
+PEER_CHUNK_RUNS = 50  # runs per peer task (a peer judges its chunk's runs at once)
 CRASH_TARGET_S = 30.0
 DB_URL = "sqlite+aiosqlite://"  # in-memory
 
@@ -69,6 +71,7 @@ class RunResult:
     steps: tuple[tuple[float, float], ...] = ()
     stop_s: float | None = None  # crash_loop: when the canary stopped serving
     from_stop_s: float | None = None  # crash_loop: rollback time - start of the first empty window
+    method: str = "guardrail"  # or the name of a peer configuration (bench/peers.py)
 
 
 def run_seed(seed: int, scenario: str, index: int) -> np.random.SeedSequence:
@@ -176,6 +179,80 @@ async def run_one(store: Store, settings: Settings, sc: ServiceScenario, index: 
         await engine.close()
 
 
+def run_peer_runs(name: str, sc: ServiceScenario, first: int, n: int, seed: int) -> list[RunResult]:
+    """Runs first .. first + n - 1 of scenario ``sc`` under peer ``name`` (bench/peers.py), with the
+    peer's own steps: each run draws its windows from the same generator as the guardrail run of the
+    same index (history first, then window by window at the canary share the peer put in effect), so
+    the two see the same traffic for as long as their shares agree."""
+    cfg = ALL_PEERS[name]
+    models = [
+        RunModel(sc, np.random.default_rng(run_seed(seed, sc.name, i))) for i in range(first, first + n)
+    ]
+    for model in models:
+        model.history()  # drawn as in the guardrail run; peers do not use history
+    tr = Tracks.empty(n, MAX_WINDOWS, N_BUCKETS)
+    shares: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    windows = np.zeros(n, dtype=int)
+
+    def fill(tr: Tracks, k0: int, k1: int, share: np.ndarray, alive: np.ndarray) -> None:
+        for i in np.flatnonzero(alive):
+            w = float(share[i])
+            if not shares[i] or shares[i][-1][1] != 100 * w:
+                shares[i].append((k0 * LOOK_S, 100 * w))
+            for k in range(k0, k1):
+                c, b = models[i].window(k, w)
+                tr.c_req[i, k], tr.c_err[i, k], tr.c_lat[i, k] = c.requests, c.errors, c.latency.counts
+                tr.b_req[i, k], tr.b_err[i, k], tr.b_lat[i, k] = b.requests, b.errors, b.latency.counts
+                tr.share[i, k] = w
+            windows[i] = k1
+
+    machine = cfg.machine(n)
+    steps: list[list[tuple[float, float]]] = [[(0.0, 100 * float(w))] for w in machine.share()]
+    decide = machine.decide
+
+    def decide_and_record(tr: Tracks, k: int) -> None:  # the weights the peer puts in effect, as it does
+        decide(tr, k)
+        now = machine.share()
+        for i in np.flatnonzero(machine.alive):
+            if steps[i][-1][1] != 100 * now[i]:
+                steps[i].append((k * LOOK_S, 100 * float(now[i])))
+
+    machine.decide = decide_and_record  # type: ignore[method-assign]
+    drive(machine, tr, MAX_WINDOWS, fill)
+    out = []
+    for i, model in enumerate(models):
+        fail_s, pass_s = machine.fail_s[i], machine.pass_s[i]
+        st = list(steps[i])
+        if not np.isnan(pass_s):
+            st.append((float(pass_s), 100.0))
+        outcome, at_s = "analyzing", None
+        if not np.isnan(fail_s):
+            outcome, at_s = "rolled_back", float(fail_s)
+        elif not np.isnan(pass_s):
+            outcome, at_s = "promoted", float(pass_s)
+        from_stop = None
+        if outcome == "rolled_back" and model.first_empty_s is not None:
+            from_stop = at_s - model.first_empty_s
+        out.append(
+            RunResult(
+                scenario=sc.name,
+                index=first + i,
+                outcome=outcome,
+                at_s=at_s,
+                rollback_by="peer" if outcome == "rolled_back" else None,
+                reason="",
+                max_weight=max(w for _, w in st),
+                windows=int(windows[i]),
+                shares=tuple(shares[i]),
+                steps=tuple(st),
+                stop_s=model.stop_s,
+                from_stop_s=from_stop,
+                method=name,
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Workers.
 
@@ -197,17 +274,38 @@ async def _run_chunk(scenario: str, first: int, n: int, seed: int) -> tuple[list
     return out, time.process_time() - t
 
 
-def run_task(task: tuple[str, int, int, int]) -> tuple[list[RunResult], float]:
-    return asyncio.run(_run_chunk(*task))
+Task = tuple[str, str, int, int, int]  # (method, scenario, first run, runs, seed)
 
 
-def make_tasks(runs_null: int, runs_reg: int, seed: int, names: list[str]) -> list[tuple[str, int, int, int]]:
+def run_task(task: Task) -> tuple[list[RunResult], float]:
+    method, scenario, first, n, seed = task
+    if method == "guardrail":
+        return asyncio.run(_run_chunk(scenario, first, n, seed))
+    t = time.process_time()
+    out = run_peer_runs(method, BY_NAME[scenario], first, n, seed)
+    return out, time.process_time() - t
+
+
+def make_tasks(
+    runs_null: int, runs_reg: int, seed: int, names: list[str], methods: tuple[str, ...] = ("guardrail",)
+) -> list[Task]:
     tasks = []
-    for name in names:
-        runs = runs_reg if BY_NAME[name].regression else runs_null
-        tasks += [(name, c, min(CHUNK_RUNS, runs - c), seed) for c in range(0, runs, CHUNK_RUNS)]
-    # no-regression runs last longest (until promotion): start them first
-    return sorted(tasks, key=lambda t: (BY_NAME[t[0]].regression, names.index(t[0]), t[1]))
+    for method in methods:
+        size = CHUNK_RUNS if method == "guardrail" else PEER_CHUNK_RUNS
+        for name in names:
+            runs = runs_reg if BY_NAME[name].regression else runs_null
+            tasks += [(method, name, c, min(size, runs - c), seed) for c in range(0, runs, size)]
+    # no-regression runs of the engine last longest (until promotion): start them first; peers last
+    return sorted(
+        tasks,
+        key=lambda t: (
+            t[0] != "guardrail",
+            BY_NAME[t[1]].regression,
+            methods.index(t[0]),
+            names.index(t[1]),
+            t[2],
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +324,7 @@ def summarize(sc: ServiceScenario, results: list[RunResult], cpu_s: float) -> di
     times = [r.from_stop_s if sc.crash else r.at_s for r in rolled]
     times = [t for t in times if t is not None and t >= 0]
     row: dict[str, object] = {
+        "method": results[0].method if results else None,
         "scenario": sc.name,
         "regression": sc.regression,
         "runs": runs,
@@ -311,8 +410,89 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PEER_COLUMNS = (
+    "peer",
+    "scenario",
+    "runs",
+    "rolled back",
+    "false rollback % (Wilson 95% hi)",
+    "bad promoted to 100%",
+    "TTR median s",
+    "TTR p90 s",
+    "promoted (median s)",
+    "undecided at 45 min",
+)
+
+
+def peer_table(rows: list[dict]) -> str:
+    """One row per (peer, scenario); the same columns as guardrail's where they apply."""
+    lines = ["| " + " | ".join(PEER_COLUMNS) + " |", "|" + "---|" * len(PEER_COLUMNS)]
+    for r in rows:
+        ff = (
+            "—"
+            if r["false_rollback_rate"] is None
+            else f"{100 * r['false_rollback_rate']:.2f} ({100 * r['false_rollback_wilson_hi']:.2f})"
+        )
+        ttr = _fmt(r["ttr_median_s"], ".0f")
+        if r["ttr_from"] != "first canary window" and r["ttr_median_s"] is not None:
+            ttr += " (from stop)"
+        cells = (
+            r["method"],
+            r["scenario"],
+            str(r["runs"]),
+            f"{r['rolled_back']} ({100 * r['rollback_rate']:.1f}%)",
+            ff,
+            _fmt(r["bad_promoted"], "d"),
+            ttr,
+            _fmt(r["ttr_p90_s"], ".0f"),
+            f"{r['promoted']} ({_fmt(r['promote_median_s'], '.0f')})",
+            str(r["analyzing_at_45min"]),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def peer_notes() -> str:
+    lines = [f"- `{c.name}`: {c.label}; {_peer_steps(c)}" for c in SERVICE_PEERS]
+    return (
+        "Each peer is simulated by bench/peers.py (its upstream sources are cited there) on the traffic models of "
+        "this benchmark: run i of a scenario draws from the same generator as guardrail's run i, window by window, "
+        "at the canary share of the peer's own steps. A peer's promotion is the moment the new version gets all the "
+        "traffic (or, for Flagger, its spec is copied to the primary). No alert rules, no history.\n"
+        + "\n".join(lines)
+    )
+
+
+def _peer_steps(c: object) -> str:
+
+    if isinstance(c, KayentaConfig):
+        return (
+            f"canary share {100 * c.weight:g}% for the {c.lifetime_s / 60:g}-min canary stage, then 100% if it "
+            "succeeds (the pipeline's next stage deploys to production)."
+        )
+    if isinstance(c, ArgoConfig):
+        changes, start, done = c.schedule()
+        return (
+            "shares "
+            + " -> ".join(f"{100 * w:g}% at {t / 60:g} min" for t, w in changes)
+            + f", analysis from minute {start / 60:g}, 100% at minute {done / 60:g} unless aborted."
+        )
+    if isinstance(c, FlaggerConfig):
+        return (
+            f"share {c.step_weight}% at start, +{c.step_weight}% after each passing check up to {c.max_weight}%, "
+            f"promoted at the next passing check; rollback at the check after {c.threshold} failed checks in total."
+        )
+    return ""
+
+
 def notes(
-    args: argparse.Namespace, names: list[str], wall_s: float, cpu_s: float, rows: list[dict], commit: str
+    args: argparse.Namespace,
+    names: list[str],
+    wall_s: float,
+    cpu_s: float,
+    rows: list[dict],
+    commit: str,
+    peers_cpu_s: float = 0.0,
 ) -> str:
     settings = _settings()
     a = settings.analysis
@@ -368,7 +548,8 @@ def notes(
   `default_rng(SeedSequence({args.seed}, spawn_key=(zlib.crc32(s), i)))`; reproduce one run with
   `python -m bench.service_bench --scenario s --run i --seed {args.seed}`.
 - Code: {commit}. Wall time {wall_s:.0f} s on {args.workers} worker processes; CPU {cpu_s:.0f} s in the workers
-  ({1000 * cpu_s / max(windows, 1):.1f} ms per pushed window pair, {windows} pushes).
+  for the engine ({1000 * cpu_s / max(windows, 1):.1f} ms per pushed window pair, {windows} pushes) and
+  {peers_cpu_s:.0f} s for the peers.
 """
 
 
@@ -408,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", choices=sorted(BY_NAME), help="only these (repeatable)")
     ap.add_argument("--run", type=int, default=None, help="reproduce one run of --scenario and print it")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--no-peers", action="store_true", help="guardrail's engine only")
+    which.add_argument("--peers-only", action="store_true", help="the peers only (no engine: a few minutes)")
     args = ap.parse_args(argv)
     if args.run is not None:
         if not args.scenario or len(args.scenario) != 1:
@@ -418,28 +602,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None:
         args.runs_null = args.runs_reg = args.runs
     names = [sc.name for sc in SCENARIOS_SERVICE if not args.scenario or sc.name in args.scenario]
+    peers = () if args.no_peers else tuple(c.name for c in SERVICE_PEERS)
+    methods = (*(() if args.peers_only else ("guardrail",)), *peers)
 
     commit = _commit()  # of the code being measured (read before the long run)
     began = time.perf_counter()
-    tasks = make_tasks(args.runs_null, args.runs_reg, args.seed, names)
-    print(f"{len(tasks)} chunks of <= {CHUNK_RUNS} runs on {args.workers} workers", file=sys.stderr)
-    results: dict[str, list[RunResult]] = {n: [] for n in names}
-    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+    tasks = make_tasks(args.runs_null, args.runs_reg, args.seed, names, methods)
+    print(f"{len(tasks)} chunks on {args.workers} workers", file=sys.stderr)
+    results: dict[tuple[str, str], list[RunResult]] = {(m, n): [] for m in methods for n in names}
+    cpu: dict[tuple[str, str], float] = dict.fromkeys(results, 0.0)
     done = 0
     ctx = multiprocessing.get_context("spawn")  # no event loop or database handle inherited
     with ctx.Pool(args.workers) as pool:
         for out, cpu_s in pool.imap_unordered(run_task, tasks):
-            results[out[0].scenario] += out
-            cpu[out[0].scenario] += cpu_s
+            key = (out[0].method, out[0].scenario)
+            results[key] += out
+            cpu[key] += cpu_s
             done += 1
             print(
                 f"\r{done}/{len(tasks)} chunks, {time.perf_counter() - began:.0f} s", end="", file=sys.stderr
             )
     print(file=sys.stderr)
-    rows = [summarize(BY_NAME[n], sorted(results[n], key=lambda r: r.index), cpu[n]) for n in names]
-    wall_s = time.perf_counter() - began
 
-    md = table(rows)
+    def rows_of(method: str) -> list[dict]:
+        return [
+            summarize(BY_NAME[n], sorted(results[(method, n)], key=lambda r: r.index), cpu[(method, n)])
+            for n in names
+        ]
+
+    rows = rows_of("guardrail") if "guardrail" in methods else []
+    peer_rows = [row for m in peers for row in rows_of(m)]
+    wall_s = time.perf_counter() - began
+    engine_cpu = sum(v for (m, _), v in cpu.items() if m == "guardrail")
+    peers_cpu = sum(v for (m, _), v in cpu.items() if m != "guardrail")
+
+    parts = []
+    if rows:
+        parts.append(table(rows))
+    if peer_rows:
+        parts.append(
+            "## Peers, each with its own steps, on the same simulated traffic\n\n"
+            + peer_table(peer_rows)
+            + "\n\n"
+            + peer_notes()
+        )
+    md = "\n\n".join(parts)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "seed": args.seed,
@@ -448,20 +655,22 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "commit": commit,
         "wall_s": round(wall_s, 1),
-        "cpu_s": round(sum(cpu.values()), 1),
+        "cpu_s": round(engine_cpu, 1),
+        "peers_cpu_s": round(peers_cpu, 1),
         "rows": rows,
+        "peer_rows": peer_rows,
         "rollbacks_of_no_regression_runs": [
             asdict(r)
             for n in names
-            if not BY_NAME[n].regression
-            for r in results[n]
+            if not BY_NAME[n].regression and "guardrail" in methods
+            for r in results[("guardrail", n)]
             if r.outcome == "rolled_back"
         ],
     }
     (args.out / "service.json").write_text(json.dumps(payload, indent=1) + "\n")
     (args.out / "service.md").write_text(
         "# Service-level benchmark\n\nGenerated by `python -m bench.service_bench`; see bench/README.md for how to "
-        f"read it.\n\n{md}\n\n{notes(args, names, wall_s, sum(cpu.values()), rows, commit)}"
+        f"read it.\n\n{md}\n\n{notes(args, names, wall_s, engine_cpu, rows, commit, peers_cpu)}"
     )
     print(md)
     print(f"\ntotal runtime {wall_s:.1f} s; wrote {args.out / 'service.md'} and {args.out / 'service.json'}")

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from bench.judge_bench import wilson_hi
-from bench.service_bench import DB_URL, RunResult, _settings, rollback_class, run_one, run_seed, summarize
+from bench.service_bench import (
+    DB_URL,
+    RunResult,
+    _settings,
+    rollback_class,
+    run_one,
+    run_peer_runs,
+    run_seed,
+    summarize,
+)
 from bench.service_sim import BURST_LEN_S, BY_NAME, T0, RunModel
 from guardrail.adapters.db.store import SqlStore
 
@@ -150,3 +159,22 @@ def test_scenario_models():
         above_1s = sum(s.latency.counts[s.latency.bounds.index(1.0) + 1 :]) / s.latency.total
         assert 0.005 < above_1s < 0.04  # true P(> 1 s) = 2.2%
     assert all(s.start < T0 for s in m.history())
+
+
+def test_peers_run_with_their_own_steps_on_the_scenario_traffic():
+    """Flagger (the Istio tutorial's 10% steps to 50%) promotes a healthy canary after five passing
+    minutes, the share pushed following its steps; Argo's documented rollout never aborts on A/A and
+    completes at 40 minutes; Kayenta keeps 10% for its 30-minute stage."""
+    aa = BY_NAME["aa"]
+    flagger = run_peer_runs("flagger", aa, 0, 2, SEED)
+    for r in flagger:
+        assert r.method == "flagger" and r.outcome == "promoted" and r.at_s == 300
+        assert r.shares == ((0.0, 10.0), (60.0, 20.0), (120.0, 30.0), (180.0, 40.0), (240.0, 50.0))
+        assert r.steps == (*r.shares, (300.0, 100.0)) and r.windows == 30
+    argo = run_peer_runs("argo", aa, 0, 1, SEED)[0]
+    assert argo.outcome == "promoted" and argo.at_s == 2400 and argo.windows == 240
+    assert argo.shares == ((0.0, 20.0), (600.0, 40.0), (1200.0, 60.0), (1800.0, 80.0))
+    kayenta = run_peer_runs("kayenta", BY_NAME["errors_x5"], 0, 1, SEED)[0]
+    assert kayenta.outcome == "rolled_back" and kayenta.at_s == 600 and kayenta.shares == ((0.0, 10.0),)
+    row = summarize(BY_NAME["errors_x5"], [kayenta], 0.0)
+    assert row["method"] == "kayenta" and row["bad_promoted"] == 0 and row["share_mismatches"] == 0
