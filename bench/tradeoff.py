@@ -37,7 +37,10 @@ def _y(p: dict) -> float:
 
 def _xerr(p: dict) -> list[list[float]]:
     x = 100 * p["false_rollback_rate"]
-    return [[x - 100 * p["false_rollback_wilson_lo"]], [100 * p["false_rollback_wilson_hi"] - x]]
+    return [
+        [max(0.0, x - 100 * p["false_rollback_wilson_lo"])],
+        [max(0.0, 100 * p["false_rollback_wilson_hi"] - x)],
+    ]
 
 
 def _place_labels(fig, ax, labels: list[tuple[float, float, str, str, bool]]) -> None:

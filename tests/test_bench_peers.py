@@ -287,3 +287,34 @@ def test_drive_moves_the_canary_share_with_the_peers_steps():
 @pytest.mark.parametrize("cfg", [KAYENTA, ARGO, FLAGGER])
 def test_documented_peers_are_marked_and_labelled(cfg):
     assert cfg.documented and "documented" in cfg.label
+
+
+# --------------------------------------------------------------------------------------------
+# The trade-off picture's inputs
+
+
+def test_wilson_lower_end_is_zero_for_no_events_and_never_above_the_rate():
+    from bench.judge_bench import wilson_hi, wilson_lo
+
+    assert wilson_lo(0, 2000) == 0.0
+    for k, n in ((1, 2000), (7, 2000), (50, 100), (100, 100)):
+        assert 0.0 <= wilson_lo(k, n) <= k / n <= wilson_hi(k, n)
+
+
+def test_trade_off_picture_draws_points_without_events_and_without_a_median(tmp_path):
+    tradeoff = pytest.importorskip("bench.tradeoff")  # matplotlib: the `bench` extra
+    from bench.judge_bench import Outcome, tradeoff_point
+
+    never = Outcome(np.full(2000, np.nan), np.full(2000, np.nan), 0.0)
+    fast = Outcome(np.full(500, 60.0), np.full(500, np.nan), 0.0)
+    some = Outcome(np.where(np.arange(2000) < 7, 100.0, np.nan), np.full(2000, np.nan), 0.0)
+    points = [
+        tradeoff_point("argo", "Argo", "Argo Rollouts", True, never, never),  # 0 false, never detects
+        tradeoff_point("k", "K", "Kayenta", False, some, fast),
+    ]
+    assert points[0]["x2_ttd_median_s"] is None and points[0]["false_rollback_wilson_lo"] == 0.0
+    assert points[1]["x2_ttd_median_s"] == 60.0 and points[1]["false_rollback_rate"] == 7 / 2000
+    curve = [tradeoff_point("g", "g", "guardrail", True, some, fast, 0.01)]
+    payload = {"seed": 1, "runs_null": 2000, "runs_reg": 500, "guardrail": curve, "peers": points}
+    out = tradeoff.plot(payload, tmp_path / "t.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
