@@ -48,13 +48,13 @@ def _place_labels(fig, ax, labels: list[tuple[float, float, str, str, bool]]) ->
     renderer = fig.canvas.get_renderer()
     placed = []
     offsets = [(6, 4), (6, -12), (-6, 6), (6, 14), (6, -22), (-6, -14), (6, 24), (6, -32)]
-    for x, y, text, colour, documented in sorted(labels, key=lambda t: (not t[4], t[0], t[1])):
+    for x, y, text, colour, documented in labels:  # in the caller's order: earlier labels win
         for dx, dy in offsets:
             ann = ax.annotate(
                 text,
                 (x, y),
                 textcoords="offset points",
-                xytext=(dx, dy),
+                xytext=(dx, dy - 16 if text.startswith("α") else dy),
                 ha="left" if dx > 0 else "right",
                 fontsize=7.5 if documented else 6.5,
                 fontweight="bold" if documented else "normal",
@@ -88,12 +88,15 @@ def plot(payload: dict, path: Path) -> Path:
         fontsize=8,
     )
 
-    ax.set_xlim(-0.03, 120)
-    ax.set_ylim(8, NOT_DETECTED_Y * 3)
+    lowest = min(_y(p) for p in (*payload["guardrail"], *payload["peers"]))
+    y_low = min(40.0, lowest / 1.6)
     ax.set_xticks([0, 0.1, 0.3, 1, 3, 10, 30])
     ax.set_xticklabels(["0", "0.1", "0.3", "1", "3", "10", "30"])
-    ax.set_yticks([10, 30, 60, 120, 300, 600, 1200, 1800])
-    ax.set_yticklabels(["10", "30", "60", "120", "300", "600", "1200", "1800"])
+    y_ticks = [t for t in (10, 30, 60, 120, 300, 600, 1200, 1800) if t >= y_low]
+    ax.set_yticks(y_ticks)
+    ax.set_yticklabels([str(t) for t in y_ticks])
+    ax.set_xlim(-0.03, 120)
+    ax.set_ylim(y_low, NOT_DETECTED_Y * 3)
     ax.set_xlabel("false rollbacks on A/A, % of healthy deploys (bars: Wilson 95%)")
     ax.set_ylabel("median time to detect errors ×2, s (all runs; missed = never)")
     ax.set_title(
@@ -115,12 +118,11 @@ def plot(payload: dict, path: Path) -> Path:
         zorder=3,
         label="guardrail (alpha 0.001 … 0.03)",
     )
+    alpha_labels: list[tuple[float, float, str, str, bool]] = []
     for p in curve:
         x, y = 100 * p["false_rollback_rate"], _y(p)
         ax.errorbar(x, y, xerr=_xerr(p), fmt=marker, color=colour, ms=7, capsize=2, elinewidth=0.8, zorder=4)
-        ax.annotate(
-            f"α={p['alpha']:g}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=colour
-        )
+        alpha_labels.append((x, y, f"α={p['alpha']:g}", colour, True))
 
     seen: set[str] = set()
     labels: list[tuple[float, float, str, str, bool]] = []
@@ -150,11 +152,12 @@ def plot(payload: dict, path: Path) -> Path:
             continue
         text = p["name"] + ("" if p["x2_power_30min"] >= 0.995 else f" ({power})")
         labels.append((x, y, text, colour, p["documented"]))
+    labels.sort(key=lambda t: (not t[4], t[0], t[1]))  # documented first
     if missed:
         lines = ["; ".join(missed[i : i + 3]) for i in range(0, len(missed), 3)]
         ax.text(0.005, 0.962, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=6.5)
-    ax.legend(loc="lower right", fontsize=8)
-    _place_labels(fig, ax, labels)
+    ax.legend(loc="upper right", fontsize=7.5, framealpha=0.9)
+    _place_labels(fig, ax, [*alpha_labels, *labels])
 
     path = Path(path)
     fig.savefig(path)
