@@ -9,6 +9,10 @@ promoted, rolled back or paused, or 45 minutes of data time pass. The harness on
 API (``Engine.record_deploy``, ``Engine.ingest``, ``Engine.get_deploy``, the store), so it measures
 whatever the engine, rules and judge do, however they change.
 
+The peers of bench/peers.py (Kayenta, Argo Rollouts, Flagger) run over the same scenarios, each with
+its own steps: run ``i`` of a peer draws from the same generator as guardrail's run ``i``, at the
+canary share the peer puts in effect (:func:`run_peer_runs`); their rows form a second table.
+
 Run ``i`` of scenario ``s`` draws from ``default_rng(SeedSequence(seed, spawn_key=(crc32(s), i)))``:
 results do not depend on the number of workers, on chunking, or on the order of the scenarios.
 Writes ``service.md`` and ``service.json`` into ``--out`` (default bench/results).
