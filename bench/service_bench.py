@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.judge_bench import wilson_hi
+from bench.judge_bench import wilson_hi, wilson_lo
 from bench.peers import ALL_PEERS, SERVICE_PEERS, ArgoConfig, FlaggerConfig, KayentaConfig, Tracks, drive
 from bench.service_sim import BY_NAME, SCENARIOS_SERVICE, T0, RunModel, ServiceScenario
 from bench.sim import LOOK_S, N_BUCKETS
@@ -54,6 +54,8 @@ MAX_WINDOWS = 270  # 45 minutes of data time
 CHUNK_RUNS = 20  # runs per task (load balance only: seeds are per run)
 PEER_CHUNK_RUNS = 50  # runs per peer task (a peer judges its chunk's runs at once)
 CRASH_TARGET_S = 30.0
+POWER_HORIZON_S = 1800.0  # "rolled back within 30 minutes" of the first canary window
+BAD_CANARIES = ("errors_x2", "errors_x5", "p99_tail_+50%")  # issue 11: none may reach 100%
 DB_URL = "sqlite+aiosqlite://"  # in-memory
 
 
@@ -338,6 +340,9 @@ def summarize(sc: ServiceScenario, results: list[RunResult], cpu_s: float) -> di
         "false_rollback_wilson_hi": None if sc.regression else wilson_hi(len(rolled), runs),
         "bad_promoted": len(promoted) if sc.regression else None,
         "ttr_from": "first empty window" if sc.crash else "first canary window",
+        # regression scenarios: rolled back within 30 min of data time (crash_loop: of the stop)
+        "within_30min": sum(t <= POWER_HORIZON_S for t in times) if sc.regression else None,
+        "within_30min_rate": sum(t <= POWER_HORIZON_S for t in times) / runs if sc.regression else None,
         "ttr_median_s": _pct(times, 50),
         "ttr_p90_s": _pct(times, 90),
         "paused": sum(r.outcome == "paused" for r in results),
@@ -372,6 +377,7 @@ COLUMNS = (
     "rolled back",
     "false rollback % (Wilson 95% hi)",
     "bad promoted to 100%",
+    "rolled back within 30 min",
     "TTR median s",
     "TTR p90 s",
     "paused",
@@ -379,6 +385,49 @@ COLUMNS = (
     "promoted (median s)",
     "rollbacks judge / rule / other",
 )
+
+
+def targets(rows: list[dict]) -> str:
+    """Issue 11's targets at deploy-level alpha 0.01, each checked against this run's rows."""
+    by = {r["scenario"]: r for r in rows}
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(what: str, measured: str, ok: bool) -> None:
+        lines.append(f"| {what} | {measured} | {'yes' if ok else '**no**'} |")
+
+    for r in rows:
+        if r["regression"]:
+            continue
+        rate, hi = 100 * r["false_rollback_rate"], 100 * r["false_rollback_wilson_hi"]
+        add(
+            f"`{r['scenario']}`: false rollback <= 1%, Wilson 95% upper bound <= 2%",
+            f"{r['rolled_back']}/{r['runs']} = {rate:.2f}% (hi {hi:.2f}%)",
+            rate <= 1.0 and hi <= 2.0,
+        )
+    bad = [by[n] for n in BAD_CANARIES if n in by]
+    if bad:
+        n_bad = sum(r["bad_promoted"] for r in bad)
+        add(
+            "bad canaries (" + ", ".join(f"`{r['scenario']}`" for r in bad) + ") promoted to 100%: 0",
+            f"{n_bad} of {sum(r['runs'] for r in bad)}",
+            n_bad == 0,
+        )
+    crash = by.get("crash_loop")
+    if crash is not None:
+        add(
+            f"`crash_loop` rolled back within {CRASH_TARGET_S:g} s of data time after the stop in >= 95% of runs",
+            f"{crash['within_30s_of_stop']}/{crash['runs']} = {100 * crash['within_30s_rate']:.1f}%",
+            crash["within_30s_rate"] >= 0.95,
+        )
+    x15 = by.get("errors_x1.5")
+    if x15 is not None:
+        lo = wilson_lo(x15["within_30min"], x15["runs"])
+        add(
+            "`errors_x1.5` rolled back within 30 min in >= 98% of runs",
+            f"{x15['within_30min']}/{x15['runs']} = {100 * x15['within_30min_rate']:.1f}% (Wilson 95% low {100 * lo:.1f}%)",
+            x15["within_30min_rate"] >= 0.98,
+        )
+    return "\n".join(lines)
 
 
 def _fmt(v: object, spec: str) -> str:
@@ -403,6 +452,9 @@ def table(rows: list[dict]) -> str:
             f"{r['rolled_back']} ({100 * r['rollback_rate']:.1f}%)",
             ff,
             _fmt(r["bad_promoted"], "d"),
+            "—"
+            if r["within_30min"] is None
+            else f"{r['within_30min']} ({100 * r['within_30min_rate']:.1f}%)",
             ttr,
             _fmt(r["ttr_p90_s"], ".0f"),
             str(r["paused"]),
@@ -643,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     if rows:
         parts.append(table(rows))
+        parts.append("## Targets (issue 11, deploy-level alpha 0.01)\n\n" + targets(rows))
     if peer_rows:
         parts.append(
             "## Peers, each with its own steps, on the same simulated traffic\n\n"

@@ -20,6 +20,7 @@ from bench.service_bench import (
     run_peer_runs,
     run_seed,
     summarize,
+    targets,
 )
 from bench.service_sim import BURST_LEN_S, BY_NAME, T0, RunModel
 from guardrail.adapters.db.store import SqlStore
@@ -93,6 +94,28 @@ def test_summary_counts_outcomes_and_reason_classes():
     )  # run 4 kept pushing at 10% after the engine moved to 50%
     reg = summarize(BY_NAME["errors_x2"], results, 1.0)
     assert reg["bad_promoted"] == 1 and reg["false_rollback_rate"] is None
+
+
+def test_power_at_30_minutes_and_the_targets_table():
+    """errors_x1.5: rolled back within 30 min counts rollbacks at <= 1800 s only; the targets table
+    says 'no' where a target is missed (a late rollback, a false-rollback rate over 1%)."""
+    steps = ((0.0, 10.0),)
+    late = RunResult("errors_x1.5", 0, "rolled_back", 1790.0, "judge", "", 10.0, 179, steps, steps)
+    results = [replace(late, index=i, at_s=t) for i, t in enumerate([300.0] * 97 + [1790.0, 1800.0, 1810.0])]
+    x15 = summarize(BY_NAME["errors_x1.5"], results, 0.0)
+    assert x15["within_30min"] == 99 and x15["within_30min_rate"] == 0.99
+    aa_runs = [
+        replace(late, scenario="aa", index=i, outcome="rolled_back" if i < 3 else "promoted")
+        for i in range(200)
+    ]
+    aa = summarize(BY_NAME["aa"], aa_runs, 0.0)
+    assert aa["within_30min"] is None  # no power column for a healthy canary
+    lines = {ln.split(" | ")[0].strip("| `"): ln for ln in targets([aa, x15]).splitlines()[2:]}
+    assert lines["aa`: false rollback <= 1%, Wilson 95% upper bound <= 2%"].endswith("| **no** |")  # 1.5%
+    assert "99/100 = 99.0%" in lines["errors_x1.5` rolled back within 30 min in >= 98% of runs"]
+    assert lines["errors_x1.5` rolled back within 30 min in >= 98% of runs"].endswith("| yes |")
+    x15_missed = summarize(BY_NAME["errors_x1.5"], results[:97] + [replace(late, at_s=1900.0)] * 3, 0.0)
+    assert targets([x15_missed]).splitlines()[-1].endswith("| **no** |")  # 97%
 
 
 def test_rollback_reason_classes():
