@@ -59,3 +59,32 @@ def test_draft_prints_to_stdout_and_names_bad_input(demo: tuple[Path, str, str])
     assert no_llm.returncode == 2 and "llm" in no_llm.stderr.lower()
     bad_kind = _cli("draft", "essay", deploy_id, "--database-url", db, cwd=work)
     assert bad_kind.returncode == 2 and "postmortem" in bad_kind.stderr
+
+
+def test_the_demo_hints_run_as_printed_from_anywhere(demo: tuple[Path, str, str], tmp_path: Path) -> None:
+    """The final hint is a command a shell runs as printed: not relying on PATH or on the cwd."""
+    _, _, stdout = demo
+    hints = [line.split("all of it:", 1)[1].strip() for line in stdout.splitlines() if "all of it:" in line]
+    assert len(hints) == 1, stdout[-2000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
+    env["PATH"] = "/usr/bin:/bin"  # no venv on the PATH, as in a fresh shell after `make demo`
+    out = subprocess.run(hints[0], shell=True, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# Post-mortem: checkout 1.4.3")
+    assert "the links above" in stdout and "--serve" in stdout  # it says the server stopped and how to keep it
+
+
+def test_draft_reads_the_stored_version_and_new_drafts_another(demo: tuple[Path, str, str]) -> None:
+    work, deploy_id, _ = demo
+    db = f"sqlite+aiosqlite:///{work / 'guardrail.db'}"
+    first = _cli("draft", "postmortem", deploy_id, "--database-url", db, cwd=work)
+    assert first.returncode == 0, first.stderr
+    version = int(re.search(r"version (\d+)", first.stderr).group(1))  # type: ignore[union-attr]
+    assert "stored" in first.stderr and "--new" in first.stderr, first.stderr
+    again = _cli("draft", "postmortem", deploy_id, "--database-url", db, cwd=work)
+    assert f"version {version} " in again.stderr and again.stdout == first.stdout  # reading stores nothing
+    new = _cli("draft", "postmortem", deploy_id, "--database-url", db, "--new", cwd=work)
+    assert new.returncode == 0, new.stderr
+    assert f"version {version + 1} " in new.stderr
+    latest = _cli("draft", "postmortem", deploy_id, "--database-url", db, cwd=work)
+    assert f"version {version + 1} " in latest.stderr
