@@ -25,6 +25,7 @@ import yaml
 from guardrail.domain.errors import GuardrailError
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
+DEFAULT_STRATEGY = "canary"  # what `mark` sends when neither --strategy nor the -f file says
 TERMINAL = {"promoted": EXIT_PROMOTED, "rolled_back": EXIT_ROLLED_BACK, "rollback_failed": EXIT_ROLLED_BACK}
 
 
@@ -32,7 +33,16 @@ class ApiError(Exception):
     def __init__(self, status: int, body: Any) -> None:
         detail = body.get("detail") if isinstance(body, dict) else str(body)
         field = body.get("field") if isinstance(body, dict) else None
-        super().__init__(f"HTTP {status}: {detail}" + (f" (field: {field})" if field else ""))
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if isinstance(errors, list) and len(errors) > 1:  # every problem, one a line
+            text = f"HTTP {status}: {len(errors)} problems:" + "".join(
+                f"\n  - {e.get('detail')}" + (f" (field: {e['field']})" if e.get("field") else "")
+                for e in errors
+                if isinstance(e, dict)
+            )
+        else:
+            text = f"HTTP {status}: {detail}" + (f" (field: {field})" if field else "")
+        super().__init__(text)
         self.status = status
 
 
@@ -143,7 +153,33 @@ def _load_marker(args: argparse.Namespace) -> dict[str, Any]:
         marker["db_migrations"] = {"applied": True, "description": args.db_migrations}
     if args.on_inconclusive is not None:
         marker["analysis"] = {**(marker.get("analysis") or {}), "on_inconclusive": args.on_inconclusive}
+    if args.metrics_source is not None:
+        metrics = marker.get("metrics") if isinstance(marker.get("metrics"), dict) else {}
+        marker["metrics"] = {**metrics, "source": args.metrics_source}
+    if args.checklist:
+        checklist = marker.get("checklist") if isinstance(marker.get("checklist"), dict) else {}
+        marker["checklist"] = {**checklist, **dict(args.checklist)}
+    marker.setdefault("strategy", DEFAULT_STRATEGY)
     return marker
+
+
+_YES, _NO = ("true", "yes", "y", "1", "on"), ("false", "no", "n", "0", "off")
+
+
+def _checklist_arg(text: str) -> tuple[str, bool]:
+    """``tests_passed`` (done) or ``tests_passed=yes|no`` (true/false, y/n, 1/0 also)."""
+    name, sep, answer = text.partition("=")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name a checklist item, e.g. tests_passed or tests_passed=no"
+        )
+    if not sep or answer.strip().lower() in _YES:
+        return name.strip(), True
+    if answer.strip().lower() in _NO:
+        return name.strip(), False
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: the answer for {name.strip()} must be yes or no, not {answer!r}"
+    )
 
 
 async def cmd_mark(args: argparse.Namespace, client: Client) -> int:
@@ -157,6 +193,10 @@ async def cmd_mark(args: argparse.Namespace, client: Client) -> int:
     )
     if d.get("outlook"):
         print(f"outlook: {d['outlook']['sentence']}", file=sys.stderr)
+    for check in (d.get("policy") or {}).get("checks", []):
+        if check.get("status") in ("warn", "overridden"):
+            what = "warning" if check["status"] == "warn" else check["status"]
+            print(f"policy {what}: {check['name']}: {check['detail']}", file=sys.stderr)
     return 0
 
 
@@ -401,28 +441,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token", default=os.environ.get("GUARDRAIL_TOKEN"), help="API token (env GUARDRAIL_TOKEN)"
     )
+    # the same two flags after the subcommand (`guardrail status ID --url ...`); SUPPRESS: when not
+    # given there, the value from before the subcommand (or the environment) stays
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=argparse.SUPPRESS, help="guardrail server (env GUARDRAIL_URL)")
+    client.add_argument("--token", default=argparse.SUPPRESS, help="API token (env GUARDRAIL_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server")
     s.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG)")
 
-    m = sub.add_parser("mark", help="post a deploy marker; prints the deploy id")
+    m = sub.add_parser(
+        "mark",
+        parents=[client],
+        help="post a deploy marker; prints the deploy id",
+        description="Post a deploy marker; prints the deploy id, then (on stderr) the state, the outlook and "
+        "any policy warnings. The server reports every problem of a marker at once.",
+    )
     m.add_argument("-f", "--file", help="marker as YAML or JSON ('-' for stdin); flags override its fields")
-    for key in (
-        "service",
-        "environment",
-        "version",
-        "previous_version",
-        "commit",
-        "commit_time",
-        "author",
-        "description",
-    ):
-        m.add_argument(f"--{key.replace('_', '-')}", dest=key)
-    m.add_argument(
+    need = m.add_argument_group("required (as flags or in the -f file)")
+    for key in ("service", "environment", "version", "previous_version", "commit"):
+        need.add_argument(f"--{key.replace('_', '-')}", dest=key)
+    need.add_argument(
         "--change-type", dest="change_type", choices=["feature", "bugfix", "infrastructure", "security"]
     )
-    m.add_argument("--strategy", choices=["canary", "blue_green", "rolling", "all_at_once"])
+    for key in ("commit_time", "author", "description"):
+        m.add_argument(f"--{key.replace('_', '-')}", dest=key)
+    m.add_argument(
+        "--strategy",
+        choices=["canary", "blue_green", "rolling", "all_at_once"],
+        help=f"(default: {DEFAULT_STRATEGY}, 10%% -> 50%% -> 100%% unless the -f file gives steps)",
+    )
+    m.add_argument(
+        "--checklist",
+        action="append",
+        type=_checklist_arg,
+        metavar="ITEM[=yes|no]",
+        help="a pre-deployment checklist answer (repeatable), e.g. --checklist tests_passed "
+        "--checklist review_approved=yes; items: tests_passed, review_approved, migrations_tested_on_staging, "
+        "rollback_plan_documented, monitoring_configured, oncall_available",
+    )
+    m.add_argument(
+        "--metrics-source",
+        dest="metrics_source",
+        choices=["push", "prometheus"],
+        help="push: CI or the app posts samples (the server's default); prometheus: the server pulls them "
+        "(needs prometheus.url in its config)",
+    )
     m.add_argument("--change", action="append", help="one line of the change list (repeatable)")
     m.add_argument("--adapter", help="deploy adapter preset configured on the server")
     m.add_argument(
@@ -446,12 +511,14 @@ def parser() -> argparse.ArgumentParser:
         help="CI retries with the same key create one deploy (default from GITHUB_RUN_ID)",
     )
 
-    w = sub.add_parser("wait", help="block until the deploy is promoted (exit 0) or rolled back (exit 1)")
+    w = sub.add_parser(
+        "wait", parents=[client], help="block until the deploy is promoted (exit 0) or rolled back (exit 1)"
+    )
     w.add_argument("id")
     w.add_argument("--timeout", type=float, default=3600, help="seconds (exit 3 when reached)")
     w.add_argument("--poll", type=float, default=60, help="long-poll length in seconds")
 
-    st = sub.add_parser("status", help="one deploy with its evidence, or the recent ones")
+    st = sub.add_parser("status", parents=[client], help="one deploy with its evidence, or the recent ones")
     st.add_argument("id", nargs="?")
     st.add_argument("--service")
     st.add_argument("--environment")
@@ -465,7 +532,7 @@ def parser() -> argparse.ArgumentParser:
         ("pause", "hold promotion (rollback stays armed)"),
         ("resume", "resume a paused deploy"),
     ):
-        o = sub.add_parser(name, help=text)
+        o = sub.add_parser(name, parents=[client], help=text)
         o.add_argument("id")
         o.add_argument("--reason", required=True, help="recorded in the timeline with your token's name")
         if name == "promote":

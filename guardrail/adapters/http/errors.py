@@ -1,7 +1,8 @@
 """The API's errors: the domain's tree plus a few that only exist at the HTTP boundary, and the
 one place where any of them (or an aiohttp HTTP exception) becomes a JSON error response.
 
-Every error body is ``{"error": code, "detail": text, "field": path or null}``. Internals (tracebacks,
+Every error body is ``{"error": code, "detail": text, "field": path or null}``; a validation error
+adds ``errors``, every problem found as ``{"field", "detail"}`` (``field``/``detail`` are the first). Internals (tracebacks,
 exception messages of unexpected errors, secrets) never reach a client: an unexpected error is logged
 and answered with a generic 500.
 """
@@ -38,6 +39,20 @@ class ApiError(GuardrailError):
     ) -> None:
         super().__init__(detail, field=field)
         self.headers = dict(headers or {})
+
+
+class InvalidFields(ValidationError):
+    """Every problem found in one request body, in order; ``field`` is the first one's."""
+
+    def __init__(self, problems: list[tuple[str | None, str]]) -> None:
+        assert problems, "InvalidFields needs at least one problem"
+        detail = (
+            problems[0][1]
+            if len(problems) == 1
+            else (f"{len(problems)} problems: " + "; ".join(d for _, d in problems))
+        )
+        super().__init__(detail, field=problems[0][0])
+        self.problems = problems
 
 
 class Unauthorized(ApiError):
@@ -101,10 +116,12 @@ def error_response(
     detail: str,
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
+    errors: list[tuple[str | None, str]] | None = None,
 ) -> web.Response:
-    return web.json_response(
-        {"error": code, "detail": detail, "field": field}, status=status, headers=dict(headers or {})
-    )
+    body: dict[str, object] = {"error": code, "detail": detail, "field": field}
+    if errors is not None:
+        body["errors"] = [{"field": f, "detail": d} for f, d in errors]
+    return web.json_response(body, status=status, headers=dict(headers or {}))
 
 
 def status_of(error: GuardrailError) -> int:
@@ -128,7 +145,10 @@ def from_guardrail_error(error: GuardrailError) -> web.Response:
         )
         return error_response(status, error.code, detail)
     headers = error.headers if isinstance(error, ApiError) else None
-    response = error_response(status, error.code, error.detail, error.field, headers)
+    problems = None
+    if isinstance(error, ValidationError):  # every problem, for a client (or the CLI) to list
+        problems = error.problems if isinstance(error, InvalidFields) else [(error.field, error.detail)]
+    response = error_response(status, error.code, error.detail, error.field, headers, problems)
     if isinstance(error, PolicyBlockedError):  # the marker response lists what was checked and why
         return web.json_response(
             {"error": error.code, "detail": error.detail, "field": error.field, "policy": error.policy},

@@ -1,6 +1,6 @@
 """Reading a request into a schema: body size and media type, JSON, and pydantic's errors turned
-into one :class:`~guardrail.domain.errors.ValidationError` naming the field as a path
-(``steps[1].weight``) and saying what is accepted. Input values are never echoed (they may be
+into one :class:`~guardrail.adapters.http.errors.InvalidFields` listing every problem, each naming
+its field as a path (``steps[1].weight``) and saying what is accepted. Input values are never echoed (they may be
 secrets), except the short text given for an enumerated field."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pydantic
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
-from guardrail.adapters.http.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType
-from guardrail.domain.errors import ValidationError
+from guardrail.adapters.http.errors import InvalidFields, InvalidJson, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -100,20 +99,22 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any]) -> tuple[str, str 
 
 def validation_error(
     model: type[BaseModel], e: pydantic.ValidationError, prefix: str = ""
-) -> ValidationError | InvalidJson:
-    """The first of pydantic's errors as our ValidationError (the field a dotted / indexed path)."""
+) -> InvalidFields | InvalidJson:
+    """All of pydantic's errors as one InvalidFields (each field a dotted / indexed path)."""
     errors = e.errors(include_url=False)
     for err in errors:
         if err["type"] == "json_invalid":
             return InvalidJson(
                 f"the body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}"
             )
-    first = errors[0]
-    detail, path = _describe(model, first)
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    if prefix:
-        path = f"{prefix}.{path}" if path else prefix
-    return ValidationError(detail + more, field=path)
+    problems: list[tuple[str | None, str]] = []
+    for err in errors:
+        detail, path = _describe(model, err)
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        if (path, detail) not in problems:
+            problems.append((path, detail))
+    return InvalidFields(problems)
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:

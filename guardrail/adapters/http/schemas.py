@@ -353,10 +353,18 @@ class WaitQuery(_Query):
 # --- responses -------------------------------------------------------------------------------------
 
 
+class FieldErrorOut(_Out):
+    field: str | None
+    detail: str
+
+
 class ErrorOut(_Out):
     error: str = Field(description="machine-readable code, e.g. invalid, not_found, conflict")
     detail: str = Field(description="what went wrong and what would be accepted")
     field: str | None = Field(description="the offending field as a path, e.g. steps[1].weight")
+    errors: list[FieldErrorOut] | None = Field(
+        None, description="validation errors: every problem found, in order (field and detail are the first)"
+    )
 
 
 class StepOut(_Out):
