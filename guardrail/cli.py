@@ -203,9 +203,12 @@ async def cmd_mark(args: argparse.Namespace, client: Client) -> int:
 def _line(d: dict[str, Any]) -> str:
     step = d.get("step") or {}
     verdict = (d.get("verdict") or {}).get("decision", "-")
+    where = step.get("summary") or (  # an older server has no summary
+        f"step {step.get('index', -1) + 1}/{step.get('total', '?')} {step.get('description', '')}"
+    )
     return (
         f"{d['id']}  {d['service']} {d['version']} ({d['environment']}): {d['state']}, "
-        f"step {step.get('index', -1) + 1}/{step.get('total', '?')} {step.get('description', '')}, verdict {verdict}"
+        f"{where}, verdict {verdict}"
     )
 
 

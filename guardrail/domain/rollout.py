@@ -65,6 +65,21 @@ class Rollout:
         s = self.steps[i]
         return s.weight is None or s.weight > 0
 
+    def step_summary(self) -> str:
+        """The step in effect in words: live ("step 1/3: 10% of traffic") or, once the deploy has
+        left it, how it ended ("rolled back at step 1/3 (10% of traffic)")."""
+        n = len(self.steps)
+        if not 0 <= self.step < n:
+            return f"no step yet (0/{n})"
+        where, what = f"step {self.step + 1}/{n}", self.steps[self.step].describe()
+        ended = {
+            DeployState.ROLLING_BACK: "rolling back from",
+            DeployState.ROLLED_BACK: "rolled back at",
+            DeployState.ROLLBACK_FAILED: "rollback failed at",
+            DeployState.PROMOTED: "promoted at",
+        }.get(self.state)
+        return f"{ended} {where} ({what})" if ended else f"{where}: {what}"
+
 
 # --- events ----------------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ async def test_marker_is_recorded_and_its_first_step_applied(api: Api) -> None:
     assert d["strategy"] == "canary" and d["change_type"] == "feature"
     assert d["commit_time"] == 1_699_999_200  # 2023-11-14T22:00:00Z
     assert d["state"] == "analyzing"
-    assert d["step"] == {"index": 0, "total": 3, "description": "10% of traffic"}
+    assert d["step"] == {
+        "index": 0, "total": 3, "description": "10% of traffic", "summary": "step 1/3: 10% of traffic"
+    }
     assert d["steps"] == [
         {"weight": 10, "min_duration_s": 0},
         {"weight": 50, "min_duration_s": 0},

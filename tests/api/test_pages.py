@@ -43,7 +43,7 @@ async def test_deploy_page_shows_the_header_with_state_reason_and_step(api: Api)
     state = page.one(id="state")
     assert state.text == "rolled back" and "bad" in state.classes
     assert "canary analysis failed" in page.one(id="reason").text
-    assert page.one(id="step").text == "step 1/3: 10% of traffic"
+    assert page.one(id="step").text == "rolled back at step 1/3 (10% of traffic)"
     facts = page.one("dl", cls="facts").text
     for text in ("production", "9f1c2ab", "dana", "canary", "feature", "10% of traffic → 50% of traffic"):
         assert text in facts, text

@@ -207,11 +207,7 @@ def judgement(deploy: Deploy, public_url: str) -> JudgementOut:
         decision=decision_of(deploy),
         verdict_decision=raw if raw in ("pass", "fail", "continue", "inconclusive") else None,
         summary=summary_of(deploy),
-        step=StepInfo(
-            index=r.step,
-            total=len(r.steps),
-            description=r.steps[r.step].describe() if 0 <= r.step < len(r.steps) else None,
-        ),
+        step=StepInfo.of(r),
         data_time=deploy.data_time,
         evidence=[EvidenceOut.model_validate(e) for e in (deploy.verdict or {}).get("evidence", [])],
         deploy_url=f"{base}/deploys/{deploy.id}",

@@ -510,11 +510,7 @@ async def deploy_page(request: web.Request) -> web.Response:
         deploy=deploy,
         started_at=start,
         state_css=_STATE_CSS.get(deploy.state, "neutral"),
-        step_text=(
-            f"step {r.step + 1}/{len(r.steps)}: {r.steps[r.step].describe()}"
-            if 0 <= r.step < len(r.steps)
-            else f"no step yet (0/{len(r.steps)})"
-        ),
+        step_text=r.step_summary(),
         steps_text=" → ".join(s.describe() for s in r.steps),
         entries=timeline(events, start),
         charts=build_charts(deploy, samples, events),

@@ -28,6 +28,7 @@ from guardrail.config import AnalysisDefaults
 from guardrail.domain.errors import ValidationError
 from guardrail.domain.model import ChangeType, DeployState, Histogram, Sample, Step, Strategy, Track
 from guardrail.domain.records import AdapterRef, AnalysisSettings, Deploy, Marker, TimelineEvent
+from guardrail.domain.rollout import Rollout
 
 # --- shared types ----------------------------------------------------------------------------------
 
@@ -383,6 +384,19 @@ class StepInfo(_Out):
     index: int = Field(description="0-based index of the step in effect; -1 before the first")
     total: int
     description: str | None = Field(description="e.g. '10% of traffic'; null before the first step")
+    summary: str = Field(
+        description="the step in words, live ('step 1/3: 10% of traffic') or how it ended "
+        "('rolled back at step 1/3 (10% of traffic)')"
+    )
+
+    @classmethod
+    def of(cls, r: Rollout) -> StepInfo:
+        return cls(
+            index=r.step,
+            total=len(r.steps),
+            description=r.steps[r.step].describe() if 0 <= r.step < len(r.steps) else None,
+            summary=r.step_summary(),
+        )
 
 
 class DbMigrationsOut(_Out):
@@ -531,11 +545,7 @@ class DeployOut(_Out):
             ),
             steps=[StepOut.of(s) for s in r.steps],
             state=d.state,
-            step=StepInfo(
-                index=r.step,
-                total=len(r.steps),
-                description=r.steps[r.step].describe() if 0 <= r.step < len(r.steps) else None,
-            ),
+            step=StepInfo.of(r),
             reason=r.reason,
             created_at=d.created_at,
             updated_at=d.updated_at,
