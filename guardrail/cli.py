@@ -294,43 +294,78 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(args: argparse.Namespace) -> tuple[Any, str]:
+    """The settings (with ``--database-url`` applied) and where the database URL came from."""
+    from guardrail.config import load_settings, normalize_database_url
+
+    settings = load_settings(args.config)
+    if args.database_url:
+        url = normalize_database_url(args.database_url)
+        return settings.model_copy(update={"database_url": url}), "--database-url"
+    if os.environ.get("GUARDRAIL_DATABASE_URL"):
+        return settings, "GUARDRAIL_DATABASE_URL"
+    config = args.config or os.environ.get("GUARDRAIL_CONFIG")
+    if config:
+        return settings, f"database_url in {config}"
+    return settings, "the default: no --config, GUARDRAIL_CONFIG or --database-url"
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from guardrail.adapters.db.migrate import upgrade
-    from guardrail.config import load_settings
+    from guardrail.config import describe_database_url
 
-    url = args.database_url or load_settings(args.config).database_url
-    asyncio.run(upgrade(url))
-    print(f"database at {url.split('@')[-1]} is up to date")
+    settings, origin = _database(args)
+    print(f"database {describe_database_url(settings.database_url)} ({origin})", file=sys.stderr)
+    applied = asyncio.run(upgrade(settings.database_url))
+    if applied:
+        print(f"applied {len(applied)} migration(s): {', '.join(applied)}; now at {applied[-1]} (the newest)")
+    else:
+        from guardrail.adapters.db.migrate import head_revision
+
+        print(f"already at {head_revision()} (the newest): nothing to apply")
     return 0
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
-    """Draft a document from the database's record of a deploy (no server needed), store it as a
-    new version and print it (or write it to -o)."""
-    from guardrail.config import load_settings
+    """Print (or write to -o) the newest stored draft of a deploy from the database's record (no
+    server needed); ``--new`` (or ``--llm``, or no stored draft yet) drafts and stores a new version."""
+    from guardrail.config import describe_database_url
+    from guardrail.domain.errors import NotFoundError
     from guardrail.main import open_drafts
 
-    settings = load_settings(args.config)
-    if args.database_url:
-        settings = settings.model_copy(update={"database_url": args.database_url})
+    settings, origin = _database(args)
+    where = f"{describe_database_url(settings.database_url)} ({origin})"
 
-    async def run() -> tuple[str, str, int]:
-        drafts, close = await open_drafts(settings)
+    async def run() -> tuple[Any, bool]:
+        drafts, close = await open_drafts(settings, where=where)
         try:
-            d = await drafts.draft(args.id, args.kind, use_llm=bool(args.llm), trigger="cli")
-            return d.markdown, (f"{d.source}; {d.note}" if d.note else d.source), d.version
+            if not (args.new or args.llm):
+                try:
+                    return await drafts.get(args.id, args.kind), False
+                except NotFoundError:
+                    pass  # none stored yet (or no such deploy: drafting says which)
+            return await drafts.draft(args.id, args.kind, use_llm=bool(args.llm), trigger="cli"), True
         finally:
             await close()
 
-    markdown, source, version = asyncio.run(run())
+    d, new = asyncio.run(run())
+    source = f"{d.source}; {d.note}" if d.note else d.source
+    what = (
+        f"{args.kind} draft version {d.version} ({source}), "
+        + ("drafted now and stored" if new else f"stored {_ts_date(d.created_at)}; --new drafts a new version")
+    )
     if args.output and args.output != "-":
-        Path(args.output).write_text(markdown)
-        print(f"{args.kind} draft version {version} ({source}) written to {args.output}", file=sys.stderr)
+        Path(args.output).write_text(d.markdown)
+        print(f"{what}; written to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(markdown if markdown.endswith("\n") else markdown + "\n")
+        sys.stdout.write(d.markdown if d.markdown.endswith("\n") else d.markdown + "\n")
         sys.stdout.flush()
-        print(f"-- {args.kind} draft version {version} ({source}), stored", file=sys.stderr)
+        print(f"-- {what}", file=sys.stderr)
     return 0
+
+
+def _ts_date(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -543,20 +578,24 @@ def parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    up = db_sub.add_parser("upgrade", help="apply the migrations")
-    up.add_argument("--config")
-    up.add_argument("--database-url")
+    up = db_sub.add_parser(
+        "upgrade", help="apply the migrations (creates the database when it does not exist); says which ran"
+    )
+    up.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG): its database_url")
+    up.add_argument("--database-url", help="instead of the config's database_url")
 
     from guardrail.domain.drafts import DraftKind
 
     dr = sub.add_parser(
         "draft",
-        help="draft a document (post-mortem, rollback plan, checklist, ...) from the database's record of a deploy",
+        help="print the newest stored draft of a document (post-mortem, rollback plan, checklist, ...) of a "
+        "deploy from the server's database, drafting one when none is stored; --new drafts a new version",
     )
     dr.add_argument("kind", choices=[k.value for k in DraftKind])
     dr.add_argument("id", help="deploy id")
     dr.add_argument("--llm", action="store_true", help="ask the configured LLM (falls back to the offline templates)")
     dr.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
+    dr.add_argument("--new", action="store_true", help="draft and store a new version even if one is stored")
     dr.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG): database_url, llm")
     dr.add_argument("--database-url", dest="database_url", help="instead of the config's database_url")
 

@@ -707,6 +707,52 @@ class LLMConfig(_Strict):
         return value
 
 
+# --- database URLs: the one place their spellings are normalised ------------------------------------
+
+_DB_SCHEMES = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+DATABASE_URL_EXAMPLES = (
+    "sqlite+aiosqlite:// or postgresql+asyncpg:// (sqlite://, postgresql:// and postgres:// are read as "
+    "those), e.g. sqlite+aiosqlite:///path/to/guardrail.db or postgresql+asyncpg://user:password@host:5432/dbname"
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The spelling guardrail uses everywhere: ``postgresql://`` and ``postgres://`` become
+    ``postgresql+asyncpg://``, ``sqlite://`` becomes ``sqlite+aiosqlite://``. Raises
+    :class:`ConfigError` (field ``database_url``) for anything else."""
+    scheme, sep, rest = url.strip().partition("://")
+    target = _DB_SCHEMES.get(scheme.lower()) if sep else None
+    if target is None:
+        shown = f"scheme {scheme!r}" if sep else "a URL without a scheme"
+        raise ConfigError(
+            f"database_url: {shown} is not supported; expected {DATABASE_URL_EXAMPLES}", field="database_url"
+        )
+    return f"{target}://{rest}"
+
+
+def describe_database_url(url: str) -> str:
+    """``url`` normalised, safe to print: the password replaced by ``***`` and a relative SQLite path
+    made absolute (so a reader knows which file is meant)."""
+    url = normalize_database_url(url)
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite+aiosqlite":
+        path, q, query = rest.removeprefix("/").partition("?")
+        if path and path != ":memory:":
+            path = str(Path(path).resolve())
+        return f"{scheme}:///{path}{q}{query}" if path else f"{scheme}://{rest}"
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{netloc}{slash}{tail}"
+
+
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
@@ -726,9 +772,10 @@ class Settings(_Strict):
     @field_validator("database_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-        return v
+        try:
+            return normalize_database_url(v)
+        except ConfigError as e:
+            raise ValueError(e.detail.removeprefix("database_url: ")) from None
 
 
 def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:

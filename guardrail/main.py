@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from guardrail.adapters.annotate import build_annotators
-from guardrail.adapters.db.migrate import upgrade
+from guardrail.adapters.db.migrate import database_exists, upgrade
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.app import create_app
 from guardrail.adapters.http.dora_api import DORA
 from guardrail.adapters.notify import build_notification_service
 from guardrail.adapters.sources.prometheus import PrometheusMetricSource
-from guardrail.config import Settings
+from guardrail.config import Settings, describe_database_url
+from guardrail.domain.errors import ConfigError
 from guardrail.plugins import load_deploy_adapter
 from guardrail.ports import DeployAdapter, Drafter, Store
 from guardrail.service.annotations import DeployAnnotations
@@ -55,8 +56,19 @@ def build_drafts(settings: Settings, store: Store, *, clock: Callable[[], float]
     )
 
 
-async def open_drafts(settings: Settings) -> tuple[DraftService, Callable[[], Any]]:
-    """For the CLI: the drafting service on the configured database (migrated first), and a closer."""
+async def open_drafts(
+    settings: Settings, *, where: str | None = None
+) -> tuple[DraftService, Callable[[], Any]]:
+    """For the CLI: the drafting service on the configured database (migrated first), and a closer.
+    Refuses a database that does not exist (a draft needs a deploy's record): never creates one.
+    ``where`` names the database in that error (default: the URL, password hidden)."""
+    if not await database_exists(settings.database_url):
+        where = where or describe_database_url(settings.database_url)
+        raise ConfigError(
+            f"no guardrail database at {where}: a draft needs the record of a deploy; pass --config with the "
+            "server's guardrail.yaml or --database-url with its database_url",
+            field="database_url",
+        )
     await upgrade(settings.database_url)
     store = SqlStore(settings.database_url)
     drafts = build_drafts(settings, store)

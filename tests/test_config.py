@@ -249,7 +249,7 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path):
         ("server: {port: 8080}\n", {"GUARDRAIL_SERVER__PORT__HTTP": "1"}, "server.port.http"),
         ("prometheus: {url: prometheus:9090}\n", {}, "prometheus.url"),
         ("database_url: mysql://db/guardrail\n", {}, "database_url"),
-        ("", {"GUARDRAIL_DATABASE_URL": "postgresql://db/guardrail"}, "database_url"),
+        ("", {"GUARDRAIL_DATABASE_URL": "mysql+aiomysql://db/guardrail"}, "database_url"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], field: str):
@@ -259,6 +259,34 @@ def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], fie
         load_settings(path, env=env)
     assert e.value.field == field
     assert field.split(".")[-1] in str(e.value) or field in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:pw@db:5432/g", "postgresql+asyncpg://u:pw@db:5432/g"),
+        ("postgres://u:pw@db/g", "postgresql+asyncpg://u:pw@db/g"),
+        ("postgresql+asyncpg://db/g", "postgresql+asyncpg://db/g"),
+        ("sqlite:///var/guardrail.db", "sqlite+aiosqlite:///var/guardrail.db"),
+        ("sqlite+aiosqlite:///g.db", "sqlite+aiosqlite:///g.db"),
+    ],
+)
+def test_database_urls_are_normalised_in_one_place(given: str, used: str):
+    """Issue 14 item 8: serve (the settings), db upgrade and draft (the store's engine) agree."""
+    from guardrail.adapters.db.engine import parse_url
+
+    assert load_settings(env={"GUARDRAIL_DATABASE_URL": given}).database_url == used
+    assert parse_url(given).render_as_string(hide_password=False) == used
+
+
+def test_a_database_url_is_described_with_its_password_hidden_and_its_file_absolute(tmp_path: Path):
+    from guardrail.config import describe_database_url
+
+    assert describe_database_url("postgres://u:pw@db:5432/g") == "postgresql+asyncpg://u:***@db:5432/g"
+    assert describe_database_url("postgresql://db/g") == "postgresql+asyncpg://db/g"
+    assert describe_database_url("sqlite:////srv/g.db") == "sqlite+aiosqlite:////srv/g.db"
+    relative = describe_database_url("sqlite+aiosqlite:///guardrail.db")
+    assert relative == f"sqlite+aiosqlite:///{Path('guardrail.db').resolve()}"
 
 
 def test_a_bad_database_url_says_what_is_accepted(tmp_path: Path):

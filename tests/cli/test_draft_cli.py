@@ -39,7 +39,7 @@ def test_draft_postmortem_of_the_demo_rollback_is_complete_offline(demo: tuple[P
     db = f"sqlite+aiosqlite:///{work / 'guardrail.db'}"
     out = _cli("draft", "postmortem", deploy_id, "--database-url", db, "-o", str(work / "pm.md"), cwd=work)
     assert out.returncode == 0, out.stderr
-    assert "version 2 (offline)" in out.stderr  # version 1 was drafted automatically after the rollback
+    assert "version 1 (offline)" in out.stderr  # drafted automatically after the rollback, read here
     text = (work / "pm.md").read_text()
     assert text.startswith("# Post-mortem: checkout 1.4.3")
     headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]

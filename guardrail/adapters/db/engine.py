@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from guardrail.adapters.db import codec
+from guardrail.config import DATABASE_URL_EXAMPLES, normalize_database_url
 from guardrail.domain.errors import (
     ConfigError,
     ConflictError,
@@ -29,30 +30,17 @@ from guardrail.domain.errors import (
 # "database is locked" when it upgrades a read lock.
 WRITE = "guardrail_write"
 
-_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-}
-_EXAMPLES = "sqlite+aiosqlite:///path/to/guardrail.db or postgresql+asyncpg://user:password@host:5432/dbname"
-
-
 
 def parse_url(url: str | URL) -> URL:
     """Accept the async URLs, and plain ``sqlite://`` / ``postgresql://`` (given the async driver)."""
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    normalized = normalize_database_url(text)  # the one mapping of spellings (guardrail.config)
     try:
-        u = make_url(url)
+        return make_url(normalized)
     except exc.ArgumentError:
         raise ConfigError(
-            f"database URL is not a valid URL; expected {_EXAMPLES}", field="database_url"
+            f"database URL is not a valid URL; expected {DATABASE_URL_EXAMPLES}", field="database_url"
         ) from None
-    driver = _DRIVERS.get(u.drivername, u.drivername)
-    if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
-        raise ConfigError(
-            f"database URL scheme {u.drivername!r} is not supported; expected {_EXAMPLES}",
-            field="database_url",
-        )
-    return u.set(drivername=driver)
 
 
 def is_memory(u: URL) -> bool:

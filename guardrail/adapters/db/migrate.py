@@ -19,7 +19,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from guardrail.adapters.db.engine import WRITE, StoreError, create_engine, parse_url, translate_errors
+from guardrail.adapters.db.engine import (
+    WRITE,
+    StoreError,
+    create_engine,
+    is_memory,
+    parse_url,
+    translate_errors,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x6775617264  # "guard": pg_advisory_xact_lock key shared by every guardrail process
@@ -45,9 +52,10 @@ def head_revision() -> str:
     return head
 
 
-def _upgrade_sync(conn: Connection, revision: str) -> None:
+def _upgrade_sync(conn: Connection, revision: str) -> list[str]:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+    before = _current_sync(conn)
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     try:
@@ -56,20 +64,27 @@ def _upgrade_sync(conn: Connection, revision: str) -> None:
         raise StoreError(
             f"cannot migrate the database to {revision}: {e}; is it newer than this guardrail?"
         ) from None
+    after = _current_sync(conn)
+    if after is None or after == before:
+        return []
+    script = ScriptDirectory.from_config(cfg)
+    return [r.revision for r in reversed(list(script.iterate_revisions(after, before or "base")))]
 
 
-async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
-    """Migrate through an existing engine (lets an in-memory SQLite store migrate itself)."""
+async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> list[str]:
+    """Migrate through an existing engine (lets an in-memory SQLite store migrate itself).
+    Returns the revisions applied, oldest first (empty: it was already there)."""
     with translate_errors("migrating the database"):
         async with engine.execution_options(**{WRITE: True}).begin() as conn:
-            await conn.run_sync(_upgrade_sync, revision)
+            return await conn.run_sync(_upgrade_sync, revision)
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (default: the newest). Safe to run again."""
+async def upgrade(url: str, revision: str = "head") -> list[str]:
+    """Bring the database at ``url`` to ``revision`` (default: the newest). Safe to run again.
+    Returns the revisions applied, oldest first (empty: it was already there)."""
     engine = create_engine(url)
     try:
-        await upgrade_engine(engine, revision)
+        return await upgrade_engine(engine, revision)
     finally:
         await engine.dispose()
 
@@ -93,4 +108,22 @@ async def current_revision(url: str) -> str | None:
         await engine.dispose()
 
 
-__all__ = ["alembic_config", "current_revision", "head_revision", "upgrade", "upgrade_engine"]
+async def database_exists(url: str) -> bool:
+    """Whether ``url`` holds a guardrail database (migrated at least once). Never creates one: a
+    SQLite file that does not exist is not opened (opening would create it)."""
+    u = parse_url(url)
+    if is_memory(u):
+        return False
+    if u.get_backend_name() == "sqlite" and not Path(u.database or "").is_file():
+        return False
+    return await current_revision(url) is not None
+
+
+__all__ = [
+    "alembic_config",
+    "current_revision",
+    "database_exists",
+    "head_revision",
+    "upgrade",
+    "upgrade_engine",
+]
