@@ -290,7 +290,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from guardrail.config import load_settings
     from guardrail.main import serve
 
-    serve(load_settings(args.config))
+    serve(load_settings(args.config), insecure_no_auth=args.insecure_no_auth)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``config check``: what ``serve`` checks at start-up, without starting (exit 0 ok, 2 problems)."""
+    from guardrail.config import ConfigProblems, load_settings
+    from guardrail.main import check_settings, startup_line
+
+    settings = load_settings(args.config)
+    problems = check_settings(settings)
+    if problems:
+        raise ConfigProblems(problems)
+    print(f"config OK: {startup_line(settings)}")
+    if not settings.tokens:
+        print("note: no tokens: `guardrail serve` refuses to start unless given --insecure-no-auth", file=sys.stderr)
     return 0
 
 
@@ -486,8 +501,25 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--token", default=argparse.SUPPRESS, help="API token (env GUARDRAIL_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the server")
+    s = sub.add_parser(
+        "serve", help="run the server (checks the whole config first; logs what it runs with in one line)"
+    )
     s.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG)")
+    s.add_argument(
+        "--insecure-no-auth",
+        dest="insecure_no_auth",
+        action="store_true",
+        help="run without API tokens (anyone who reaches the server can mark and roll back): local use only",
+    )
+
+    cf = sub.add_parser("config", help="configuration")
+    cf_sub = cf.add_subparsers(dest="config_command", required=True)
+    ck = cf_sub.add_parser(
+        "check",
+        help="check the config as serve does at start-up, every problem with its config path "
+        "(exit 0 ok, 2 problems); for CI",
+    )
+    ck.add_argument("--config", help="guardrail.yaml (env GUARDRAIL_CONFIG)")
 
     m = sub.add_parser(
         "mark",
@@ -648,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "db":
             return cmd_db(args)
+        if args.command == "config":
+            return cmd_config(args)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "draft":

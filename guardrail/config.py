@@ -778,6 +778,21 @@ class Settings(_Strict):
             raise ValueError(e.detail.removeprefix("database_url: ")) from None
 
 
+class ConfigProblems(ConfigError):
+    """Every problem found in the configuration at once: ``problems`` holds ``(config path,
+    message)`` pairs; ``field`` is the first path. One problem reads as before, several one a line."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        assert problems, "ConfigProblems needs at least one problem"
+        text = (
+            problems[0][1]
+            if len(problems) == 1
+            else f"{len(problems)} configuration problems:\n" + "\n".join(f"  - {m}" for _, m in problems)
+        )
+        super().__init__(text, field=problems[0][0])
+        self.problems = problems
+
+
 def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
     for key in path[:-1]:
         d = d.setdefault(key, {})
@@ -833,6 +848,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"config key {where}: {first['msg']}", field=where) from None
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            problems.append((where, f"config key {where}: {err['msg']}"))
+        raise ConfigProblems(problems) from None

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -17,10 +18,10 @@ from guardrail.adapters.db.migrate import database_exists, upgrade
 from guardrail.adapters.db.store import SqlStore
 from guardrail.adapters.http.app import create_app
 from guardrail.adapters.http.dora_api import DORA
-from guardrail.adapters.notify import build_notification_service
-from guardrail.adapters.sources.prometheus import PrometheusMetricSource
-from guardrail.config import Settings, describe_database_url
-from guardrail.domain.errors import ConfigError
+from guardrail.adapters.notify import build_notification_service, load_notifier
+from guardrail.adapters.sources.prometheus import PrometheusAuth, PrometheusMetricSource
+from guardrail.config import ConfigProblems, Settings, describe_database_url
+from guardrail.domain.errors import ConfigError, GuardrailError
 from guardrail.plugins import load_deploy_adapter
 from guardrail.ports import DeployAdapter, Drafter, Store
 from guardrail.service.annotations import DeployAnnotations
@@ -149,8 +150,101 @@ async def build_app(
     return app
 
 
-def serve(settings: Settings) -> None:
+# --- start-up checks ------------------------------------------------------------------------------
+
+
+def _moved(e: GuardrailError, inner: str, outer: str) -> tuple[str, str]:
+    """A plugin's error (fields ``<inner>.name`` / ``<inner>.config.<key>``) at its config path."""
+    field = e.field or f"{inner}.name"
+    if field.startswith(f"{inner}.config"):
+        path = f"{outer}.config{field[len(inner) + len('.config') :]}"
+        return path, e.detail.replace(f"{inner}.config", f"{outer}.config", 1)
+    return f"{outer}.type", e.detail.replace(f"{inner}.name", f"{outer}.type", 1)
+
+
+def check_settings(settings: Settings, *, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Every problem that would otherwise show only when a marker, an alert or a draft needs the
+    part: each deploy adapter preset, notifier, annotator, the Prometheus source and the LLM built as
+    they will be (no I/O). Returns ``(config path, message)`` pairs, all of them, in config order."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+
+    def add(path: str, detail: str) -> None:
+        problems.append((path, detail if detail.startswith(path) else f"{path}: {detail}"))
+
+    for name, preset in settings.adapters.items():
+        try:
+            load_deploy_adapter(preset.type, preset.config)
+        except ConfigError as e:
+            path, detail = _moved(e, "adapter", f"adapters.{name}")
+            key = path.removeprefix(f"adapters.{name}.config.").split(".")[0]
+            if "required" in detail and key in preset.marker_keys:
+                continue  # the marker supplies it
+            add(path, detail)
+    for name, notifier in settings.notifications.notifiers.items():
+        try:
+            load_notifier(notifier.type, notifier.config)
+        except ConfigError as e:
+            add(*_moved(e, "notifier", f"notifications.notifiers.{name}"))
+    try:
+        build_annotators(settings.annotations, env=env)
+    except GuardrailError as e:
+        add(e.field or "annotations", e.detail)
+    prom = settings.prometheus
+    if prom.url:
+        files = {"bearer_token_file": prom.bearer_token_file}
+        if prom.basic_auth is not None:
+            files["basic_auth.password_file"] = prom.basic_auth.password_file
+        for key, file in files.items():
+            if file and not Path(file).is_file():
+                add(f"prometheus.{key}", f"no such file: {file}")
+        try:
+            PrometheusAuth.of(prom).ssl_context()
+        except GuardrailError as e:
+            add(e.field or "prometheus", e.detail)
+    if settings.llm.enabled:
+        try:
+            settings.llm.api_key(dict(env))
+        except ConfigError as e:
+            add(e.field or "llm", e.detail)
+    return problems
+
+
+def startup_line(settings: Settings, *, insecure_no_auth: bool = False) -> str:
+    """What ``serve`` runs with, in one line: address, database (password hidden), auth, deploy
+    presets, metric sources, notifiers and annotators. No secret is in it."""
+    s = settings.server
+    auth = (
+        f"auth: {len(settings.tokens)} tokens ({', '.join(t.name for t in settings.tokens)})"
+        if settings.tokens
+        else "auth: OFF" + (" (--insecure-no-auth)" if insecure_no_auth else "")
+    )
+    presets = ", ".join(f"{n} ({p.type})" for n, p in settings.adapters.items()) or "none"
+    sources = "push" + (f", prometheus {settings.prometheus.url}" if settings.prometheus.url else "")
+    notifiers = ", ".join(f"{n} ({p.type})" for n, p in settings.notifications.notifiers.items()) or "none"
+    annotations = ", ".join(k for k in ("grafana", "honeycomb") if getattr(settings.annotations, k)) or "none"
+    return (
+        f"guardrail on http://{s.host}:{s.port} (public URL {s.public_url}); "
+        f"database {describe_database_url(settings.database_url)}; {auth}; deploy presets: {presets}; "
+        f"sources: {sources}; notifiers: {notifiers}; annotations: {annotations}"
+    )
+
+
+def serve(settings: Settings, *, insecure_no_auth: bool = False) -> None:
+    """Check the whole configuration, refuse to run without tokens unless told, log one line saying
+    what runs, then serve until stopped."""
+    problems = check_settings(settings)
+    if problems:
+        raise ConfigProblems(problems)
+    if not settings.tokens and not insecure_no_auth:
+        raise ConfigError(
+            "no API tokens configured (tokens: in the config, or GUARDRAIL_TOKENS): anyone who can reach the "
+            "server could post markers and roll deploys back. Add tokens, or pass --insecure-no-auth for a "
+            "server only you can reach",
+            field="tokens",
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("%s", startup_line(settings, insecure_no_auth=insecure_no_auth))
 
     async def factory() -> web.Application:
         return await build_app(settings)

@@ -145,7 +145,7 @@ class GuardrailProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}  # the file decides
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guardrail.cli", "serve", "--config", str(path)],
+                [sys.executable, "-m", "guardrail.cli", "serve", "--config", str(path), "--insecure-no-auth"],
                 cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         return self
