@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: venv demo test bench bench-capacity lint fmt clean
+.PHONY: venv demo demo-serve test bench bench-capacity lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/guardrail demo
+
+demo-serve: $(STAMP)  # the demo, then its server keeps running (links work) until Ctrl-C; PORT=8080 to choose
+	$(BIN)/guardrail demo --serve $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	bash scripts/test-deps.sh

@@ -386,7 +386,7 @@ def _ts_date(t: float) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from guardrail import demo
 
-    return demo.main(args.dir)
+    return demo.main(args.dir, serve=args.serve, port=args.port)
 
 
 def _time_arg(text: str) -> float:
@@ -633,6 +633,12 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the end-to-end demo on SQLite")
     d.add_argument("--dir", default=None, help="work directory (default .demo)")
+    d.add_argument(
+        "--serve",
+        action="store_true",
+        help="afterwards keep the server running on the demo database until Ctrl-C, so the printed links work",
+    )
+    d.add_argument("--port", type=int, default=None, help="the server's port (default: a free one)")
 
     b = sub.add_parser(
         "backtest",

@@ -4,12 +4,17 @@ Starts guardrail on a free loopback port, a simulated service with a baseline an
 (synthetic traffic pushed through the real API, on data time, 10-second windows), and runs two
 deploys through the `command` deploy adapter: a healthy one promoted 10% -> 50% -> 100%, and a
 regressed one rolled back. Prints progress, then each deploy's timeline and verdict evidence.
+
+``--serve`` keeps the server running on the demo database afterwards, until Ctrl-C, so every link
+the demo printed (deploy pages, the post-mortem) answers. Every hint it prints is a command that
+runs as printed, from any directory (the ``guardrail`` script next to this Python, by absolute path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import stat
 import sys
@@ -52,10 +57,20 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def guardrail_command() -> str:
+    """How to run this guardrail from a shell, as printed in hints: the ``guardrail`` script installed
+    next to the running Python (``.venv/bin/guardrail`` after ``make``), by absolute path, or else
+    ``python -m guardrail.cli`` with this Python. Neither relies on PATH or on the current directory."""
+    script = Path(sys.executable).parent / "guardrail"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m guardrail.cli"
+
+
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.base = f"http://127.0.0.1:{self.port}/api/v1"
         self.script = workdir / "deploy-production.sh"
         self.state_file = workdir / "traffic.state"
@@ -177,19 +192,24 @@ class Demo:
              f"{len(lines)} lines; first 12) --")
         for line in lines[:12]:
             _say(f"  {line}")
-        _say(f"  ...\n  all of it: guardrail draft postmortem {deploy['id']} "
-             f"--database-url sqlite+aiosqlite:///{self.workdir / 'guardrail.db'}")
+        db = shlex.quote(f"sqlite+aiosqlite:///{self.workdir / 'guardrail.db'}")
+        _say(f"  ...\n  all of it: {guardrail_command()} draft postmortem {deploy['id']} --database-url {db}")
 
 
-async def run(workdir: Path) -> int:
-    demo = Demo(workdir)
+async def run(
+    workdir: Path, *, serve: bool = False, port: int | None = None, result: dict[str, int] | None = None
+) -> int:
+    """The demo; with ``serve`` the server keeps running afterwards until cancelled (Ctrl-C).
+    ``result["code"]`` is set as soon as the demo's outcome is known (before serving)."""
+    demo = Demo(workdir, port)
     demo.prepare()
     wall0 = time.perf_counter()
     app = await build_app(demo.settings())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", demo.port).start()
-    _say(f"guardrail listening on http://127.0.0.1:{demo.port} (SQLite: {workdir / 'guardrail.db'})")
+    site = f"http://127.0.0.1:{demo.port}"
+    _say(f"guardrail listening on {site}/deploys (SQLite: {workdir / 'guardrail.db'})")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             healthy = SyntheticTraffic(rate=400)
@@ -202,19 +222,39 @@ async def run(workdir: Path) -> int:
             for d in (good, bad):
                 await demo.print_record(http, d)
             await demo.print_postmortem(http, bad)
+        _say(f"\ndeploy script log ({workdir / 'deploy.log'}):")
+        _say((workdir / "deploy.log").read_text().rstrip())
+        ok = good["state"] == "promoted" and bad["state"] == "rolled_back"
+        code = 0 if ok else 1
+        if result is not None:
+            result["code"] = code
+        _say(f"\ndemo {'OK' if ok else 'FAILED'}: 1.4.2 {good['state']}, 1.4.3 {bad['state']} "
+             f"in {time.perf_counter() - wall0:.1f} s of wall time")
+        _say("deploy pages:")
+        for d in (good, bad):
+            _say(f"  {d['version']} {d['state']}: {site}/deploys/{d['id']}")
+        if serve:
+            _say(f"\nserving {site}/deploys on the demo database until Ctrl-C. The API needs a token, e.g.\n"
+                 f"  curl -H 'Authorization: Bearer {OPS_TOKEN}' {site}/api/v1/deploys\n"
+                 f"  GUARDRAIL_URL={site} GUARDRAIL_TOKEN={OPS_TOKEN} {guardrail_command()} status")
+            await asyncio.Event().wait()  # until cancelled: Ctrl-C
     finally:
         await runner.cleanup()
-    _say(f"\ndeploy script log ({workdir / 'deploy.log'}):")
-    _say((workdir / "deploy.log").read_text().rstrip())
-    ok = good["state"] == "promoted" and bad["state"] == "rolled_back"
-    _say(f"\ndemo {'OK' if ok else 'FAILED'}: 1.4.2 {good['state']}, 1.4.3 {bad['state']} "
-         f"in {time.perf_counter() - wall0:.1f} s of wall time")
-    return 0 if ok else 1
+    _say("\nthe server has stopped: the links above are dead now. To keep them working, run the demo with "
+         f"--serve (make demo-serve, or {guardrail_command()} demo --serve)")
+    return code
 
 
-def main(workdir: str | None = None) -> int:
+def main(workdir: str | None = None, *, serve: bool = False, port: int | None = None) -> int:
     path = Path(workdir or os.environ.get("GUARDRAIL_DEMO_DIR", ".demo")).resolve()
-    return asyncio.run(run(path))
+    result: dict[str, int] = {}
+    try:
+        return asyncio.run(run(path, serve=serve, port=port, result=result))
+    except KeyboardInterrupt:  # Ctrl-C while serving ends the demo normally; before that, it failed
+        if serve and "code" in result:
+            _say("\nstopped (Ctrl-C)")
+            return result["code"]
+        raise
 
 
 if __name__ == "__main__":
