@@ -756,7 +756,7 @@ def describe_database_url(url: str) -> str:
 class Settings(_Strict):
     database_url: str = "sqlite+aiosqlite:///guardrail.db"
     server: ServerConfig = ServerConfig()
-    tokens: list[TokenConfig] = []  # empty: no auth (only for local use; the server warns)
+    tokens: list[TokenConfig] = []  # empty: serve refuses to start unless given --insecure-no-auth
     analysis: AnalysisDefaults = AnalysisDefaults()
     engine: EngineConfig = EngineConfig()
     adapters: dict[str, AdapterPreset] = {}  # deploy adapter presets markers refer to by name

@@ -567,3 +567,14 @@ def test_the_llm_key_is_read_from_the_named_variable_and_its_absence_names_it():
         with pytest.raises(ConfigError, match="environment variable LOCAL_LLM_KEY") as e:
             llm.api_key(env)
         assert e.value.field == "llm.api_key_env"
+
+
+def test_start_up_check_leaves_a_required_adapter_key_to_the_marker_when_the_preset_allows_it():
+    """Issue 14 item 4: a preset may leave a required key to markers (marker_keys); anything else missing
+    is a problem named by its config path, before any marker arrives."""
+    from guardrail.main import check_settings
+
+    allowed = Settings.model_validate({"adapters": {"hook": {"type": "webhook", "marker_keys": ["url"]}}})
+    missing = Settings.model_validate({"adapters": {"hook": {"type": "webhook"}}})
+    assert check_settings(allowed, env={}) == []
+    assert [path for path, _ in check_settings(missing, env={})] == ["adapters.hook.config.url"]
