@@ -327,11 +327,15 @@ def _database(args: argparse.Namespace) -> tuple[Any, str]:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from guardrail.adapters.db.migrate import upgrade
-    from guardrail.config import describe_database_url
+    from guardrail.config import describe_database_url, normalize_database_url
 
-    settings, origin = _database(args)
-    print(f"database {describe_database_url(settings.database_url)} ({origin})", file=sys.stderr)
-    applied = asyncio.run(upgrade(settings.database_url))
+    if args.database_url:  # the config is not read at all
+        url, origin = normalize_database_url(args.database_url), "--database-url"
+    else:
+        settings, origin = _database(args)
+        url = settings.database_url
+    print(f"database {describe_database_url(url)} ({origin})", file=sys.stderr)
+    applied = asyncio.run(upgrade(url))
     if applied:
         print(f"applied {len(applied)} migration(s): {', '.join(applied)}; now at {applied[-1]} (the newest)")
     else:
