@@ -165,7 +165,8 @@ def _moved(e: GuardrailError, inner: str, outer: str) -> tuple[str, str]:
 def check_settings(settings: Settings, *, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Every problem that would otherwise show only when a marker, an alert or a draft needs the
     part: each deploy adapter preset, notifier, annotator, the Prometheus source and the LLM built as
-    they will be (no I/O). Returns ``(config path, message)`` pairs, all of them, in config order."""
+    they will be (no network; local files such as a CA bundle are read). Returns ``(config path,
+    message)`` pairs, all of them, in config order."""
     env = os.environ if env is None else env
     problems: list[tuple[str, str]] = []
 
