@@ -123,8 +123,8 @@ def test_the_example_loads_with_its_presets():
         "github-actions": ["ci"], "on-call": ["operator", "read"], "dashboard": ["read"]}
     checkout = s.adapters["checkout-deploy"]
     assert checkout.type == "command"
-    assert checkout.config["apply_step"] == "./deploy-production.sh {version} --weight {weight}"
-    assert checkout.config["rollback"] == "./deploy-production.sh {previous_version} --weight 100"
+    assert checkout.config["apply_step"] == "./deploy-production.sh --weight {weight} -- {version}"
+    assert checkout.config["rollback"] == "./deploy-production.sh --weight 100 -- {previous_version}"
     assert checkout.marker_keys == []
     webhook = s.adapters["payments-deploy"]
     assert webhook.type == "webhook"

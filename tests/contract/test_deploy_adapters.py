@@ -660,3 +660,139 @@ async def test_webhook_config_is_checked_at_construction() -> None:
     with pytest.raises(ConfigError) as e:
         WebhookDeployAdapter.from_config({"url": "https://example.com", "secret": 12345})
     assert "12345" not in str(e.value)  # a secret's value is never quoted back
+
+
+def env_script(tmp_path: Path) -> Path:
+    script = tmp_path / "env.sh"
+    script.write_text('#!/bin/sh\nenv\necho "ARGS $*"\n')
+    script.chmod(0o755)
+    return script
+
+
+def env_of(output: str) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in output.splitlines() if "=" in line and not line.startswith("ARGS ")
+    )
+
+
+async def test_command_gets_an_explicit_environment_not_the_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's secrets (database URL, LLM key, anything else in its environment) never reach a
+    command: it gets PATH, HOME, the locale and the GUARDRAIL_* deploy variables, plus what the
+    preset sets or names."""
+    monkeypatch.setenv("GUARDRAIL_DATABASE_URL", "postgresql+asyncpg://u:db-pass-8812@db/guardrail")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-server-key-5521")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    script = env_script(tmp_path)
+    adapter = CommandDeployAdapter.from_config(
+        {
+            "apply_step": f"{script} {{version}}",
+            "rollback": str(script),
+            "env": {"REGION": "eu-west-1"},
+            "secret_env": {"DEPLOY_TOKEN": SECRET},
+        }
+    )
+    result = await adapter.apply_step(target(), Step(weight=10, servers=None), 1, 3)
+    assert result.ok, result
+    env = env_of(result.output)
+    assert "db-pass-8812" not in result.output and "sk-server-key-5521" not in result.output
+    assert set(env) - {"PWD", "SHLVL", "_", "OLDPWD"} == {  # what a shell adds itself aside
+        "PATH",
+        "HOME",
+        "LANG",
+        "GUARDRAIL_ACTION",
+        "GUARDRAIL_ACTION_KEY",
+        "GUARDRAIL_DEPLOY_ID",
+        "GUARDRAIL_SERVICE",
+        "GUARDRAIL_ENVIRONMENT",
+        "GUARDRAIL_VERSION",
+        "GUARDRAIL_PREVIOUS_VERSION",
+        "GUARDRAIL_COMMIT",
+        "GUARDRAIL_WEIGHT",
+        "GUARDRAIL_SERVERS",
+        "GUARDRAIL_STEP",
+        "GUARDRAIL_TOTAL_STEPS",
+        "REGION",
+        "DEPLOY_TOKEN",
+    } - ({"HOME"} if "HOME" not in os.environ else set())
+    assert env["PATH"] == os.environ["PATH"] and env["LANG"] == "C.UTF-8"
+    assert env["DEPLOY_TOKEN"] == "***"  # given, and redacted from the output
+    assert (env["GUARDRAIL_ACTION"], env["GUARDRAIL_VERSION"], env["GUARDRAIL_PREVIOUS_VERSION"]) == (
+        "apply_step",
+        "2.4.0",
+        "2.3.9",
+    )
+    assert (
+        env["GUARDRAIL_WEIGHT"],
+        env["GUARDRAIL_SERVERS"],
+        env["GUARDRAIL_STEP"],
+        env["GUARDRAIL_TOTAL_STEPS"],
+    ) == ("10", "all", "2", "3")
+    rolled = await adapter.rollback(target(), "error rate 5%")
+    renv = env_of(rolled.output)
+    assert renv["GUARDRAIL_ACTION"] == "rollback" and renv["GUARDRAIL_REASON"] == "error rate 5%"
+    assert "GUARDRAIL_WEIGHT" not in renv
+
+
+async def test_command_passes_named_server_variables_and_redacts_the_secret_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/etc/kube/config")
+    monkeypatch.setenv("CLOUD_TOKEN", "cloud-tok-3391ab")
+    monkeypatch.setenv("UNNAMED_SECRET", "unnamed-4410")
+    script = env_script(tmp_path)
+    adapter = CommandDeployAdapter.from_config(
+        {
+            "apply_step": str(script),
+            "rollback": str(script),
+            "pass_env": ["KUBECONFIG", "NOT_SET_ANYWHERE"],
+            "pass_secret_env": ["CLOUD_TOKEN"],
+        }
+    )
+    result = await adapter.apply_step(target(), Step(weight=10), 0, 1)
+    env = env_of(result.output)
+    assert env["KUBECONFIG"] == "/etc/kube/config" and "NOT_SET_ANYWHERE" not in env
+    assert env["CLOUD_TOKEN"] == "***" and "cloud-tok-3391ab" not in result.output
+    assert "UNNAMED_SECRET" not in env
+    with pytest.raises(ConfigError) as e:
+        CommandDeployAdapter.from_config(
+            {"apply_step": str(script), "rollback": str(script), "pass_env": ["A=B"]}
+        )
+    assert e.value.field == "adapter.config.pass_env"
+    with pytest.raises(ConfigError, match="set by guardrail"):
+        CommandDeployAdapter.from_config(
+            {"apply_step": str(script), "rollback": str(script), "env": {"GUARDRAIL_VERSION": "x"}}
+        )
+
+
+async def test_command_never_passes_a_deploy_value_where_it_reads_as_an_option(tmp_path: Path) -> None:
+    """A version like --help is refused where the program would read it as an option; after a -- in
+    the template, or inside an argument with a literal prefix, it is passed as it is."""
+    script = env_script(tmp_path)
+    hostile = target(version="--help", previous_version="-rf")
+    bare = CommandDeployAdapter.from_config(
+        {"apply_step": f"{script} up {{version}}", "rollback": f"{script} {{previous_version}}"}
+    )
+    refused = await bare.apply_step(hostile, Step(weight=10), 0, 1)
+    assert not refused.ok and "--help" not in refused.output and "ARGS" not in refused.output
+    assert "{version}" in refused.detail and "--" in refused.detail and "option" in refused.detail
+    assert not (await bare.rollback(hostile, "errors")).ok
+    safe = CommandDeployAdapter.from_config(
+        {
+            "apply_step": f"{script} up --tag=v{{version}} -- {{version}}",
+            "rollback": f"{script} -- {{previous_version}}",
+        }
+    )
+    applied = await safe.apply_step(hostile, Step(weight=10), 0, 1)
+    assert applied.ok and "ARGS up --tag=v--help -- --help" in applied.output
+    rolled = await safe.rollback(hostile, "errors")
+    assert rolled.ok and "ARGS -- -rf" in rolled.output
+
+
+def test_the_command_deploy_variables_are_not_read_as_settings() -> None:
+    """A deploy script may run the guardrail CLI: its GUARDRAIL_* variables are not settings."""
+    from guardrail.adapters.deploy.command import DEPLOY_ENV
+    from guardrail.config import NOT_SETTINGS
+
+    assert set(DEPLOY_ENV) <= NOT_SETTINGS

@@ -1,9 +1,8 @@
-"""Run a command of the operator's for each action: ``./deploy-production.sh {version} --weight {weight}``.
+"""Run a command of the operator's for each action: ``./deploy-production.sh --weight {weight} -- {version}``.
 
 Templates are split with :func:`shlex.split` once, at config time, and placeholders are filled in
 *inside* each argument, so a marker value such as ``1.0; rm -rf /`` stays one argument and never
 reaches a shell (unless the template itself runs ``sh -c``, which is then the operator's choice).
-Secrets reach the command through the environment only (``secret_env``): read them in the script.
 
 Placeholders (plain ``{name}`` only, never in the program itself; ``{{`` and ``}}`` for
 literal braces):
@@ -13,9 +12,27 @@ literal braces):
   ``servers`` (a number or ``all``), ``step`` (1-based), ``total_steps``
 - ``rollback`` also: ``reason``
 
-The command runs in its own session (process group) with ``GUARDRAIL_ACTION_KEY`` and
-``GUARDRAIL_DEPLOY_ID`` in its environment; on timeout the whole group is killed. stdout and
-stderr are captured together (the tail, at most ``output_limit`` characters, secrets redacted).
+Options: an argument that *starts* with a placeholder and comes before any ``--`` in the template
+could be read as an option by the program (a version of ``--help``); when its value starts with
+``-`` the action is refused (a failed result naming the placeholder) and nothing runs. Write
+``-- {version}`` (end of options) or ``--tag={version}`` in the template to pass any value.
+
+Environment: the command does **not** inherit the server's environment (which holds the database
+URL, the LLM key and other secrets). It gets exactly:
+
+- ``PATH`` (the server's, or the system default), ``HOME``, ``USER``, ``LOGNAME``, ``LANG``,
+  ``LC_ALL``, ``LC_CTYPE``, ``TZ`` and ``TMPDIR`` from the server's environment, when set;
+- the deploy as ``GUARDRAIL_*`` variables: ``GUARDRAIL_ACTION`` (``apply_step``, ``finalize`` or
+  ``rollback``), ``GUARDRAIL_ACTION_KEY`` (the same for a repeated call), ``GUARDRAIL_DEPLOY_ID``,
+  and each placeholder's value as ``GUARDRAIL_<NAME>`` (``GUARDRAIL_VERSION``,
+  ``GUARDRAIL_WEIGHT``, ``GUARDRAIL_REASON``, ...);
+- ``pass_env``: server variables named in the preset, passed as they are (e.g. ``KUBECONFIG``);
+- ``pass_secret_env``: server variables named in the preset whose values are secrets (redacted
+  from the output like ``secret_env``);
+- ``env`` and ``secret_env``: variables set by the preset (``secret_env`` values are secrets).
+
+The command runs in its own session (process group); on timeout the whole group is killed. stdout
+and stderr are captured together (the tail, at most ``output_limit`` characters, secrets redacted).
 """
 
 from __future__ import annotations
@@ -45,7 +62,15 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "finalize": _COMMON,
     "rollback": (*_COMMON, "reason"),
 }
-_RESERVED_ENV = ("GUARDRAIL_ACTION_KEY", "GUARDRAIL_DEPLOY_ID")
+# from the server's environment, when set (PATH falls back to the system default)
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# set by guardrail for each action: the action, its key, and every placeholder's value
+DEPLOY_ENV = (
+    "GUARDRAIL_ACTION",
+    "GUARDRAIL_ACTION_KEY",
+    *sorted({f"GUARDRAIL_{name.upper()}" for names in PLACEHOLDERS.values() for name in names}),
+)
+_RESERVED_ENV = frozenset(DEPLOY_ENV)
 
 
 def split_template(key: str, template: str) -> tuple[str, ...]:
@@ -87,6 +112,27 @@ def split_template(key: str, template: str) -> tuple[str, ...]:
     return argv
 
 
+def leading_placeholders(argv: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(index, placeholder) of each argument that starts with a placeholder and comes before the
+    first ``--`` of the template: where a value starting with ``-`` would be read as an option."""
+    out = []
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        first = next(iter(string.Formatter().parse(arg)), None)
+        if first is not None and first[0] == "" and first[1] is not None:
+            out.append((index, first[1]))
+    return out
+
+
+def _check_names(key: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise ConfigError(f"{name!r} is not a valid environment variable name", field=key)
+        if name in _RESERVED_ENV:
+            raise ConfigError(f"{name} is set by guardrail and cannot be passed through", field=key)
+
+
 def _check_env(key: str, env: Mapping[str, str], *, secret: bool) -> None:
     for name, value in env.items():
         if not name or "=" in name or "\0" in name:
@@ -107,10 +153,18 @@ class CommandConfig:
     cwd: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, str] = secret_field(default_factory=dict)
+    pass_env: tuple[str, ...] = ()  # names of server environment variables passed as they are
+    pass_secret_env: tuple[str, ...] = ()  # ... and passed as secrets (redacted from the output)
     output_limit: int = 4000  # characters of output kept (the tail)
 
     def __post_init__(self) -> None:
         freeze_mappings(self, "env", "secret_env")
+        for key in ("pass_env", "pass_secret_env"):
+            names = getattr(self, key)
+            if isinstance(names, str) or not isinstance(names, list | tuple):
+                raise ConfigError("must be a list of environment variable names", field=key)
+            object.__setattr__(self, key, tuple(names))
+            _check_names(key, getattr(self, key))
         for key in PLACEHOLDERS:
             template = getattr(self, key)
             if template is not None:
@@ -163,6 +217,7 @@ class CommandDeployAdapter:
     def __init__(self, config: CommandConfig) -> None:
         self.config = config
         self._argv = {key: split_template(key, t) for key in PLACEHOLDERS if (t := getattr(config, key))}
+        self._leading = {key: leading_placeholders(argv) for key, argv in self._argv.items()}
         self._secrets = secret_values(config)
 
     @classmethod
@@ -190,14 +245,18 @@ class CommandDeployAdapter:
         cfg = self.config
         values = {**target_values(target), **extra}
         argv = [arg.format_map(values) for arg in self._argv[key]]
-        shown_argv = [redact_text(a, self._secrets) for a in argv]
-        env = {
-            **os.environ,
-            **cfg.env,
-            **cfg.secret_env,
-            "GUARDRAIL_ACTION_KEY": target.action_key,
-            "GUARDRAIL_DEPLOY_ID": target.deploy_id,
-        }
+        server_env = os.environ
+        secrets = [*self._secrets, *(server_env[n] for n in cfg.pass_secret_env if server_env.get(n))]
+        shown_argv = [redact_text(a, secrets) for a in argv]
+        refused = self._option_like(key, values)
+        if refused:
+            return ActionResult(ok=False, detail=redact_text(refused, secrets), data={"argv": shown_argv})
+        env = {name: server_env[name] for name in BASE_ENV if name in server_env}
+        env.setdefault("PATH", os.defpath)
+        env.update({n: server_env[n] for n in (*cfg.pass_env, *cfg.pass_secret_env) if n in server_env})
+        env.update({**cfg.env, **cfg.secret_env})
+        env.update({f"GUARDRAIL_{name.upper()}": value for name, value in values.items()})
+        env.update(GUARDRAIL_ACTION=key, GUARDRAIL_ACTION_KEY=target.action_key)
         data: dict[str, Any] = {"argv": shown_argv}
         with tempfile.TemporaryFile() as out:
             started = time.monotonic()
@@ -213,7 +272,7 @@ class CommandDeployAdapter:
                 )
             except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument or variable
                 return ActionResult(
-                    ok=False, detail=redact_text(self._start_error(argv[0], e), self._secrets), data=data
+                    ok=False, detail=redact_text(self._start_error(argv[0], e), secrets), data=data
                 )
             data["pid"] = proc.pid
             timed_out = False
@@ -227,7 +286,7 @@ class CommandDeployAdapter:
                 _kill_group(proc.pid)
                 raise
             elapsed = time.monotonic() - started
-            output = _read_tail(out, cfg.output_limit, self._secrets)
+            output = _read_tail(out, cfg.output_limit, secrets)
         code = proc.returncode
         data.update(exit_code=code, duration_s=round(elapsed, 3))
         if timed_out:
@@ -242,6 +301,19 @@ class CommandDeployAdapter:
         else:
             detail = f"exit {code} in {elapsed:.2f} s"
         return ActionResult(ok=code == 0 and not timed_out, detail=detail, output=output, data=data)
+
+    def _option_like(self, key: str, values: Mapping[str, str]) -> str | None:
+        """Why the action is refused, when a value would start an argument read as an option."""
+        for index, name in self._leading[key]:
+            value = values[name]
+            if value.startswith("-"):
+                template = self._argv[key][index]
+                return (
+                    f"refused to run {key}: {{{name}}} is {value!r}, which starts with '-' and would be read as an "
+                    f"option in argument {index} ({template!r}); put -- before it in the template (end of "
+                    f"options, e.g. ... -- {template}) or give it a prefix (e.g. --{name.replace('_', '-')}={template})"
+                )
+        return None
 
     def _start_error(self, program: str, e: OSError | ValueError) -> str:
         if isinstance(e, ValueError):
