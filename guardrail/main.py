@@ -24,6 +24,7 @@ from guardrail.config import ConfigProblems, Settings, describe_database_url
 from guardrail.domain.errors import ConfigError, GuardrailError
 from guardrail.plugins import load_deploy_adapter
 from guardrail.ports import DeployAdapter, Drafter, Store
+from guardrail.redaction import Redactor, install_log_redaction, redacting_factory, settings_secrets
 from guardrail.service.annotations import DeployAnnotations
 from guardrail.service.dora import DoraService
 from guardrail.service.drafts import DraftService
@@ -89,7 +90,9 @@ async def build_app(
     telemetry: Telemetry | None = None,
 ) -> web.Application:
     """Migrate the database, open the store, build the engine and the HTTP app. Start-up resumes any
-    adapter action a previous process left unfinished; the timers run while the app runs."""
+    adapter action a previous process left unfinished; the timers run while the app runs. Adapter
+    results and errors are redacted of every configured secret before the engine sees them."""
+    adapter_factory = redacting_factory(adapter_factory, Redactor(settings_secrets(settings)))
     await upgrade(settings.database_url)
     store = SqlStore(settings.database_url, clock=clock)
     telemetry = telemetry or Telemetry()
@@ -233,7 +236,10 @@ def startup_line(settings: Settings, *, insecure_no_auth: bool = False) -> str:
 
 def serve(settings: Settings, *, insecure_no_auth: bool = False) -> None:
     """Check the whole configuration, refuse to run without tokens unless told, log one line saying
-    what runs, then serve until stopped."""
+    what runs, then serve until stopped. Every log line (the access log too) is redacted of every
+    configured secret and of token-like query parameters."""
+    from guardrail.adapters.http.access_log import access_logger
+
     problems = check_settings(settings)
     if problems:
         raise ConfigProblems(problems)
@@ -245,9 +251,17 @@ def serve(settings: Settings, *, insecure_no_auth: bool = False) -> None:
             field="tokens",
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redactor = Redactor(settings_secrets(settings))
+    install_log_redaction(redactor)
     log.info("%s", startup_line(settings, insecure_no_auth=insecure_no_auth))
 
     async def factory() -> web.Application:
         return await build_app(settings)
 
-    web.run_app(factory(), host=settings.server.host, port=settings.server.port, print=None)
+    web.run_app(
+        factory(),
+        host=settings.server.host,
+        port=settings.server.port,
+        print=None,
+        access_log_class=access_logger(redactor),
+    )

@@ -113,22 +113,13 @@ def _cut_strings(value: Any, limit: int) -> Any:
 
 
 def configured_secrets(settings: Settings) -> list[str]:
-    """Secret values in the settings that must never reach an LLM: API tokens, and the secret
-    settings of notifier and deploy adapter presets (all of a preset's strings when its plugin is
-    unknown)."""
-    from guardrail.plugins import DEPLOY_ADAPTERS, redact_plugin_config
+    """Secret values in the settings that must never reach an LLM: every configured secret
+    (:func:`guardrail.redaction.settings_secrets`: API tokens, the database password, secret
+    settings, the secret settings of notifier and deploy adapter presets, keys read from the
+    environment)."""
+    from guardrail.redaction import settings_secrets
 
-    values = [t.token.get_secret_value() for t in settings.tokens]
-    presets = [("guardrail.notifiers", p.type, p.config) for p in settings.notifications.notifiers.values()]
-    presets += [(DEPLOY_ADAPTERS, p.type, p.config) for p in settings.adapters.values()]
-    for group, name, config in presets:
-        redacted = redact_plugin_config(group, name, config)
-        for key, value in config.items():
-            if redacted.get(key) == value:
-                continue
-            items = value.values() if isinstance(value, Mapping) else [value]
-            values.extend(str(v) for v in items if isinstance(v, str | int) and str(v))
-    return [v for v in values if len(v) >= 4]
+    return settings_secrets(settings)
 
 
 class OpenAIDrafter:

@@ -142,6 +142,8 @@ def _config(tmp: Path, port: int, script: Path, llm_url: str, hook_url: str) -> 
               rollback: "{script} rollback 0"
               timeout_s: 30
               secret_env: {{DEPLOY_SECRET: {SECRETS["command secret_env"]}}}
+              # passed on purpose as a plain variable: the server-wide redaction still hides it
+              pass_env: [{LLM_KEY_ENV}]
     """)
 
 
@@ -252,6 +254,9 @@ async def test_no_secret_reaches_a_log_page_answer_table_draft_or_prompt(
     assert "action apply" in outputs and "PATH=" in outputs, outputs[:2000]
     assert "action rollback" in outputs
     assert "given=***" in outputs, "the command was not given its secret_env (or it was not redacted)"
+    assert f"{LLM_KEY_ENV}=***" in outputs, (
+        "the command was not given the pass_env variable (or it was not redacted)"
+    )
     assert fake_llm.received, "the LLM drafter was not called"
     assert recorder.bodies, "the webhook notifier was not called"
     assert f"GET /deploys/{did}?token=" in log, log[-3000:]
