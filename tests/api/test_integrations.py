@@ -19,6 +19,7 @@ from tests.api.helpers import marker, window
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = [{"weight": 10, "min_duration_s": 0}, {"weight": 50, "min_duration_s": 0}, {"weight": 100}]
 CI_TOKEN = TOKENS["ci"][1]
+PLACEHOLDER = "REPLACE-WITH-A-CI-TOKEN"  # in examples/flagger/canary.yaml
 
 
 async def judged(api: Api, version: str, *, canary_error_rate: float, **overrides: Any) -> dict[str, Any]:
@@ -45,14 +46,16 @@ async def analysis(api: Api, as_: str | None = "read", **params: str) -> tuple[i
 
 
 async def flagger(
-    api: Api, hook: str, body: dict[str, Any], *, as_: str | None = None
+    api: Api, hook: str, body: dict[str, Any], *, as_: str | None = None, token: str | None = CI_TOKEN
 ) -> tuple[int, Any]:
-    return await api.call("POST", f"/hooks/flagger?type={hook}", as_=as_, json=body)
+    """Flagger's call: the token in the webhook's URL (Flagger cannot send headers), unless the
+    test sends it as a header (``as_``) or not at all (``token=None``)."""
+    query = f"type={hook}" + (f"&token={token}" if token is not None and as_ is None else "")
+    return await api.call("POST", f"/hooks/flagger?{query}", as_=as_, json=body)
 
 
 def flagger_body(**metadata: str) -> dict[str, Any]:
-    return {"name": "checkout", "namespace": "production", "phase": "Progressing",
-            "metadata": {"token": CI_TOKEN, **metadata}}
+    return {"name": "checkout", "namespace": "production", "phase": "Progressing", "metadata": {**metadata}}
 
 
 # --- GET /api/v1/analysis ---------------------------------------------------------------------------
@@ -188,19 +191,23 @@ async def test_flagger_finds_the_deploy_by_name_and_namespace_without_metadata(
     assert status == 404 and err["field"] == "name" and "environment 'staging'" in err["detail"]
 
 
-async def test_flagger_hook_needs_a_ci_token_in_the_header_or_the_metadata(
+async def test_flagger_hook_needs_a_ci_token_in_the_header_or_the_url(
     api: Api, deploys: dict[str, Any]
 ) -> None:
     no_token = {"name": "checkout", "namespace": "production", "metadata": {"version": "v2.4.1"}}
-    status, err = await flagger(api, "rollout", no_token)
-    assert status == 401 and "Bearer" in err["detail"]
-    status, err = await flagger(api, "rollout", {**no_token, "metadata": {"token": "wrong"}})
+    status, err = await flagger(api, "rollout", no_token, token=None)
+    assert status == 401 and "token=" in err["detail"]
+    status, err = await flagger(api, "rollout", {**no_token, "metadata": {"token": CI_TOKEN}}, token=None)
+    assert status == 401  # a token in the body is not read
+    status, err = await flagger(api, "rollout", no_token, token="wrong")
     assert status == 401 and "wrong" not in err["detail"]
-    status, err = await flagger(api, "rollout", {**no_token, "metadata": {"token": TOKENS["read"][1]}})
+    status, err = await flagger(api, "rollout", no_token, token=TOKENS["read"][1])
     assert status == 403 and "'ci' scope" in err["detail"]
     status, _ = await flagger(api, "rollout", no_token, as_="operator")
     assert status == 403
     status, _ = await flagger(api, "rollout", no_token, as_="ci")
+    assert status == 200
+    status, _ = await flagger(api, "rollout", no_token)
     assert status == 200
 
 
@@ -209,9 +216,9 @@ async def test_flagger_hook_needs_a_ci_token_in_the_header_or_the_metadata(
     [
         ("type=post-rollout", flagger_body(), "type", "confirm-promotion"),
         ("", flagger_body(), "type", "type is required"),
-        ("type=rollout", {"namespace": "production", "metadata": {"token": CI_TOKEN}}, "name", "name is required"),
+        ("type=rollout", {"namespace": "production", "metadata": {}}, "name", "name is required"),
         ("type=rollout", {**flagger_body(), "weight": 10}, "weight", "unknown field 'weight'"),
-        ("type=rollout", {"name": "checkout", "namespace": "production", "metadata": {"token": CI_TOKEN, "n": 1}},
+        ("type=rollout", {"name": "checkout", "namespace": "production", "metadata": {"n": 1}},
          "metadata.n", "string"),
         ("type=rollout", flagger_body(service="payments"), "metadata.service", "no deploy matches service 'payments'"),
     ],
@@ -219,7 +226,7 @@ async def test_flagger_hook_needs_a_ci_token_in_the_header_or_the_metadata(
 async def test_flagger_hook_errors_name_the_field(
     api: Api, deploys: dict[str, Any], query: str, body: dict[str, Any], field: str, words: str
 ) -> None:
-    status, err = await api.call("POST", f"/hooks/flagger?{query}", as_=None, json=body)
+    status, err = await api.call("POST", f"/hooks/flagger?{query}&token={CI_TOKEN}", as_=None, json=body)
     assert status in (400, 404) and err["field"] == field and words in err["detail"], err
     assert CI_TOKEN not in err["detail"]
 
@@ -307,12 +314,14 @@ async def test_flagger_canary_webhooks_get_the_documented_answers(api: Api, depl
     answers = {}
     for hook in hooks:
         url = urlsplit(hook["url"])
-        assert url.path == "/hooks/flagger" and dict(parse_qsl(url.query)) == {"type": hook["type"]}
-        metadata = {**hook["metadata"], "token": CI_TOKEN}  # the placeholder, filled in
+        query = dict(parse_qsl(url.query))
+        assert url.path == "/hooks/flagger" and query == {"type": hook["type"], "token": PLACEHOLDER}
+        assert "token" not in hook["metadata"]
+        query["token"] = CI_TOKEN  # the placeholder, filled in
         for version in ("v2.4.1", "v2.4.2"):
             body = {"name": canary["metadata"]["name"], "namespace": canary["metadata"]["namespace"],
-                    "phase": "Progressing", "checksum": "5f1c", "metadata": {**metadata, "version": version}}
-            resp = await api.client.post(f"{url.path}?{url.query}", json=body)
+                    "phase": "Progressing", "checksum": "5f1c", "metadata": {**hook["metadata"], "version": version}}
+            resp = await api.client.post(url.path, params=query, json=body)
             answers[(hook["type"], version)] = resp.status
     assert answers == {
         ("confirm-rollout", "v2.4.1"): 200, ("confirm-rollout", "v2.4.2"): 409,

@@ -39,8 +39,11 @@ No matching deploy is a 404 (a failed check; no rollback). The deploy is looked 
 canary's ``name`` as the service and its ``namespace`` as the environment (newest deploy).
 
 Flagger cannot send request headers with a webhook (fluxcd/flagger#1192), so this route accepts the
-``ci`` token either as ``Authorization: Bearer <token>`` or as ``metadata.token``; it does its own
-authentication (the route table marks it open so that the auth middleware lets the body through).
+``ci`` token either as ``Authorization: Bearer <token>`` or in the webhook's URL,
+``/hooks/flagger?type=rollout&token=<token>`` (guardrail's access log and logs never show it). It
+does its own authentication, first: the body is not read before the caller is known (the route table
+marks it open so that the auth middleware accepts the query token). A token in ``metadata.token``
+(the body) is not read: a request with no other credentials is a 401 naming ``?token=``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from guardrail.adapters.http.errors import ApiError
+from guardrail.adapters.http.auth import REALM
+from guardrail.adapters.http.errors import ApiError, Unauthorized
 from guardrail.adapters.http.parsing import read_json, read_query
 from guardrail.adapters.http.routes import API, ENGINE, SETTINGS, Route
 from guardrail.adapters.http.schemas import EvidenceOut, StepInfo
@@ -94,6 +98,11 @@ class FlaggerHookQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: FlaggerHookType = Field(description="the webhook's type in the Canary spec; Flagger does not send it")
+    token: str | None = Field(
+        None,
+        description="the ci token, when the Authorization header cannot be sent (Flagger cannot); "
+        "checked before the body is read, never logged",
+    )
 
 
 class FlaggerHookIn(BaseModel):
@@ -111,8 +120,8 @@ class FlaggerHookIn(BaseModel):
     )
     metadata: dict[str, Annotated[str, StringConstraints(max_length=10_000)]] = Field(
         default_factory=dict,
-        description="the webhook's metadata; service, environment and version select the deploy; "
-        "token may carry the ci token (Flagger cannot send headers)",
+        description="the webhook's metadata; service, environment and version select the deploy "
+        "(the ci token goes in the URL, ?token=, not here)",
     )
 
 
@@ -276,25 +285,30 @@ async def get_analysis(request: web.Request) -> web.Response:
     return web.Response(body=out.model_dump_json().encode(), content_type="application/json")
 
 
-def _authenticate_flagger(request: web.Request, body: FlaggerHookIn | None) -> None:
-    """The ci scope, from the Authorization header or (Flagger cannot send headers) metadata.token."""
+def _authenticate_flagger(request: web.Request) -> None:
+    """The ci scope, from the Authorization header or (Flagger cannot send headers) the ``token``
+    query parameter; nothing of the body is read before."""
     from guardrail.adapters.http.app import AUTH  # the app module imports this one: import at call time
 
     auth = request.app[AUTH]
     header = request.headers.get("Authorization")
-    if header is None and body is not None and "token" in body.metadata:
-        header = f"Bearer {body.metadata['token']}"
+    tokens = request.query.getall("token", [])
+    if header is None and tokens:
+        header = f"Bearer {tokens[-1]}"
+    if header is None and auth.enabled:
+        raise Unauthorized(
+            "missing ci token: Flagger cannot send an Authorization header, so put the token in the "
+            "webhook's URL, e.g. /hooks/flagger?type=rollout&token=<token> (metadata.token in the body is "
+            "not read)",
+            headers={"WWW-Authenticate": REALM},
+        )
     auth.authorize(auth.authenticate(header), "ci")
 
 
 async def flagger_hook(request: web.Request) -> web.Response:
-    if "Authorization" in request.headers:  # checked before anything is read
-        _authenticate_flagger(request, None)
-        body = await read_json(request, FlaggerHookIn)
-    else:
-        body = await read_json(request, FlaggerHookIn)
-        _authenticate_flagger(request, body)
+    _authenticate_flagger(request)  # before anything of the body is read
     hook = read_query(request, FlaggerHookQuery).type
+    body = await read_json(request, FlaggerHookIn)
     meta = body.metadata
     service = (meta.get("service") or "").strip() or body.name
     environment = (meta.get("environment") or "").strip() or body.namespace
@@ -339,7 +353,8 @@ INTEGRATION_ROUTES: tuple[Route, ...] = (
         "flaggerHook",
         "Flagger webhook (the type in the query): 200 advances; confirm-promotion needs a pass, rollback "
         "answers 200 on a fail (roll back), the other types 200 until a fail. Needs a ci token, as "
-        "Authorization: Bearer or as metadata.token (Flagger cannot send headers)",
+        "Authorization: Bearer or in the URL as ?token= (Flagger cannot send headers); checked before "
+        "the body is read",
         None,
         tag="integrations",
         body=FlaggerHookIn,
