@@ -91,3 +91,36 @@ async def test_a_token_in_the_flagger_body_is_not_read_before_authentication(api
         "POST", "/hooks/flagger?type=rollout&token=wrong", as_=None, data=BODIES["huge"][0], headers=JSON
     )
     assert status == 401, err
+
+
+async def _first_answer(api: Api, method: str, path: str, headers: dict[str, str]) -> bytes:
+    """The first bytes the server answers to a request head sent without its body."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    writer.write(head.encode() + b"\r\n")
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES, ids=lambda r: f"{r.method} {r.path}")
+async def test_expect_100_continue_without_credentials_is_answered_401_not_continue(
+    api: Api, route: Any
+) -> None:
+    """A client that asks before sending its body (Expect: 100-continue) is told 401 and never sends
+    it; with a valid token it is told to go on."""
+    headers = {**JSON, "Content-Length": str(4 * MAX_BODY_BYTES), "Expect": "100-continue"}
+    answer = await _first_answer(api, route.method, path_of(route), headers)
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+    scope = route.scope or "ci"
+    token = TOKENS[scope][1]
+    path = path_of(route) + (f"&token={token}" if route.path == "/hooks/flagger" else "")
+    ok = {**headers} if route.path == "/hooks/flagger" else {**headers, "Authorization": f"Bearer {token}"}
+    answer = await _first_answer(api, route.method, path, ok)
+    assert answer.startswith(b"HTTP/1.1 100"), answer

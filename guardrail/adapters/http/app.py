@@ -11,7 +11,8 @@ import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from guardrail.adapters.http.alertmanager_hook import AlertSink, install_alert_hook
 from guardrail.adapters.http.auth import Authenticator
@@ -22,7 +23,7 @@ from guardrail.adapters.http.errors import (
     from_http_exception,
     internal_error,
 )
-from guardrail.adapters.http.integrations import INTEGRATION_ROUTES
+from guardrail.adapters.http.integrations import INTEGRATION_ROUTES, PRE_AUTH
 from guardrail.adapters.http.openapi import build_openapi
 from guardrail.adapters.http.otlp import OTLP, otlp_status_for
 from guardrail.adapters.http.otlp import document as document_otlp
@@ -80,21 +81,46 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return otlp_status_for(request, internal_error())
 
 
+def check_credentials(request: web.Request) -> None:
+    """The caller's credentials for the matched route, from the request head only: the route's scope
+    through the bearer token, or the route's own check (Flagger's token in the URL)."""
+    match = request.match_info
+    route: Route | None = request.app[ROUTE_OF].get(match.handler)
+    scope = route.scope if route is not None else "read"  # a route missing from the table is not open
+    if scope is not None:
+        auth = request.app[AUTH]
+        principal = auth.authenticate(request.headers.get("Authorization"))
+        auth.authorize(principal, scope)
+        request[PRINCIPAL] = principal
+    else:
+        own = PRE_AUTH.get(match.handler)
+        if own is not None:
+            own(request)
+        request[PRINCIPAL] = None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate and check the route's scope before the handler reads anything."""
-    match = request.match_info
-    if match.http_exception is None:  # unknown routes fall through to their 404 / 405
-        route: Route | None = request.app[ROUTE_OF].get(match.handler)
-        scope = route.scope if route is not None else "read"  # a route missing from the table is not open
-        if scope is not None:
-            auth = request.app[AUTH]
-            principal = auth.authenticate(request.headers.get("Authorization"))
-            auth.authorize(principal, scope)
-            request[PRINCIPAL] = principal
-        else:
-            request[PRINCIPAL] = None
+    if request.match_info.http_exception is None:  # unknown routes fall through to their 404 / 405
+        check_credentials(request)
     return await handler(request)
+
+
+async def expect_authenticated(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` is answered only once the caller is known: without valid credentials
+    the final 401/403 comes instead of "100 Continue", and the client never sends its body."""
+    try:
+        check_credentials(request)
+    except GuardrailError as e:
+        return otlp_status_for(request, from_guardrail_error(e))
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11:  # what aiohttp's default expect handler does
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # type: ignore[attr-defined]
+    return None
 
 
 def create_app(
@@ -122,5 +148,5 @@ def create_app(
     document_otlp(app[OPENAPI])
     app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)
     for r in ALL_ROUTES:
-        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
+        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id, expect_handler=expect_authenticated)
     return app  # with no tokens configured auth is off: the composition root warns about it

@@ -48,7 +48,8 @@ marks it open so that the auth middleware accepts the query token). A token in `
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
@@ -330,6 +331,9 @@ async def flagger_hook(request: web.Request) -> web.Response:
     resp = FlaggerHookOut(hook=hook, answer=answer, judgement=out)
     return web.Response(body=resp.model_dump_json().encode(), content_type="application/json")
 
+
+# open routes that check their own credentials from the request head (see app.check_credentials)
+PRE_AUTH: dict[Any, Callable[[web.Request], None]] = {flagger_hook: _authenticate_flagger}
 
 INTEGRATION_ROUTES: tuple[Route, ...] = (
     Route(
