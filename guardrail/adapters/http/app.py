@@ -148,5 +148,7 @@ def create_app(
     document_otlp(app[OPENAPI])
     app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)
     for r in ALL_ROUTES:
-        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id, expect_handler=expect_authenticated)
+        app.router.add_route(
+            r.method, r.path, r.handler, name=r.operation_id, expect_handler=expect_authenticated
+        )
     return app  # with no tokens configured auth is off: the composition root warns about it
