@@ -125,7 +125,7 @@ async def test_the_readme_run_it_for_real_path_works_as_written(tmp_path: Path):
         )
         assert any("error_rate" in ln and "after 212 canary requests" in ln for ln in status), out
         assert any(ln.strip().startswith("outlook") for ln in status), out  # from the deploy's own traffic
-        assert (srv / "deploy.log").read_text().split() == ["1.4.2", "--weight", "10"]  # the preset ran
+        assert (srv / "deploy.log").read_text().split() == ["--weight", "10", "--", "1.4.2"]  # the preset ran
     finally:
         server.terminate()
         await asyncio.wait_for(server.communicate(), 60)
