@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import shutil
 import sys
 import tempfile
@@ -29,7 +31,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from guardrail.demo import CI_TOKEN, Demo
+from guardrail.demo import CI_TOKEN, OPS_TOKEN, Demo
 from guardrail.main import build_app
 from guardrail.testing import SyntheticTraffic, sample_json
 
@@ -65,43 +67,81 @@ async def start_guardrail(workdir: Path, *, grafana_url: str | None = GRAFANA_UR
         await runner.cleanup()
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
-    async with http.post(url, json=body, headers={"Authorization": f"Bearer {CI_TOKEN}"}) as r:
+async def _post(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    expect: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    async with http.post(url, json=body, headers=headers or {"Authorization": f"Bearer {CI_TOKEN}"}) as r:
         out = await r.json()
         if r.status != expect:
             raise RuntimeError(f"POST {url}: {r.status} {out}")
         return out
 
 
+SCENARIOS = ("analyzing", "promoted", "rolled_back", "paused", "inconclusive", "first_look")
+
+
 async def drive_regressed_deploy(
     running: Running, *, seed: int = 7, max_minutes: float = 40
 ) -> dict[str, Any]:
     """Mark checkout 2.8.0 and push windows until it is rolled back (or ``max_minutes`` of data)."""
+    return await drive_scenario(running, "rolled_back", seed=seed, max_minutes=max_minutes)
+
+
+async def drive_scenario(
+    running: Running, scenario: str, *, seed: int = 7, max_minutes: float = 40
+) -> dict[str, Any]:
+    """One deploy of checkout 2.8.0 driven through the API on data time into the page state
+    ``scenario``:
+
+    - ``rolled_back``: healthy at 10% (PASS), at 50% the new client's pool saturates; FAIL, rollback;
+    - ``promoted``: healthy throughout;
+    - ``analyzing``: healthy, stopped after a minute of data (no decision yet);
+    - ``paused``: healthy for a minute, then paused by on-call;
+    - ``inconclusive``: little traffic, a two-minute analysis window, no decision: held for a human;
+    - ``first_look``: the canary fails a fifth of its requests; FAIL at the first verdict, rollback.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     api = f"{running.base_url}/api/v1"
     demo = running.demo
     marker = demo.marker("2.8.0", "2.7.4", T_START, "checkout: new payment client with connection pooling")
+    analysis: dict[str, Any] = {"alpha": 0.01, "interval_s": 10, "max_duration_s": 3600}
+    if scenario == "inconclusive":
+        analysis.update(max_duration_s=120, on_inconclusive="hold")
     marker.update(
         commit="4be19c2",
         author="dana",
-        analysis={"alpha": 0.01, "interval_s": 10, "max_duration_s": 3600},
+        analysis=analysis,
         steps=[{"weight": 10, "min_duration_s": 120}, {"weight": 50, "min_duration_s": 120}, {"weight": 100}],
     )
     healthy = SyntheticTraffic(rate=1000)
     # under half the traffic the new client's pool saturates: 3x the errors and a heavier tail
     saturated = SyntheticTraffic(rate=1000, err_ratio=3.0, canary_sigma=0.62)
+    quiet = SyntheticTraffic(rate=4, canary_sigma=0.55)  # too few requests for any decision in 2 min
+    broken = SyntheticTraffic(rate=1000, err_ratio=40.0)
+
+    def traffic(weight: float) -> SyntheticTraffic:
+        if scenario == "rolled_back" and weight >= 0.5:
+            return saturated
+        return {"inconclusive": quiet, "first_look": broken}.get(scenario, healthy)
+
+    stop_after = {"analyzing": 60.0, "paused": 60.0}.get(scenario, 60 * max_minutes)
+    ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
     rng = np.random.default_rng(seed)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
         deploy = await _post(http, f"{api}/deploys", marker, 201)
-        history = [sample_json(s) for s in healthy.history(rng, minutes=10, end=T_START)]
+        history = [sample_json(s) for s in traffic(0).history(rng, minutes=10, end=T_START)]
         await _post(http, f"{api}/deploys/{deploy['id']}/samples", {"samples": history}, 202)
         t = T_START
-        while (
-            deploy["state"] not in ("promoted", "rolled_back", "rollback_failed")
-            and t < T_START + 60 * max_minutes
+        while deploy["state"] not in ("promoted", "rolled_back", "rollback_failed", "paused") and (
+            t < T_START + stop_after
         ):
             w = demo.canary_weight("2.8.0")
-            traffic = saturated if w >= 0.5 else healthy
-            c, b = traffic.window(rng, t, weight=w if w > 0 else None)
+            c, b = traffic(w).window(rng, t, weight=w if w > 0 else None)
             out = await _post(
                 http,
                 f"{api}/deploys/{deploy['id']}/samples",
@@ -109,7 +149,15 @@ async def drive_regressed_deploy(
                 202,
             )
             deploy = out["deploy"]
-            t += traffic.interval
+            t += healthy.interval
+        if scenario == "paused":
+            deploy = await _post(
+                http,
+                f"{api}/deploys/{deploy['id']}/pause",
+                {"reason": "checking a payment-provider incident first"},
+                200,
+                headers=ops,
+            )
     return deploy
 
 
@@ -149,6 +197,129 @@ async def run_chromium(*args: str, timeout: float = CHROMIUM_TIMEOUT_S) -> tuple
             await proc.wait()
             raise TimeoutError(f"chromium did not finish within {timeout:.0f} s") from None
     return proc.returncode or 0, out, err
+
+
+class Browser:
+    """One headless Chromium driven over the DevTools protocol (a websocket): open a page, evaluate an
+    expression in it (DevTools evaluation is not page script, so the page's CSP still forbids every
+    script of its own), take a screenshot. ``async with Browser() as b: page = await b.open(url)``."""
+
+    def __init__(self, *, width: int = 1280, height: int = 2000, timeout: float = CHROMIUM_TIMEOUT_S) -> None:
+        self.width, self.height, self.timeout = width, height, timeout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._next = 0
+
+    async def __aenter__(self) -> Browser:
+        binary = chromium_binary()
+        if binary is None:
+            raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
+        self._profile = tempfile.TemporaryDirectory(prefix="guardrail-chromium-")
+        self._proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={self._profile.name}",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            ws_url = await asyncio.wait_for(self._devtools_url(), timeout=self.timeout)
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._ws = await self._http.ws_connect(ws_url, max_msg_size=0)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _devtools_url(self) -> str:
+        assert self._proc is not None and self._proc.stderr is not None
+        seen = []
+        while line := await self._proc.stderr.readline():
+            text = line.decode(errors="replace").strip()
+            seen.append(text)
+            if text.startswith("DevTools listening on "):
+                return text.removeprefix("DevTools listening on ")
+        raise RuntimeError("chromium exited before it listened: " + " | ".join(seen[-10:]))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._http is not None:
+            await self._http.close()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+        if self._profile is not None:
+            self._profile.cleanup()
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> Any:
+        """One DevTools command; its result (events arriving meanwhile are dropped)."""
+        assert self._ws is not None
+        self._next += 1
+        msg: dict[str, Any] = {"id": self._next, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        await self._ws.send_json(msg)
+        async with asyncio.timeout(self.timeout):
+            while True:
+                reply = await self._ws.receive_json()
+                if reply.get("id") == self._next:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply.get("result", {})
+
+    async def open(self, url: str) -> Page:
+        """A new tab of the window's size showing ``url``, once its load event fired."""
+        target = await self.call("Target.createTarget", {"url": "about:blank"})
+        attached = await self.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        page = Page(self, attached["sessionId"])
+        await page.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        await page.call("Page.navigate", {"url": url})
+        await page.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
+        return page
+
+
+@dataclass
+class Page:
+    browser: Browser
+    session: str
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.browser.call(method, params, self.session)
+
+    async def evaluate(self, expression: str) -> Any:
+        """The JSON value of a JavaScript expression evaluated in the page."""
+        out = await self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in out:
+            raise RuntimeError(f"evaluation failed: {out['exceptionDetails']}")
+        return out["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not await self.evaluate(expression):
+                await asyncio.sleep(0.05)
+
+    async def screenshot(self, path: Path) -> None:
+        """The viewport as a PNG."""
+        out = await self.call("Page.captureScreenshot", {"format": "png"})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(out["data"]))
 
 
 async def dump_dom(url: str) -> str:

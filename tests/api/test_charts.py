@@ -117,3 +117,62 @@ def test_every_point_of_a_track_chart_lies_inside_the_plot(values: list[float | 
     for s in chart.series:
         for x, y in coords(s.path):
             assert chart.left - 0.1 <= x <= chart.right + 0.1 and chart.top - 0.1 <= y <= chart.bottom + 0.1
+
+
+def _label_box(m: charts.Mark) -> tuple[float, float]:
+    w = charts.text_width(m.label)
+    return (m.label_x, m.label_x + w) if m.anchor == "start" else (m.label_x - w, m.label_x)
+
+
+def test_mark_labels_sit_above_the_plot_in_lanes_that_never_overlap() -> None:
+    """A step change, a PASS and a FAIL seconds apart: their labels are above the data, apart."""
+    events = [
+        charts.Event(T0 + 50, "step 2: 50% of traffic", "step"),
+        charts.Event(T0 + 52, "PASS", "decision-pass"),
+        charts.Event(T0 + 55, "FAIL", "decision-fail"),
+        charts.Event(T0 + 99, "HighErrorRate", "alert"),
+    ]
+    chart = _ratio([charts.EstimatePoint(T0 + 10 * i, 1.1, 0.8, 1.6) for i in range(1, 10)], events=events)
+    assert len(chart.marks) == 4
+    for m in chart.marks:
+        assert m.label_y <= chart.top - 4, m  # the text's baseline above the plot: it covers no data
+        lo, hi = _label_box(m)
+        assert 0 <= lo and hi <= chart.width, m
+    for i, a in enumerate(chart.marks):
+        for b in chart.marks[i + 1 :]:
+            if a.label_y == b.label_y:
+                (a0, a1), (b0, b1) = _label_box(a), _label_box(b)
+                assert a1 <= b0 or b1 <= a0, (a, b)
+
+
+def test_reference_line_labels_are_right_of_the_plot_and_apart() -> None:
+    chart = charts.ratio_chart(
+        "r",
+        "t",
+        "c",
+        [charts.EstimatePoint(T0 + 10, 1.0, 0.9, 1.1)],
+        domain=(T0, T0 + 100),
+        allowed=1.05,
+        critical=1.1,
+    )
+    ys = sorted(r.label_y for r in chart.rules)
+    assert len(ys) == 3 and all(b - a >= charts.RULE_LABEL_GAP for a, b in zip(ys, ys[1:], strict=False))
+    assert chart.width - chart.right >= max(charts.text_width(r.label) for r in chart.rules) + 6
+
+
+def test_the_last_time_label_fits_inside_the_chart() -> None:
+    chart = _ratio([charts.EstimatePoint(T0 + 10, 1.0, 0.9, 1.1)])
+    last, anchor = chart.x_ticks[-1], chart.x_anchors[-1]
+    assert last.pos == chart.right  # the domain ends on a tick: the case that was cut
+    right_edge = last.pos + (charts.text_width(last.label) / 2 if anchor == "middle" else 0)
+    assert right_edge <= chart.width
+
+
+def test_a_decision_at_the_first_look_still_draws_a_band_with_height_and_width() -> None:
+    """A crash-loop canary: ratio 43, CS 17 to +inf at the only verdict."""
+    chart = _ratio([charts.EstimatePoint(T0 + 10, 43.0, 17.0, math.inf)])
+    (band,) = chart.bands
+    xs, ys = zip(*coords(band.path), strict=True)
+    assert max(ys) - min(ys) >= charts.MIN_BAND_PX and max(xs) - min(xs) >= 10
+    (dot,) = chart.series[0].dots
+    assert chart.top < dot.y < chart.bottom  # the estimate is on the scale, not pinned to its edge

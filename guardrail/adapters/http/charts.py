@@ -24,13 +24,18 @@ from guardrail.domain.judge.quantiles import LogSketch
 from guardrail.domain.model import Sample, Track
 
 WIDTH = 920
-HEIGHT = 240
+HEIGHT = 240  # the plot's height plus the margins; the lanes of mark labels are added on top
 MARGIN_LEFT = 64
-MARGIN_RIGHT = 16
-MARGIN_TOP = 14
+MARGIN_RIGHT = 104  # the reference lines' labels sit here, outside the data (and the last time label fits)
+MARGIN_TOP = 8
 MARGIN_BOTTOM = 30
-RATIO_FLOOR = 1 / 16  # a log-scale chart of ratios shows at most [1/16, 16]
-RATIO_CEIL = 16.0
+LANE_H = 14  # one row of mark labels above the plot
+CHAR_W = 6.6  # a generous width of one character of the 11 px labels (bold included), in pixels
+RULE_LABEL_GAP = 12  # least vertical distance between two reference-line labels
+SINGLE_BAND_HALF_W = 7.0  # a band of one verdict is drawn this wide either side of it
+RATIO_FLOOR = 1 / 1024  # a log-scale chart of ratios shows at most [1/1024, 1024] ...
+RATIO_CEIL = 1024.0  # ... (a crash-loop canary's first look reads 40x and more: it must stay in range)
+MIN_BAND_PX = 6.0  # a confidence band is never drawn thinner than this (an interval off the scale)
 
 
 # --- per-window values -----------------------------------------------------------------------------
@@ -126,10 +131,14 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     return ticks
 
 
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """Powers of two within [lo, hi]."""
+def log_ticks(lo: float, hi: float, most: int = 9) -> list[float]:
+    """Powers of two within [lo, hi]; every second (fourth, ...) one when there would be more than
+    ``most``, always including 1 when it is in range."""
     k0, k1 = math.ceil(math.log2(lo) - 1e-9), math.floor(math.log2(hi) + 1e-9)
-    return [2.0**k for k in range(k0, k1 + 1)]
+    every = 1
+    while (k1 - k0) // every + 1 > most:
+        every *= 2
+    return [2.0**k for k in range(k0, k1 + 1) if k % every == 0]
 
 
 def time_step(span_s: float) -> float:
@@ -177,20 +186,27 @@ class Band:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A horizontal reference line."""
+    """A horizontal reference line; its label is in the right margin at ``label_y`` (moved off the line
+    only as far as needed to keep two labels apart)."""
 
     y: float
     label: str
     css: str
+    label_y: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """A vertical line at a data time: a step change, the decision, an alert."""
+    """A vertical line at a data time: a step change, the decision, an alert. Its label sits above the
+    plot in a row (lane) of its own where it overlaps no other label, at (``label_x``, ``label_y``)."""
 
     x: float
     label: str
     css: str  # step | decision-fail | decision-pass | alert | rollback
+    label_x: float = 0.0
+    label_y: float = 0.0
+    anchor: str = "start"  # start | end (a label near the right edge ends at its line)
+    line_top: float = 0.0  # up to its label, unless that would cross another label
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +232,7 @@ class Chart:
     bottom: float
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
+    x_anchors: tuple[str, ...] = ()  # text-anchor of each x tick label (the last one may end at its tick)
     series: tuple[Series, ...] = ()
     bands: tuple[Band, ...] = ()
     rules: tuple[Rule, ...] = ()
@@ -224,18 +241,106 @@ class Chart:
     legend: tuple[tuple[str, str], ...] = field(default=())  # (css, label)
 
 
-def _box(width: int, height: int) -> tuple[float, float, float, float]:
-    return MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM
+def text_width(label: str) -> float:
+    """An upper estimate of a label's width in pixels (11 px system-ui; the browser test measures)."""
+    return len(label) * CHAR_W
 
 
 def _frame(
-    chart_id: str, title: str, caption: str, unit: str, domain: tuple[float, float], width: int, height: int
+    chart_id: str,
+    title: str,
+    caption: str,
+    unit: str,
+    domain: tuple[float, float],
+    width: int,
+    height: int,
+    events: Iterable[Event] = (),
 ) -> tuple[Chart, Linear]:
-    """A chart with nothing drawn yet, in the standard box and with its data-time axis over
-    ``domain``; and that axis's scale."""
-    left, top, right, bottom = _box(width, height)
+    """A chart with nothing drawn yet but its marks, with its data-time axis over ``domain``; and that
+    axis's scale. The mark labels get rows of their own above the plot, so they never cover data."""
+    left, right = MARGIN_LEFT, width - MARGIN_RIGHT
     x, x_ticks = _x_axis(*domain, left, right)
-    return Chart(chart_id, title, caption, unit, width, height, left, top, right, bottom, x_ticks, ()), x
+    placed, lanes = _place_marks(events, x, *domain, width=width)
+    top = MARGIN_TOP + lanes * LANE_H
+    bottom = top + height - MARGIN_TOP - MARGIN_BOTTOM
+    marks = tuple(
+        replace(
+            m,
+            label_y=round(top - 4 - lane * LANE_H, 1),
+            line_top=round(top - 13 - lane * LANE_H, 1) if clean else top,
+        )
+        for m, lane, clean in placed
+    )
+    anchors = tuple("end" if t.pos + text_width(t.label) / 2 > width - 2 else "middle" for t in x_ticks)
+    chart = Chart(
+        chart_id,
+        title,
+        caption,
+        unit,
+        width,
+        round(bottom + MARGIN_BOTTOM),
+        left,
+        top,
+        right,
+        bottom,
+        x_ticks,
+        (),
+        anchors,
+        marks=marks,
+    )
+    return chart, x
+
+
+def _place_marks(
+    events: Iterable[Event], x: Linear, lo: float, hi: float, *, width: int
+) -> tuple[list[tuple[Mark, int, bool]], int]:
+    """Each mark in range with its label's lane (0: just above the plot) and whether its line may run up
+    to its label (no crossing; else it starts at the plot's top); and the number of lanes used.
+    A label goes to the lowest lane where it overlaps no other label, no other mark's line crosses it
+    and its own line crosses no label below it."""
+    placed: list[tuple[float, float, float, int]] = []  # (span start, span end, line x, lane)
+    out: list[tuple[Mark, int, bool]] = []
+    for e in sorted((e for e in events if lo <= e.at <= hi), key=lambda e: e.at):
+        mx = round(x(e.at), 1)
+        w = text_width(e.label)
+        if mx + 3 + w <= width - 2:
+            anchor, a, b, lx = "start", mx + 1, mx + 3 + w, mx + 3
+        else:
+            anchor, a, b, lx = "end", mx - 3 - w, mx - 1, mx - 3
+        lanes = 1 + max((p[3] for p in placed), default=-1)
+
+        def fits(lane: int, a: float = a, b: float = b, mx: float = mx) -> bool:
+            for s0, s1, px, pl in placed:
+                if pl == lane and not (b + 6 <= s0 or a >= s1 + 6):
+                    return False  # two labels side by side
+                if pl > lane and a - 2 <= px <= b + 2:
+                    return False  # a higher label's line would cross this label
+                if pl < lane and s0 - 2 <= mx <= s1 + 2:
+                    return False  # this line would cross a lower label
+            return True
+
+        lane = next((k for k in range(lanes + 1) if fits(k)), lanes)
+        clean = fits(lane)
+        placed.append((a, b, mx, lane))
+        out.append((Mark(mx, e.label, e.css, round(lx, 1), 0.0, anchor), lane, clean))
+    return out, 1 + max((p[3] for p in placed), default=-1)
+
+
+def _rule_labels(rules: Sequence[Rule], top: float, bottom: float) -> tuple[Rule, ...]:
+    """The rules with label positions at least ``RULE_LABEL_GAP`` apart, each as near its line as
+    that allows, within the plot's height."""
+    order = sorted(range(len(rules)), key=lambda i: rules[i].y)
+    ys = [rules[i].y + 4 for i in order]
+    for k in range(1, len(ys)):  # push down ...
+        ys[k] = max(ys[k], ys[k - 1] + RULE_LABEL_GAP)
+    if ys and ys[-1] > bottom + 4:  # ... and back up from the bottom when that ran off it
+        ys[-1] = bottom + 4
+        for k in range(len(ys) - 2, -1, -1):
+            ys[k] = min(ys[k], ys[k + 1] - RULE_LABEL_GAP)
+    out = list(rules)
+    for k, i in enumerate(order):
+        out[i] = replace(rules[i], label_y=round(max(ys[k], top + 4), 1))
+    return tuple(out)
 
 
 def _fmt(v: float) -> str:
@@ -261,9 +366,21 @@ def band_path(
     points: Sequence[tuple[float, float | None, float | None]],
     x: Callable[[float], float],
     y: Callable[[float], float],
+    limits: tuple[float, float] | None = None,
 ) -> str:
     """Closed polygons between low and high, one per run of points where both bounds exist
-    (an infinite bound is drawn at the scale's edge by the scale itself)."""
+    (an infinite bound is drawn at the scale's edge by the scale itself). With ``limits`` (the plot's
+    top and bottom in pixels), an interval that the scale squeezed into less than ``MIN_BAND_PX``
+    (both bounds off the scale) is widened to that, inside the limits."""
+
+    def ys(lo: float, hi: float) -> tuple[float, float]:
+        y_lo, y_hi = y(lo), y(hi)  # pixels: y_hi <= y_lo
+        if limits is None or y_lo - y_hi >= MIN_BAND_PX:
+            return y_lo, y_hi
+        top, bottom = limits
+        mid = min(max((y_lo + y_hi) / 2, top + MIN_BAND_PX / 2), bottom - MIN_BAND_PX / 2)
+        return mid + MIN_BAND_PX / 2, mid - MIN_BAND_PX / 2
+
     runs: list[list[tuple[float, float, float]]] = [[]]
     for t, lo, hi in points:
         if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
@@ -275,20 +392,18 @@ def band_path(
     for run in runs:
         if not run:
             continue
-        if len(run) == 1:  # a single point: a thin bar, so that it stays visible
+        if len(run) == 1:  # a single verdict (a decision at the first look): a box around it, not a line
             t, lo, hi = run[0]
-            top = [(x(t) - 1.5, y(hi)), (x(t) + 1.5, y(hi))]
-            bottom = [(x(t) + 1.5, y(lo)), (x(t) - 1.5, y(lo))]
+            w = SINGLE_BAND_HALF_W
+            y_lo, y_hi = ys(lo, hi)
+            top = [(x(t) - w, y_hi), (x(t) + w, y_hi)]
+            bottom = [(x(t) + w, y_lo), (x(t) - w, y_lo)]
         else:
-            top = [(x(t), y(hi)) for t, _, hi in run]
-            bottom = [(x(t), y(lo)) for t, lo, _ in reversed(run)]
+            top = [(x(t), ys(lo, hi)[1]) for t, lo, hi in run]
+            bottom = [(x(t), ys(lo, hi)[0]) for t, lo, hi in reversed(run)]
         coords = [*top, *bottom]
         out.append("M" + " L".join(f"{_fmt(a)} {_fmt(b)}" for a, b in coords) + " Z")
     return " ".join(out)
-
-
-def _marks(events: Iterable[Event], x: Linear, lo: float, hi: float) -> tuple[Mark, ...]:
-    return tuple(Mark(round(x(e.at), 1), e.label, e.css) for e in events if lo <= e.at <= hi)
 
 
 def _x_axis(t0: float, t1: float, left: float, right: float) -> tuple[Linear, tuple[Tick, ...]]:
@@ -331,7 +446,7 @@ def track_chart(
 ) -> Chart:
     """Canary and baseline per window over data time; ``scale`` converts a value to the unit shown
     (100 for percent, 1000 for milliseconds)."""
-    frame, x = _frame(chart_id, title, caption, unit, domain, width, height)
+    frame, x = _frame(chart_id, title, caption, unit, domain, width, height, events)
     t0, t1 = domain
 
     def scaled(w: WindowValue) -> float | None:
@@ -357,7 +472,6 @@ def track_chart(
         frame,
         y_ticks=tuple(Tick(round(y(v), 1), label(v)) for v in y_ticks_v),
         series=tuple(series),
-        marks=_marks(events, x, t0, t1),
         legend=(("baseline", "baseline"), ("canary", "canary")),
     )
 
@@ -407,7 +521,7 @@ def ratio_chart(
 ) -> Chart:
     """The judge's canary/baseline ratio over data time with its confidence sequence (log scale).
     An unbounded side of the interval is drawn to the chart's edge."""
-    frame, x = _frame(chart_id, title, caption, "ratio", domain, width, height)
+    frame, x = _frame(chart_id, title, caption, "ratio", domain, width, height, events)
     t0, t1 = domain
     pts = [p for p in points if t0 <= p.at <= t1]
     finite = [
@@ -424,18 +538,12 @@ def ratio_chart(
     rules = []
     if allowed is not None and allowed > 0:
         if allowed != 1.0:
-            rules.append(Rule(round(y(1.0), 1), "no change (1)", "unity"))
-        rules.append(
-            Rule(
-                round(y(allowed), 1),
-                "allowed: no change (1)" if allowed == 1.0 else f"allowed ({allowed:g})",
-                "allowed",
-            )
-        )
+            rules.append(Rule(round(y(1.0), 1), "no change: 1", "unity"))
+        rules.append(Rule(round(y(allowed), 1), f"allowed: {allowed:g}", "allowed"))
     else:
-        rules.append(Rule(round(y(1.0), 1), "no change (1)", "unity"))
+        rules.append(Rule(round(y(1.0), 1), "no change: 1", "unity"))
     if critical is not None and critical > 0:
-        rules.append(Rule(round(y(critical), 1), f"critical ({critical:g})", "critical"))
+        rules.append(Rule(round(y(critical), 1), f"critical: {critical:g}", "critical"))
     dots = tuple(
         Dot(
             round(x(p.at), 1),
@@ -461,12 +569,14 @@ def ratio_chart(
                 "confidence sequence",
                 "band",
                 band_path(
-                    [(p.at, _positive(p.ci_low, lo), p.ci_high) for p in pts if p.estimate is not None], x, y
+                    [(p.at, _positive(p.ci_low, lo), p.ci_high) for p in pts if p.estimate is not None],
+                    x,
+                    y,
+                    limits=(frame.top, frame.bottom),
                 ),
             ),
         ),
-        rules=tuple(rules),
-        marks=_marks(events, x, t0, t1),
+        rules=_rule_labels(rules, frame.top, frame.bottom),
         empty=None if has_estimate else "no estimate yet: the judge has no data from both tracks",
         legend=(("estimate", "estimate (canary / baseline)"), ("band", "confidence sequence")),
     )
