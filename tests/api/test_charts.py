@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -137,7 +138,7 @@ def test_mark_labels_sit_above_the_plot_in_lanes_that_never_overlap() -> None:
     for m in chart.marks:
         assert m.label_y <= chart.top - 4, m  # the text's baseline above the plot: it covers no data
         lo, hi = _label_box(m)
-        assert 0 <= lo and hi <= chart.width, m
+        assert lo >= 0 and hi <= chart.width, m
     for i, a in enumerate(chart.marks):
         for b in chart.marks[i + 1 :]:
             if a.label_y == b.label_y:
@@ -156,7 +157,7 @@ def test_reference_line_labels_are_right_of_the_plot_and_apart() -> None:
         critical=1.1,
     )
     ys = sorted(r.label_y for r in chart.rules)
-    assert len(ys) == 3 and all(b - a >= charts.RULE_LABEL_GAP for a, b in zip(ys, ys[1:], strict=False))
+    assert len(ys) == 3 and all(b - a >= charts.RULE_LABEL_GAP for a, b in itertools.pairwise(ys))
     assert chart.width - chart.right >= max(charts.text_width(r.label) for r in chart.rules) + 6
 
 
