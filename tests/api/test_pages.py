@@ -167,17 +167,74 @@ async def test_only_http_links_from_the_marker_become_links(api: Api) -> None:
     assert "javascript:alert(1)" in page.one("ul", id="links").text  # still visible, as text
 
 
-async def test_drafts_are_listed_with_links_to_their_json(api: Api) -> None:
+async def test_drafts_are_listed_with_links_to_their_rendered_page_and_json(api: Api) -> None:
     d = await api.mark(marker())
     for kind in (DraftKind.ROLLBACK_PLAN, DraftKind.ROLLBACK_PLAN, DraftKind.ANNOUNCEMENT):
         await api.store.add_draft(Draft(d["id"], kind, 0, "# x", "offline", "", T0))
     _, page, _ = await get_page(api, f"/deploys/{d['id']}")
     items = page.one("ul", id="drafts").find_all("li")
-    assert [li.one("a").attrs["href"] for li in items] == [
-        f"/api/v1/deploys/{d['id']}/drafts/announcement",
+    assert [li.one("a", cls="draft").attrs["href"] for li in items] == [
+        f"/deploys/{d['id']}/drafts/announcement",
+        f"/deploys/{d['id']}/drafts/rollback-plan",
+    ]
+    assert [a.attrs["href"] for a in items[1].find_all("a") if "draft" not in a.classes] == [
         f"/api/v1/deploys/{d['id']}/drafts/rollback-plan",
+        f"/api/v1/deploys/{d['id']}/drafts/rollback-plan?format=markdown",
     ]
     assert "v2" in items[1].text  # the latest version of each kind
+
+
+POSTMORTEM = """# Post-mortem: checkout {version}
+
+## Summary
+The canary **failed** at +0:20: error rate 2% vs 0.5%.
+
+## Timeline
+| time | what |
+| --- | --- |
+| +0:00 | step 1 |
+
+- a list item with `code`
+- [the pull request](https://git.example.test/pr/9) and [a trap](javascript:alert(1))
+
+<script>alert("md")</script><img src=x onerror=alert(2)>
+"""
+
+
+async def test_a_draft_is_rendered_as_html_from_its_markdown_escaping_user_text(api: Api) -> None:
+    evil = '<script>alert("x")</script>'
+    d = await api.mark(marker(description=evil))
+    await api.store.add_draft(
+        Draft(d["id"], DraftKind.POSTMORTEM, 0, POSTMORTEM.format(version=evil), "offline", "", T0)
+    )
+    resp = await api.client.get(f"/deploys/{d['id']}/drafts/postmortem")
+    html = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/html"
+    assert "script-src" not in resp.headers["Content-Security-Policy"]
+    page = parse(html)
+    doc = page.one("article", id="draft")
+    assert doc.one("h1").text == f"Post-mortem: checkout {evil}"  # the marker's text, as text
+    assert [h.text for h in doc.find_all("h2")] == ["Summary", "Timeline"]
+    assert doc.one("strong").text == "failed" and doc.one("code").text == "code"
+    assert [td.text for td in doc.one("table").find_all("td")] == ["+0:00", "step 1"]
+    hrefs = [a.attrs.get("href", "") for a in doc.find_all("a")]
+    assert hrefs == ["https://git.example.test/pr/9"]  # the javascript: link stays text
+    assert not page.find_all("script") and not page.find_all("img")
+    assert "<script>" not in html and 'alert("md")' in doc.text  # raw HTML in Markdown is shown as text
+    back = page.one("a", id="deploy-link").attrs["href"]
+    assert back == f"/deploys/{d['id']}"
+
+
+async def test_a_draft_page_of_a_kind_never_drafted_is_an_html_404(api: Api) -> None:
+    d = await api.mark(marker())
+    for path, detail in (
+        (f"/deploys/{d['id']}/drafts/postmortem", "no postmortem draft"),
+        (f"/deploys/{d['id']}/drafts/novel", "known: "),
+        ("/deploys/nope/drafts/postmortem", "nope"),
+    ):
+        status, page, resp = await get_page(api, path)
+        assert status in (400, 404) and resp.content_type == "text/html", path
+        assert detail in page.one("p", cls="error-detail").text, path
 
 
 async def test_no_grafana_link_unless_configured(api: Api) -> None:
@@ -231,3 +288,28 @@ async def test_openapi_documents_the_pages_as_html(api: Api) -> None:
     assert "pages_public" in page["summary"]
     listing = doc["paths"]["/deploys"]["get"]
     assert {p["name"] for p in listing["parameters"]} >= {"service", "environment", "state"}
+
+
+async def test_the_statistics_words_are_explained_for_on_call_next_to_the_evidence(api: Api) -> None:
+    d = await regressed(api)
+    _, page, _ = await get_page(api, f"/deploys/{d['id']}")
+    glossary = page.one("dl", id="how-to-read")
+    terms = {
+        dt.text: dd.text for dt, dd in zip(glossary.find_all("dt"), glossary.find_all("dd"), strict=True)
+    }
+    assert set(terms) == {
+        "ratio",
+        "confidence sequence (CS)",
+        "allowed",
+        "critical",
+        "e-value fail / pass",
+        "continue, inconclusive",
+    }
+    assert "canary / baseline" in terms["ratio"] and "1 means no change" in terms["ratio"]
+    assert "every look" in terms["confidence sequence (CS)"]  # why peeking each interval is fine
+    assert "FAIL" in terms["allowed"] and "PASS" in terms["critical"]
+    alpha = d["analysis"]["alpha"]
+    assert f"α = {alpha:g}" in terms["e-value fail / pass"]
+    assert "guardrail promote" in terms["continue, inconclusive"]  # what on-call can do about it
+    headers = {th.text: th.attrs.get("title", "") for th in page.one("table", id="evidence").find_all("th")}
+    assert all(headers[h] for h in ("ratio", "confidence sequence", "e-value fail / pass")), headers

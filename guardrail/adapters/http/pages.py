@@ -23,6 +23,8 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 import pydantic
 from aiohttp import web
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from guardrail.adapters.http import charts
 from guardrail.adapters.http.auth import Authenticator
@@ -31,6 +33,7 @@ from guardrail.adapters.http.parsing import validation_error
 from guardrail.adapters.http.routes import ENGINE, SETTINGS, Route
 from guardrail.adapters.http.schemas import ListQuery
 from guardrail.domain.drafts import Draft
+from guardrail.domain.drafts.kinds import doc_spec
 from guardrail.domain.errors import NotFoundError, ValidationError
 from guardrail.domain.judge import explain
 from guardrail.domain.model import DeployState, Sample
@@ -207,7 +210,9 @@ class DraftLink:
     source: str
     trigger: str  # request | rollback | cli
     created: str
-    href: str
+    href: str  # the rendered page
+    json: str  # the API's JSON document ...
+    markdown: str  # ... and its Markdown
 
 
 @dataclass
@@ -227,6 +232,7 @@ class DeployView:
     drafts: list[DraftLink]
     decision: str | None  # e.g. "FAIL at +0:20"
     api: dict[str, str] = field(default_factory=dict)
+    max_duration: str = ""  # a step's analysis window, e.g. "30m 00s"
 
 
 _STATE_CSS = {
@@ -482,7 +488,14 @@ async def _drafts(store: Store, deploy_id: str) -> list[DraftLink]:
             latest[kind] = d
     return [
         DraftLink(
-            k, d.version, d.source, d.trigger, utc(d.created_at), f"/api/v1/deploys/{deploy_id}/drafts/{k}"
+            k,
+            d.version,
+            d.source,
+            d.trigger,
+            utc(d.created_at),
+            f"/deploys/{deploy_id}/drafts/{k}",
+            f"/api/v1/deploys/{deploy_id}/drafts/{k}",
+            f"/api/v1/deploys/{deploy_id}/drafts/{k}?format=markdown",
         )
         for k, d in sorted(latest.items())
     ]
@@ -522,8 +535,62 @@ async def deploy_page(request: web.Request) -> web.Response:
         drafts=await _drafts(engine.store, deploy.id),
         decision=decision,
         api={"deploy": f"/api/v1/deploys/{deploy.id}", "events": f"/api/v1/deploys/{deploy.id}/events"},
+        max_duration=duration(m.analysis.max_duration_s),
     )
     return render("deploy.html.j2", v=view, d=deploy, m=m, title=f"{m.service} {m.version}")
+
+
+# --- a drafted document, rendered ------------------------------------------------------------------
+
+# CommonMark with tables, raw HTML off (it is shown as text: the Markdown holds marker text), links
+# only to safe schemes (markdown-it refuses javascript:, vbscript:, file: and data:), no images
+# (nothing is fetched from elsewhere; the CSP would block it anyway).
+_markdown = MarkdownIt("js-default", {"html": False, "linkify": False, "typographer": False}).disable("image")
+
+
+def markdown_html(text: str) -> Markup:
+    """HTML of a Markdown document: every character of the source that is not Markdown syntax is
+    escaped, so user-provided strings inside it stay text."""
+    return Markup(_markdown.render(text))  # markdown-it escapes the text itself (html off)
+
+
+class DraftPageQuery(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    version: int | None = pydantic.Field(None, ge=1, description="omitted: the newest version")
+
+
+async def draft_page(request: web.Request) -> web.Response:
+    """One drafted document (the newest version unless ?version=N) rendered from its Markdown."""
+    engine = request.app[ENGINE]
+    try:
+        q = DraftPageQuery.model_validate(dict(request.query))
+    except pydantic.ValidationError as e:
+        raise validation_error(DraftPageQuery, e) from None
+    deploy = await engine.get_deploy(request.match_info["id"])
+    spec = doc_spec(request.match_info["kind"])
+    found = await engine.store.drafts(deploy.id, spec.kind, version=q.version)
+    if not found:
+        which = f"no version {q.version} of the" if q.version is not None else "no"
+        raise NotFoundError(
+            f"deploy {deploy.id!r} has {which} {spec.kind.value} draft; drafts are made with "
+            f"POST /api/v1/deploys/{deploy.id}/drafts/{spec.kind.value} (a rollback drafts the post-mortem)",
+            field="kind",
+        )
+    draft = found[0]
+    api = f"/api/v1/deploys/{deploy.id}/drafts/{spec.kind.value}?version={draft.version}"
+    return render(
+        "draft.html.j2",
+        title=f"{spec.title}: {deploy.marker.service} {deploy.marker.version}",
+        d=deploy,
+        m=deploy.marker,
+        draft=draft,
+        spec=spec,
+        created=utc(draft.created_at),
+        body=markdown_html(draft.markdown),
+        json_href=api,
+        markdown_href=f"{api}&format=markdown",
+    )
 
 
 # --- the list --------------------------------------------------------------------------------------
@@ -587,5 +654,18 @@ PAGE_ROUTES: tuple[Route, ...] = (
         tag="pages",
         response="html",  # type: ignore[arg-type]
         errors=(401, 404),
+    ),
+    Route(
+        "GET",
+        "/deploys/{id}/drafts/{kind}",
+        _page(draft_page),
+        "draftPage",
+        "HTML: a drafted document of the deploy (the post-mortem, ...) rendered from its Markdown, the "
+        "newest version unless ?version=N." + _ACCESS,
+        None,
+        tag="pages",
+        query=DraftPageQuery,
+        response="html",  # type: ignore[arg-type]
+        errors=(400, 401, 404),
     ),
 )
