@@ -315,9 +315,16 @@ class Page:
             while not await self.evaluate(expression):
                 await asyncio.sleep(0.05)
 
-    async def screenshot(self, path: Path) -> None:
-        """The viewport as a PNG."""
-        out = await self.call("Page.captureScreenshot", {"format": "png"})
+    async def screenshot(self, path: Path, selector: str | None = None) -> None:
+        """The viewport as a PNG, or only the box of the element ``selector`` finds."""
+        params: dict[str, Any] = {"format": "png"}
+        if selector is not None:
+            r = await self.evaluate(
+                f"(r => ({{x: r.x, y: r.y, width: r.width, height: r.height}}))"
+                f"(document.querySelector({json.dumps(selector)}).getBoundingClientRect())"
+            )
+            params["clip"] = {**r, "scale": 1}
+        out = await self.call("Page.captureScreenshot", params)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(out["data"]))
 

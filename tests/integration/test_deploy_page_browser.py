@@ -1,7 +1,12 @@
-"""The deploy page in real headless Chromium: guardrail started for real (``build_app``, SQLite in a
-temp dir), one regressed canary driven to rollback through the API, then the page rendered by
-Chromium (``--dump-dom`` and ``--screenshot``) and checked: timeline, SVG chart paths, evidence, and
-pixels of the canary and baseline colours in the PNG."""
+"""The deploy page in real headless Chromium, one page per state: guardrail started for real
+(``build_app``, SQLite in a temp dir), six deploys driven through the API on data time (analyzing,
+promoted, rolled back after a PASS at 10%, paused by on-call, held as inconclusive, rolled back at the
+first look), then each page opened in one Chromium over the DevTools protocol: its DOM, a screenshot,
+and the geometry Chromium laid out (element boxes of every chart label, the data points, the bands).
+
+What is checked can fail: no chart label overlaps another or the data, every label (the last time
+label too) lies inside its SVG's viewBox, the confidence band of a first-look verdict has height, the
+post-mortem link answers text/html, and the screenshots show the tracks' colours."""
 
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
+from guardrail.demo import OPS_TOKEN
 from tests.api.pagedom import Element, parse, timeline
 
 pytestmark = pytest.mark.integration
@@ -47,23 +54,99 @@ def _chromium_or_skip(script: ModuleType) -> None:
     pytest.skip(why)
 
 
+STATES = ("analyzing", "promoted", "rolled_back", "paused", "inconclusive", "first_look")
+SHOW_STATE = {
+    "analyzing": "analyzing",
+    "promoted": "promoted",
+    "rolled_back": "rolled back",
+    "paused": "paused",
+    "inconclusive": "paused",
+    "first_look": "rolled back",
+}
+
+# Run in the page by DevTools (not page script: the CSP forbids that). Per chart: the viewBox, every
+# text element's box in screen pixels and in SVG units, the data (dots and points along each series'
+# line, in screen pixels) and each band's box.
+GEOMETRY_JS = """
+(() => {
+  const box = r => ({x: r.x, y: r.y, w: r.width, h: r.height});
+  return [...document.querySelectorAll('figure.chart')].map(fig => {
+    const svg = fig.querySelector('svg.plot');
+    const vb = svg.viewBox.baseVal, ctm = svg.getScreenCTM();
+    const texts = [...svg.querySelectorAll('text')].map(t => ({
+      text: t.textContent, cls: t.getAttribute('class') || '',
+      screen: box(t.getBoundingClientRect()), user: box(t.getBBox())}));
+    const data = [];
+    svg.querySelectorAll('circle').forEach(c => {
+      const r = c.getBoundingClientRect(); data.push([r.x + r.width / 2, r.y + r.height / 2]); });
+    svg.querySelectorAll('path[data-series]').forEach(p => {
+      if (!p.getAttribute('d')) return;
+      const n = p.getTotalLength();
+      for (let i = 0; i <= n; i += 2) { const q = p.getPointAtLength(i).matrixTransform(ctm); data.push([q.x, q.y]); }
+    });
+    const bands = [...svg.querySelectorAll('path.band')].map(p => box(p.getBoundingClientRect()));
+    return {id: fig.id, viewBox: [vb.x, vb.y, vb.width, vb.height], texts, data, bands};
+  });
+})()
+"""
+
+
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Runs everything once: the deploy, Chromium's DOM and its screenshot."""
+def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Runs everything once: the six deploys, then each page's DOM, geometry and screenshot, and the
+    post-mortem links of the rolled-back ones."""
     script = _script()
     _chromium_or_skip(script)
     tmp = tmp_path_factory.mktemp("deploy-page")
-    png = tmp / "page.png"
 
-    async def run() -> dict[str, Any]:
+    async def run() -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
         async with script.start_guardrail(tmp / "guardrail") as running:
-            deploy = await script.drive_regressed_deploy(running)
-            url = f"{running.base_url}/deploys/{deploy['id']}"
-            dom = await script.dump_dom(url)
-            await script.screenshot(url, png, width=WIDTH, height=HEIGHT)
-        return {"deploy": deploy, "dom": parse(dom), "png": png}
+            deploys = {state: await script.drive_scenario(running, state) for state in STATES}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                for state in ("rolled_back", "first_look"):  # a rollback drafts its post-mortem
+                    await _wait_for_postmortem(http, running.base_url, deploys[state]["id"])
+                async with script.Browser(width=WIDTH, height=HEIGHT) as browser:
+                    for state, deploy in deploys.items():
+                        url = f"{running.base_url}/deploys/{deploy['id']}"
+                        page = await browser.open(url)
+                        png = tmp / f"{state}.png"
+                        await page.screenshot(png, selector="#chart-error-rate")
+                        if state == "rolled_back":
+                            await page.screenshot(tmp / "page.png")
+                        html = await page.evaluate("document.documentElement.outerHTML")
+                        out[state] = {
+                            "deploy": deploy,
+                            "dom": parse(html),
+                            "charts": await page.evaluate(GEOMETRY_JS),
+                            "png": tmp / "page.png",
+                            "chart_png": png,
+                        }
+                        links = [a for a in parse(html).find_all("a") if "draft" in a.classes]
+                        out[state]["drafts"] = []
+                        for a in links:
+                            async with http.get(running.base_url + a.attrs["href"]) as r:
+                                body = await r.text()
+                                out[state]["drafts"].append((a.text, r.status, r.content_type, body))
+        return out
 
     return asyncio.run(run())
+
+
+async def _wait_for_postmortem(http: aiohttp.ClientSession, base: str, deploy_id: str) -> None:
+    headers = {"Authorization": f"Bearer {OPS_TOKEN}"}
+    for _ in range(100):
+        async with http.get(f"{base}/api/v1/deploys/{deploy_id}/drafts", headers=headers) as r:
+            if any(d["kind"] == "postmortem" for d in (await r.json())["drafts"]):
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no post-mortem was drafted for the rolled-back deploy {deploy_id}")
+
+
+@pytest.fixture(scope="module")
+def rendered(pages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rolled-back deploy's page (the README's screenshot)."""
+    return pages["rolled_back"]
 
 
 def test_the_driven_deploy_was_rolled_back(rendered: dict[str, Any]) -> None:
@@ -112,7 +195,9 @@ def test_evidence_table_has_every_metric_of_the_failing_verdict(rendered: dict[s
 
 def test_grafana_link_points_at_the_dashboard(rendered: dict[str, Any]) -> None:
     href = rendered["dom"].one("a", id="grafana").attrs["href"]
-    assert href.startswith("https://grafana.example.com/d/guardrail-canary?var-service=checkout&var-deploy_id=")
+    assert href.startswith(
+        "https://grafana.example.com/d/guardrail-canary?var-service=checkout&var-deploy_id="
+    )
 
 
 def _pixels(png: bytes) -> tuple[int, int, list[bytes]]:
@@ -165,3 +250,91 @@ def test_screenshot_shows_the_canary_and_baseline_lines(rendered: dict[str, Any]
     canary = int(np.all(pixels == CANARY_RGB, axis=1).sum())
     baseline = int(np.all(pixels == BASELINE_RGB, axis=1).sum())
     assert canary > 300 and baseline > 300, (canary, baseline)  # lines and dots of the charts
+
+
+# --- every state ---------------------------------------------------------------------------------
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> float:
+    """The area two boxes share (0 when they only touch)."""
+    w = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+    h = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_the_page_shows_the_state(pages: dict[str, dict[str, Any]], state: str) -> None:
+    page = pages[state]
+    assert page["deploy"]["state"] == SHOW_STATE[state].replace(" ", "_")
+    assert page["dom"].one(id="state").text == SHOW_STATE[state]
+    if state == "inconclusive":
+        assert page["dom"].one(id="reason").text.startswith("analysis inconclusive, held for a human")
+    if state == "paused":
+        assert "paused by on-call" in page["dom"].one(id="reason").text
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_no_chart_label_overlaps_another_label_or_the_data(
+    pages: dict[str, dict[str, Any]], state: str
+) -> None:
+    charts = pages[state]["charts"]
+    assert len(charts) == 4
+    for chart in charts:
+        texts = [t for t in chart["texts"] if t["screen"]["w"] > 0]
+        assert texts, chart["id"]
+        for i, a in enumerate(texts):
+            for b in texts[i + 1 :]:
+                assert _overlap(a["screen"], b["screen"]) < 1.0, (state, chart["id"], a["text"], b["text"])
+        for t in texts:
+            r = t["screen"]
+            inside = [
+                (x, y)
+                for x, y in chart["data"]
+                if r["x"] + 1 < x < r["x"] + r["w"] - 1 and r["y"] + 1 < y < r["y"] + r["h"] - 1
+            ]
+            assert not inside, (state, chart["id"], t["text"], inside[:3])
+            for band in chart["bands"]:
+                assert _overlap(r, band) < 1.0, (state, chart["id"], t["text"], "band")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_label_lies_inside_its_charts_viewbox(pages: dict[str, dict[str, Any]], state: str) -> None:
+    for chart in pages[state]["charts"]:
+        vx, vy, vw, vh = chart["viewBox"]
+        for t in chart["texts"]:
+            u = t["user"]
+            assert vx <= u["x"] and u["x"] + u["w"] <= vx + vw, (state, chart["id"], t["text"], u, vw)
+            assert vy <= u["y"] and u["y"] + u["h"] <= vy + vh, (state, chart["id"], t["text"], u, vh)
+        ticks = [t for t in chart["texts"] if "x-tick" in t["cls"].split()]
+        last = max(ticks, key=lambda t: t["user"]["x"])
+        assert last["user"]["x"] + last["user"]["w"] <= vx + vw, (state, chart["id"], last)
+
+
+def test_a_verdict_at_the_first_look_draws_a_band_with_height(pages: dict[str, dict[str, Any]]) -> None:
+    page = pages["first_look"]
+    decisions = [e.badge for e in timeline(page["dom"]) if e.badge in ("FAIL", "PASS", "INCONCLUSIVE")]
+    fig = page["dom"].one("figure", id="chart-judge-error-rate")
+    assert decisions == ["FAIL"] and len(fig.find_all("circle", cls="estimate")) == 1  # one look, decided
+    judge = {c["id"]: c for c in page["charts"]}["chart-judge-error-rate"]
+    (band,) = judge["bands"]
+    assert band["h"] >= 5 and band["w"] >= 8, band
+
+
+@pytest.mark.parametrize("state", ["rolled_back", "first_look"])
+def test_the_post_mortem_link_opens_a_rendered_page(pages: dict[str, dict[str, Any]], state: str) -> None:
+    drafts = {kind: rest for kind, *rest in pages[state]["drafts"]}
+    status, content_type, body = drafts["postmortem"]
+    assert status == 200 and content_type == "text/html"
+    doc = parse(body).one("article", id="draft")
+    assert doc.find_all("h1") and len(doc.find_all("h2")) >= 3
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_each_screenshot_shows_the_tracks(pages: dict[str, dict[str, Any]], state: str) -> None:
+    """The first chart's screenshot (the whole page is decoded once, above: it takes seconds)."""
+    width, height, rows = _pixels(pages[state]["chart_png"].read_bytes())
+    assert width >= 600 and height >= 150, (width, height)
+    pixels = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 3)
+    baseline = int(np.all(pixels == BASELINE_RGB, axis=1).sum())
+    canary = int(np.all(pixels == CANARY_RGB, axis=1).sum())
+    assert baseline > 300 and canary > 30, (state, baseline, canary)

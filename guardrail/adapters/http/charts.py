@@ -291,6 +291,17 @@ def _frame(
     return chart, x
 
 
+def _x_anchor(t: Tick, left: float, width: int) -> str:
+    """A time label is centred on its tick unless that would run it into the y labels (left of the
+    plot) or off the chart (right)."""
+    half = text_width(t.label) / 2
+    if t.pos - half < left:
+        return "start"
+    if t.pos + half > width - 2:
+        return "end"
+    return "middle"
+
+
 def _place_marks(
     events: Iterable[Event], x: Linear, lo: float, hi: float, *, width: int
 ) -> tuple[list[tuple[Mark, int, bool]], int]:
