@@ -6,10 +6,10 @@ screenshot of ``/deploys/{id}``. The deploy is healthy at 10% and passes that st
 payment client saturates and errors and slow requests climb, the judge fails it and guardrail rolls
 it back.
 
-    .venv/bin/python scripts/screenshot_deploy_page.py [--out docs/deploy-page.png]
+    .venv/bin/python scripts/screenshot_deploy_page.py [--out docs/deploy-page.png] [--scenario rolled_back]
 
-The helpers (``start_guardrail``, ``drive_regressed_deploy``, ``run_chromium``) are also used by
-``tests/integration/test_deploy_page_browser.py``.
+The helpers (``start_guardrail``, ``drive_scenario``, ``Browser``) are also used by
+``tests/integration/test_deploy_page_browser.py``, which drives every scenario.
 """
 
 from __future__ import annotations
@@ -344,13 +344,23 @@ async def screenshot(url: str, path: Path, *, width: int = 1280, height: int = 2
         raise RuntimeError(f"chromium --screenshot exited {rc}: {err.decode(errors='replace')[-2000:]}")
 
 
-async def main(out: Path, height: int) -> int:
+async def main(out: Path, scenario: str, until: str) -> int:
     with tempfile.TemporaryDirectory(prefix="guardrail-page-") as tmp:
         async with start_guardrail(Path(tmp)) as running:
-            deploy = await drive_regressed_deploy(running)
+            deploy = await drive_scenario(running, scenario)
             url = f"{running.base_url}/deploys/{deploy['id']}"
             print(f"deploy {deploy['id']}: {deploy['state']} ({deploy['reason'][:100]})")
-            await screenshot(url, out, height=height)
+            async with Browser(width=1280, height=4000) as browser:
+                page = await browser.open(url)
+                # the page from its top to the end of the element ``until`` (and a margin)
+                bottom = await page.evaluate(
+                    f"document.querySelector({json.dumps(until)}).getBoundingClientRect().bottom"
+                )
+                await page.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": 1280, "height": int(bottom) + 24, "deviceScaleFactor": 1, "mobile": False},
+                )
+                await page.screenshot(out)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 
@@ -358,7 +368,12 @@ async def main(out: Path, height: int) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "deploy-page.png")
-    # 2445 px: the header, the four charts and the evidence table, ending before the timeline
-    parser.add_argument("--height", type=int, default=2445, help="window height in pixels")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="rolled_back", help="the page state shown")
+    parser.add_argument(
+        "--until",
+        default="div.how-to-read",
+        help="CSS selector of the last element shown (default: the header, the four charts, the evidence "
+        "table and its explanations, ending before the timeline)",
+    )
     ns = parser.parse_args()
-    sys.exit(asyncio.run(main(ns.out, ns.height)))
+    sys.exit(asyncio.run(main(ns.out, ns.scenario, ns.until)))
