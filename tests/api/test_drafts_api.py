@@ -20,11 +20,14 @@ from guardrail.service.engine import Engine
 from guardrail.telemetry import Telemetry
 from tests.api.conftest import PUBLIC_URL, Api, auth
 from tests.api.helpers import marker
+from tests.api.pagedom import parse
 from tests.api.test_rollout import STEPS, drive
 
 
 @pytest.fixture
-async def dapi(aiohttp_client: Any, store: SqlStore, settings: Settings) -> AsyncIterator[tuple[Api, DraftService]]:
+async def dapi(
+    aiohttp_client: Any, store: SqlStore, settings: Settings
+) -> AsyncIterator[tuple[Api, DraftService]]:
     telemetry = Telemetry()
     engine = Engine(store=store, settings=settings, adapter_factory=load_deploy_adapter, telemetry=telemetry)
     drafts = DraftService(store=store, offline=OfflineDrafter(), public_url=PUBLIC_URL)
@@ -47,7 +50,9 @@ async def test_a_rollback_drafts_the_post_mortem_and_links_it_from_the_timeline(
     await drafts.drain()
     status, listed = await api.call("GET", f"/api/v1/deploys/{d['id']}/drafts")
     assert status == 200
-    assert [(x["kind"], x["version"], x["trigger"]) for x in listed["drafts"]] == [("postmortem", 1, "rollback")]
+    assert [(x["kind"], x["version"], x["trigger"]) for x in listed["drafts"]] == [
+        ("postmortem", 1, "rollback")
+    ]
     _, events = await api.call("GET", f"/api/v1/deploys/{d['id']}/events")
     notes = [e for e in events["events"] if e["kind"] == "note" and "post-mortem drafted" in e["message"]]
     assert len(notes) == 1 and notes[0]["details"]["draft"]["url"] == listed["drafts"][0]["url"]
@@ -71,7 +76,9 @@ async def test_a_promoted_deploy_gets_no_automatic_post_mortem(dapi) -> None:  #
 @pytest.mark.parametrize("kind", [k.value for k in DraftKind])
 async def test_every_kind_is_drafted_on_request_with_its_sections(dapi, kind: str) -> None:  # type: ignore[no-untyped-def]
     api, _ = dapi
-    d = await api.mark(marker(steps=STEPS, db_migrations={"applied": True, "description": "add users.created_at"}))
+    d = await api.mark(
+        marker(steps=STEPS, db_migrations={"applied": True, "description": "add users.created_at"})
+    )
     status, out = await api.call("POST", f"/api/v1/deploys/{d['id']}/drafts/{kind}", as_="operator")
     assert status == 201, out
     assert out["kind"] == kind and out["version"] == 1 and out["trigger"] == "request"
@@ -124,3 +131,17 @@ async def test_without_a_drafting_service_the_routes_say_so(api: Api) -> None:
     d = await api.mark(marker(steps=STEPS))
     status, out = await api.call("GET", f"/api/v1/deploys/{d['id']}/drafts")
     assert status == 503 and "drafting" in out["detail"]
+
+
+async def test_the_deploy_pages_timeline_links_the_automatic_post_mortem_to_its_rendered_page(dapi) -> None:  # type: ignore[no-untyped-def]
+    api, drafts = dapi
+    d = await api.mark(marker(steps=STEPS))
+    assert (await drive(api, d, canary_error_rate=0.05))[-1]["state"] == "rolled_back"
+    await drafts.drain()
+    page = parse(await (await api.client.get(f"/deploys/{d['id']}")).text())
+    notes = [li for li in page.one("ol", id="timeline").children if "post-mortem drafted" in li.text]
+    assert len(notes) == 1
+    href = notes[0].one("a", cls="draft").attrs["href"]
+    assert href == f"/deploys/{d['id']}/drafts/postmortem?version=1"
+    resp = await api.client.get(href)
+    assert resp.status == 200 and resp.content_type == "text/html"

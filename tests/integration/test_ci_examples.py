@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -224,6 +225,7 @@ async def rig(pair: ScrapedPair, tmp: Path) -> AsyncIterator[Rig]:
 
 
 async def bash(script: str, *, env: dict[str, str], cwd: Path, flags: tuple[str, ...]) -> tuple[int, str]:
+    """The script in bash (in a process group of its own: a timeout kills what it started too)."""
     proc = await asyncio.create_subprocess_exec(
         "bash",
         "--noprofile",
@@ -235,11 +237,13 @@ async def bash(script: str, *, env: dict[str, str], cwd: Path, flags: tuple[str,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=STEP_TIMEOUT_S)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         raise AssertionError(f"a CI step ran longer than {STEP_TIMEOUT_S:.0f} s:\n{script}") from None
     return proc.returncode or 0, out.decode(errors="replace")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from guardrail.adapters.http.errors import ApiError
 from guardrail.adapters.http.parsing import validation_error
 from guardrail.adapters.http.routes import ENGINE, SETTINGS, Route
 from guardrail.adapters.http.schemas import ListQuery
-from guardrail.domain.drafts import Draft
+from guardrail.domain.drafts import Draft, DraftKind
 from guardrail.domain.drafts.kinds import doc_spec
 from guardrail.domain.errors import NotFoundError, ValidationError
 from guardrail.domain.judge import explain
@@ -48,6 +48,7 @@ CSP = (
 GRAFANA_DASHBOARD = "guardrail-canary"
 GRAFANA_PRE_S = 600.0  # the Grafana link opens ten minutes before the deploy ...
 GRAFANA_POST_S = 300.0  # ... and ends five minutes after its latest data
+_KINDS = frozenset(k.value for k in DraftKind)
 _RATE_KINDS = frozenset({"errors", "latency", "throughput", "counter_ratio", "histogram_threshold"})
 
 _env = jinja2.Environment(
@@ -201,6 +202,7 @@ class Entry:
     extra: str = ""  # e.g. "took 0.42 s", "by alice"
     output: str = ""  # an adapter's output
     folded: tuple[Entry, ...] = ()
+    href: str = ""  # a page the entry links to (a drafted document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +267,7 @@ def _alert(e: TimelineEvent) -> tuple[bool, str]:
     return state == "firing", str(a.get("rule") or labels.get("alertname") or "alert")
 
 
-def timeline(events: Sequence[TimelineEvent], start: float) -> list[Entry]:
+def timeline(events: Sequence[TimelineEvent], start: float, deploy_id: str = "") -> list[Entry]:
     """Timeline entries: an action's start is merged into its result (with the duration); runs of
     CONTINUE snapshots are folded into one entry listing them."""
     finished = {
@@ -305,6 +307,11 @@ def timeline(events: Sequence[TimelineEvent], start: float) -> list[Entry]:
         if e.kind is EventKind.ACTION_STARTED and e.details.get("action_id") in finished:
             continue  # shown with its result
         entry = _entry(e, when, clock)
+        draft = e.details.get("draft")
+        if deploy_id and e.kind is EventKind.NOTE and isinstance(draft, dict) and draft.get("kind") in _KINDS:
+            version = draft.get("version")
+            query = f"?{urlencode({'version': version})}" if isinstance(version, int) else ""
+            entry = replace(entry, href=f"/deploys/{deploy_id}/drafts/{draft['kind']}{query}")
         out.append(entry)
     flush()
     return out
@@ -525,7 +532,7 @@ async def deploy_page(request: web.Request) -> web.Response:
         state_css=_STATE_CSS.get(deploy.state, "neutral"),
         step_text=r.step_summary(),
         steps_text=" → ".join(s.describe() for s in r.steps),
-        entries=timeline(events, start),
+        entries=timeline(events, start, deploy.id),
         charts=build_charts(deploy, samples, events),
         evidence=list((verdict or {}).get("evidence") or []),
         verdict=verdict,
