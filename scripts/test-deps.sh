@@ -4,7 +4,8 @@
 # (Debian packages `prometheus`, `prometheus-alertmanager`; the tests start their own instances),
 # Chromium for the deploy page's browser test (`chromium`), docker-compose to validate the
 # compose file (`docker-compose config` needs no Docker engine) and nginx, whose real `nginx -t`
-# checks the files the nginx adapter renders (the tests run their own nginx, not the service).
+# checks the files the nginx adapter renders (the tests run their own nginx, not the service); jq and
+# git, which the CI examples' steps use (tests/integration/test_ci_examples.py runs them).
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
@@ -16,6 +17,8 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alert
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v git >/dev/null 2>&1 || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test-deps: installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import pytest
 import yaml
 
 from examples.app.load import LoadGenerator
-from tests.integration.conftest import SAMPLE_ERROR_RATE, ScrapedPair
+from tests.integration.conftest import SAMPLE_ERROR_RATE, ScrapedPair, _require_or_skip
 from tests.integration.servers import GuardrailProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -384,7 +385,11 @@ async def run_gitlab(r: Rig, sha: str, before: str, pipeline_id: int) -> tuple[i
 
 @pytest.fixture
 def pair(scraped_pair: ScrapedPair) -> Iterator[ScrapedPair]:
-    """The session's sample processes, healthy before and after the test."""
+    """The session's sample processes, healthy before and after the test (and the tools the jobs'
+    steps use: jq and git, installed by scripts/test-deps.sh)."""
+    for tool in ("jq", "git", "bash"):
+        if shutil.which(tool) is None:
+            _require_or_skip(f"`{tool}` is not installed; the CI examples' steps use it")
     scraped_pair.canary.regress(error_rate=SAMPLE_ERROR_RATE)
     yield scraped_pair
     scraped_pair.canary.regress(error_rate=SAMPLE_ERROR_RATE)
