@@ -177,3 +177,20 @@ def test_a_decision_at_the_first_look_still_draws_a_band_with_height_and_width()
     assert max(ys) - min(ys) >= charts.MIN_BAND_PX and max(xs) - min(xs) >= 10
     (dot,) = chart.series[0].dots
     assert chart.top < dot.y < chart.bottom  # the estimate is on the scale, not pinned to its edge
+
+
+def test_the_first_time_label_never_runs_into_the_value_labels() -> None:
+    """A tick on the plot's left edge (a domain starting on the minute) starts there instead of
+    being centred into the y labels."""
+    chart = charts.ratio_chart(
+        "r",
+        "t",
+        "c",
+        [charts.EstimatePoint(T0 + 10, 1.0, 0.9, 1.1)],
+        domain=(T0 - 20, T0 + 100),
+        allowed=1.0,
+        critical=1.5,
+    )
+    first, anchor = chart.x_ticks[0], chart.x_anchors[0]
+    left_edge = first.pos - (charts.text_width(first.label) / 2 if anchor == "middle" else 0)
+    assert left_edge >= chart.left

@@ -271,7 +271,7 @@ def _frame(
         )
         for m, lane, clean in placed
     )
-    anchors = tuple("end" if t.pos + text_width(t.label) / 2 > width - 2 else "middle" for t in x_ticks)
+    anchors = tuple(_x_anchor(t, left, width) for t in x_ticks)
     chart = Chart(
         chart_id,
         title,
