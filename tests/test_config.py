@@ -335,9 +335,10 @@ def guardrail_invocations(script: str) -> list[list[str]]:
 SAMPLE_VALUES = {"change_type": "feature"}
 
 
-def _sample(arg: str) -> str:
+def _sample(arg: str, env: dict[str, str] | None = None) -> str:
+    """A variable's sample value, or the value the workflow's env gives it; else the argument."""
     m = re.fullmatch(r"\$\{?(\w+)\}?", arg)
-    return SAMPLE_VALUES.get(m.group(1), arg) if m else arg
+    return {**(env or {}), **SAMPLE_VALUES}.get(m.group(1), arg) if m else arg
 
 
 def _run_scripts(workflow: dict[str, Any]) -> list[str]:
@@ -353,7 +354,9 @@ def test_the_workflow_example_is_valid_yaml_with_jobs_and_steps():
             assert ("run" in step) != ("uses" in step), step
     deploy = wf["jobs"]["deploy"]
     assert deploy["env"] == {"GUARDRAIL_URL": "${{ secrets.GUARDRAIL_URL }}",
-                             "GUARDRAIL_TOKEN": "${{ secrets.GUARDRAIL_TOKEN }}"}
+                             "GUARDRAIL_TOKEN": "${{ secrets.GUARDRAIL_TOKEN }}",
+                             "GUARDRAIL_MARKER_FILE": ".github/guardrail-marker.yml",
+                             "GUARDRAIL_WAIT_TIMEOUT_S": "3600"}
     # no ${{ }} expansion inside scripts: untrusted text (commit messages) reaches them via env only
     assert [s for s in _run_scripts(wf) if "${{" in s] == []
 
@@ -361,10 +364,11 @@ def test_the_workflow_example_is_valid_yaml_with_jobs_and_steps():
 def test_every_guardrail_call_in_the_workflow_is_accepted_by_the_cli_parser():
     wf = yaml.safe_load(WORKFLOW.read_text())
     calls = [args for script in _run_scripts(wf) for args in guardrail_invocations(script)]
+    env = {k: v for k, v in wf["jobs"]["deploy"]["env"].items() if "${{" not in v}
     by_command: dict[str, list[Any]] = {}
     for args in calls:
         try:
-            ns = parser().parse_args([_sample(a) for a in args])
+            ns = parser().parse_args([_sample(a, env) for a in args])
         except SystemExit:
             pytest.fail(f"the CLI rejects: guardrail {shlex.join(args)}")
         by_command.setdefault(ns.command, []).append(ns)
@@ -372,6 +376,7 @@ def test_every_guardrail_call_in_the_workflow_is_accepted_by_the_cli_parser():
     [mark] = by_command["mark"]
     assert (mark.environment, mark.strategy, mark.adapter) == ("production", "canary", "checkout-deploy")
     assert mark.idempotency_key == "gh-$GITHUB_RUN_ID-$GITHUB_RUN_ATTEMPT"
+    assert mark.file == ".github/guardrail-marker.yml"  # the marker file: where the metrics come from
     assert all(getattr(mark, k) for k in ("service", "version", "previous_version", "commit", "commit_time",
                                           "author", "change_type", "description"))
     [wait] = by_command["wait"]
