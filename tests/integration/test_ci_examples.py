@@ -71,7 +71,8 @@ DEPLOY_SCRIPT = """#!/bin/sh
 # ./deploy-production.sh VERSION --weight PERCENT
 set -eu
 [ "$2" = "--weight" ] || { echo "usage: $0 VERSION --weight PERCENT" >&2; exit 2; }
-echo "$1 $3" > "$(dirname "$0")/traffic.state"
+state="$(dirname "$0")/traffic.state"
+echo "$1 $3" > "$state.new" && mv "$state.new" "$state"  # atomically: the load reads it meanwhile
 echo "$1 on $3% of traffic"
 """
 
@@ -133,16 +134,20 @@ class Traffic:
             concurrency=32,
         )
 
-    def canary_weight(self) -> float:
-        if not self.state_file.exists():
-            return 0.0
-        version, weight = self.state_file.read_text().split()
+    def canary_weight(self) -> float | None:
+        """The canary's share now; None while the state file is missing or unreadable."""
+        try:
+            version, weight = self.state_file.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return None
         return float(weight) if version == self.new_version else 0.0
 
     async def follow(self) -> None:
         last = -1.0
         while True:
             w = self.canary_weight()
+            if w is None:
+                w = 0.0 if last < 0 else last
             if w != last:
                 self.load.set_weights([100 - w, w])
                 self.weights.append((time.time(), w))
