@@ -377,3 +377,41 @@ def test_flush_emits_what_is_open() -> None:
     [s] = agg.flush("d1")
     assert (s.track, s.requests, s.start) == (Track.CANARY, 4, T0)
     assert agg.flush("d1") == []
+
+
+@pytest.mark.parametrize("span_s", [6e6, 6e8])
+def test_a_delta_point_spanning_months_is_bounded_to_the_last_windows(span_s: float) -> None:
+    """Issue 12, item 1: a start time far before the point's time spread the point over every
+    window in between (seconds of a stalled loop at 6e6 s, MemoryError at 6e8 s). Only the last
+    ``max_spread_windows`` windows get their share (the rate is kept; the older part is dropped, as
+    for a gap)."""
+    agg = OtlpAggregator(grace_s=0, max_spread_windows=60)
+    n = round(span_s)  # one request per second over the whole span
+    point = hpoint(T0 + 5, [n, 0, 0, 0, 0, 0, 0, 0], start=T0 + 5 - span_s)
+    out = agg.add(
+        decode_protobuf(body(resource(histogram(point, temporality=DELTA), version=CANARY))), ROUTES, now=NOW
+    )
+    assert out.accepted == 1
+    assert agg.stats()["open_windows"] <= 61
+    got = samples(out)
+    got.update(
+        samples(feed(agg, resource(histogram(hpoint(T0 + 25, counts(1), start=T0 + 24), temporality=DELTA))))
+    )
+    assert 59 <= len([k for k in got if k[0] == "canary"]) <= 61
+    assert all(s.requests <= 11 for s in got.values())
+    assert got[("canary", -10.0)].requests == 10  # one request per second, kept in the last windows
+
+
+def test_a_cumulative_point_after_a_months_long_silence_is_bounded_too() -> None:
+    agg = OtlpAggregator(grace_s=0, max_spread_windows=60)
+    now = T0 + 1e7
+    feed1 = lambda t, n: agg.add(  # noqa: E731
+        decode_protobuf(body(resource(counter("orders", npoint(t, n, start=T0)), version=CANARY))),
+        ROUTES,
+        now=now,
+    )
+    feed1(T0 + 1, 0)
+    feed1(T0 + 12, 11)
+    out = feed1(T0 + 6e6, 6_000_000)
+    assert out.accepted == 1
+    assert agg.stats()["open_windows"] <= 61
