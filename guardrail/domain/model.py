@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from guardrail.domain.errors import ValidationError
+from guardrail.domain.limits import INT64_MAX
 
 
 class Track(StrEnum):
@@ -107,8 +108,10 @@ class Sample:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.start) and math.isfinite(self.end)) or self.end <= self.start:
             raise ValidationError(f"window end ({self.end}) must be after start ({self.start})", field="end")
-        if self.requests < 0:
-            raise ValidationError(f"requests must be >= 0, got {self.requests}", field="requests")
+        if not 0 <= self.requests <= INT64_MAX:
+            raise ValidationError(
+                f"requests must be between 0 and {INT64_MAX}, got {self.requests}", field="requests"
+            )
         if self.errors < 0 or self.errors > self.requests:
             raise ValidationError(
                 f"errors must be between 0 and requests ({self.requests}), got {self.errors}", field="errors"

@@ -32,7 +32,10 @@ a point falls in the window holding its ``time_unix_nano`` (its end). A window i
 point of the deploy is seen ``grace_s`` past its end; then both tracks' samples are emitted together
 (a track without points in it gets no sample: no data is not zero). A point for a window already
 emitted (a slow clock, a late exporter) is counted in the oldest open window. Memory is bounded by
-the series and open windows of active deploys, never by the number of requests.
+the series and open windows of active deploys, never by the number of requests, and a point's work
+by ``max_spread_windows``: a span longer than that many windows counts only in the last of them.
+Points are rejected (counted in ``partialSuccess``) when their time is more than 7 days before or 30
+days after the deploy's start, or a histogram count exceeds an int64 (``guardrail.domain.limits``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardrail.domain.errors import NotFoundError
+from guardrail.domain.limits import DAY_S, INT64_MAX, WINDOW_AFTER_DEPLOY_S, WINDOW_BEFORE_DEPLOY_S
 from guardrail.domain.model import Histogram, Sample, Track
 from guardrail.domain.records import Deploy
 from guardrail.service.engine import Engine
@@ -126,6 +130,7 @@ class DeployRoute:
     previous_version: str
     interval_s: float
     source: str = "push"  # the marker's metrics source: OTLP points feed push deploys only
+    started_at: float | None = None  # the deploy's data time: points far from it are rejected
 
     @classmethod
     def of(cls, deploy: Deploy) -> DeployRoute:
@@ -138,6 +143,7 @@ class DeployRoute:
             m.previous_version,
             m.analysis.interval_s,
             m.metrics_source,
+            m.started_at if m.started_at is not None else deploy.data_time,
         )
 
 
@@ -276,11 +282,13 @@ class OtlpAggregator:
         stale_after_s: float = 600.0,
         max_future_s: float = 600.0,
         max_series_per_deploy: int = 10_000,
+        max_spread_windows: int = 60,
     ) -> None:
         self.grace_ns = round(grace_s * _NS)
         self.stale_after_ns = round(stale_after_s * _NS)
         self.max_future_ns = round(max_future_s * _NS)
         self.max_series = max_series_per_deploy
+        self.max_spread = max(1, max_spread_windows)
         self._deploys: dict[str, _DeployState] = {}
         self._interned: dict[tuple[float, ...], tuple[float, ...]] = {}
         self._bounds_cache: dict[tuple[tuple[float, ...], float], tuple[tuple[float, ...], int] | None] = {}
@@ -451,6 +459,8 @@ class OtlpAggregator:
                     raise _Reject(
                         "future", "time_unix_nano is more than the allowed skew ahead of the server clock"
                     )
+                if route.started_at is not None:
+                    _check_near_deploy(p.time_ns, route.started_at)
                 key = (*base_key, p.attributes, p.start_ns) if cumulative else (*base_key, p.attributes)
                 late = handler(self, st, res, metric, p, key, scale, track)
             except _Reject as r:
@@ -573,12 +583,27 @@ class OtlpAggregator:
         series) keeps only its open part, so a gap never piles up in one window (a one-track spike
         would fail throughput); a span entirely in emitted windows (a clock behind, an export
         delayed) goes to the oldest open window, at most one interval's worth of it, and is rejected
-        when it ended more than the grace and an interval before that window."""
+        when it ended more than the grace and an interval before that window.
+
+        The work is bounded: a span over more than ``max_spread_windows`` windows (a delta point
+        whose start time lies months back, a cumulative series silent for long) gets only its last
+        ``max_spread_windows`` windows' share (the rate is kept, the older part is dropped as for a
+        gap), whatever the start time says."""
         interval = st.interval_ns
         kb = (b_ns - 1) // interval
         if not 0 < a_ns < b_ns:
             a_ns = b_ns - 1  # no usable start: the point's time only
         fo = st.first_open
+        reach = (kb - self.max_spread + 1) * interval  # the start of the oldest window a point may reach
+        if a_ns < reach and (fo is None or fo * interval < reach):
+            # a span over more than max_spread_windows windows (a start time months back, a series
+            # silent for long): only its last windows get their share, as for a gap
+            span = b_ns - a_ns
+            parts = tuple(
+                (k, 1.0 if k == kb else ((k + 1) * interval - a_ns) / span)
+                for k in range(kb - self.max_spread + 1, kb + 1)
+            )
+            return parts, (reach - a_ns) / span, False
         if fo is None or a_ns >= fo * interval:
             ka = a_ns // interval
             if ka == kb:
@@ -614,6 +639,8 @@ class OtlpAggregator:
         track: Track,
     ) -> bool:
         count = int(p.value)
+        if count > INT64_MAX:
+            raise _Reject("invalid", f"{metric.name}: count must be at most {INT64_MAX} (an int64)")
         counts = p.bucket_counts
         if counts:
             if len(counts) != len(p.bounds) + 1:
@@ -660,6 +687,7 @@ class OtlpAggregator:
         parts, dropped, late = self._spread(st, since, p.time_ns)
         error = _is_error(p.attributes)
         if len(parts) == 1 and not dropped:  # the common case: all in one window
+            _check_room(st.windows.get(parts[0][0], {}).get(track), count, metric.name)
             acc = self._acc(st, parts[0][0], track)
             acc.requests += count
             if error:
@@ -669,10 +697,14 @@ class OtlpAggregator:
             return late
         vector = counts if counts else (count,)
         prev = [round(c * dropped) for c in vector] if dropped else [0] * len(vector)
+        shares: list[tuple[int, list[int]]] = []
         for k, upto in parts:
             cum = vector if upto == 1.0 else [round(c * upto) for c in vector]
-            share = [c - q for c, q in zip(cum, prev, strict=True)]
+            shares.append((k, [c - q for c, q in zip(cum, prev, strict=True)]))
             prev = cum  # type: ignore[assignment]
+        for k, share in shares:  # checked before any window is changed
+            _check_room(st.windows.get(k, {}).get(track), sum(share), metric.name)
+        for k, share in shares:
             n = sum(share)
             acc = self._acc(st, k, track)
             acc.requests += n
@@ -796,6 +828,25 @@ class OtlpAggregator:
             for ekey in [e for e, (_, last) in st.epochs.items() if last < horizon]:
                 del st.epochs[ekey]
         return samples
+
+
+def _check_near_deploy(time_ns: int, started_at: float) -> None:
+    t = time_ns / _NS
+    if t < started_at - WINDOW_BEFORE_DEPLOY_S:
+        raise _Reject(
+            "out_of_range",
+            f"time_unix_nano is more than {WINDOW_BEFORE_DEPLOY_S / DAY_S:.0f} days before the deploy's start",
+        )
+    if t > started_at + WINDOW_AFTER_DEPLOY_S:
+        raise _Reject(
+            "out_of_range",
+            f"time_unix_nano is more than {WINDOW_AFTER_DEPLOY_S / DAY_S:.0f} days after the deploy's start",
+        )
+
+
+def _check_room(acc: _Acc | None, n: int, name: str) -> None:
+    if acc is not None and acc.requests + n > INT64_MAX:
+        raise _Reject("invalid", f"{name}: a window's count would exceed {INT64_MAX} (an int64)")
 
 
 def _track(value: Any, where: str) -> Track | None:

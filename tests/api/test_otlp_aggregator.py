@@ -404,14 +404,15 @@ def test_a_delta_point_spanning_months_is_bounded_to_the_last_windows(span_s: fl
 
 def test_a_cumulative_point_after_a_months_long_silence_is_bounded_too() -> None:
     agg = OtlpAggregator(grace_s=0, max_spread_windows=60)
-    now = T0 + 1e7
-    feed1 = lambda t, n: agg.add(  # noqa: E731
-        decode_protobuf(body(resource(counter("orders", npoint(t, n, start=T0)), version=CANARY))),
-        ROUTES,
-        now=now,
-    )
-    feed1(T0 + 1, 0)
-    feed1(T0 + 12, 11)
-    out = feed1(T0 + 6e6, 6_000_000)
+
+    def send(t: float, n: int) -> Outcome:
+        req = body(resource(counter("orders", npoint(t, n, start=T0)), version=CANARY))
+        return agg.add(decode_protobuf(req), ROUTES, now=T0 + 1e7)
+
+    send(T0 + 1, 0)
+    send(T0 + 12, 11)
+    out = send(T0 + 6e6, 6_000_000)
     assert out.accepted == 1
     assert agg.stats()["open_windows"] <= 61
+    got = samples(out)
+    assert got[("canary", 6e6 - 10)].gauges["orders"] == pytest.approx(10, rel=0.01)  # its rate, not 6e6

@@ -49,6 +49,7 @@ from guardrail.adapters.http.errors import NotReady
 from guardrail.adapters.http.parsing import read_json
 from guardrail.adapters.notify.alertmanager import ORIGIN, ORIGIN_LABEL
 from guardrail.domain.errors import GuardrailError
+from guardrail.domain.limits import INT64_MAX
 from guardrail.domain.rules import AlertState, ExternalAlert
 
 log = logging.getLogger("guardrail.http.alertmanager")
@@ -102,7 +103,7 @@ class AlertmanagerWebhookIn(_Payload):
 
     version: Literal["4"]
     groupKey: Annotated[str, Field(max_length=10_000)]
-    truncatedAlerts: Annotated[int, Field(ge=0)] = 0
+    truncatedAlerts: Annotated[int, Field(ge=0, le=INT64_MAX)] = 0
     status: Literal["firing", "resolved"]
     receiver: str = ""
     groupLabels: dict[str, str] = {}

@@ -13,6 +13,7 @@ from guardrail.adapters.http.errors import NotReady
 from guardrail.adapters.http.parsing import read_json, read_query
 from guardrail.adapters.http.routes import API, Route
 from guardrail.domain.drafts import Draft, DraftKind
+from guardrail.domain.limits import INT64_MAX
 from guardrail.service.drafts import DraftService
 
 DRAFTS = web.AppKey("guardrail.drafts", DraftService)
@@ -24,15 +25,16 @@ class DraftIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     llm: bool | None = Field(
-        None, description="true: ask the configured LLM (falls back to the offline templates); "
-        "false: offline templates; omitted: the LLM when one is configured"
+        None,
+        description="true: ask the configured LLM (falls back to the offline templates); "
+        "false: offline templates; omitted: the LLM when one is configured",
     )
 
 
 class DraftQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int | None = Field(None, ge=1, description="omitted: the newest version")
+    version: int | None = Field(None, ge=1, le=INT64_MAX, description="omitted: the newest version")
     format: Literal["json", "markdown"] = "json"
 
 
@@ -87,7 +89,9 @@ def _respond(request: web.Request, draft: Draft, status: int, fmt: str = "json")
         return web.Response(text=draft.markdown, status=status, content_type="text/markdown", charset="utf-8")
     out = DraftOut.of(draft, svc.url(draft))
     return web.Response(
-        body=out.model_dump_json().encode(), status=status, content_type="application/json",
+        body=out.model_dump_json().encode(),
+        status=status,
+        content_type="application/json",
         headers={"Location": out.url} if status == 201 else None,
     )
 

@@ -39,6 +39,7 @@ from guardrail.adapters.http.schemas import (
 )
 from guardrail.config import Settings
 from guardrail.domain.errors import ConflictError, ValidationError
+from guardrail.domain.limits import check_not_ahead, check_window
 from guardrail.domain.model import Sample
 from guardrail.domain.records import Deploy
 from guardrail.service.engine import Engine
@@ -131,6 +132,9 @@ async def create_deploy(request: web.Request) -> web.Response:
     body = await read_json(request, MarkerIn)
     marker = body.to_domain(request.app[SETTINGS].analysis)
     engine = _engine(request)
+    now = engine.clock()
+    check_not_ahead(marker.started_at, now=now, field="started_at")
+    check_not_ahead(marker.commit_time, now=now, field="commit_time")
     deploy, created = await engine.record_deploy(marker, idempotency_key=key)
     if created:
         # as stored, so that a replay (read from the store) answers with the very same body
@@ -204,7 +208,14 @@ async def push_samples(request: web.Request) -> web.Response:
         except ValidationError as e:
             where = f"samples[{i}].{e.field}" if e.field else f"samples[{i}]"
             raise ValidationError(f"{where}: {e.detail}", field=where) from None
-    result = await _engine(request).ingest(request.match_info["id"], samples)
+    deploy = await _existing(request)
+    started = deploy.marker.started_at if deploy.marker.started_at is not None else deploy.data_time
+    for i, sample in enumerate(samples):  # windows near the deploy's data time only (docs/hardening.md)
+        try:
+            check_window(sample.start, sample.end, deploy_start=started)
+        except ValidationError as e:
+            raise ValidationError(f"samples[{i}].{e.detail}", field=f"samples[{i}].{e.field}") from None
+    result = await _engine(request).ingest(deploy.id, samples)
     out = IngestOut(
         accepted=result.accepted, duplicates=result.duplicates, deploy=_deploy_out(request, result.deploy)
     )

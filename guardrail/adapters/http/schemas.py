@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from guardrail.config import AnalysisDefaults
 from guardrail.domain.errors import ValidationError
+from guardrail.domain.limits import CONTROL_HELP, INT64_MAX, MAX_TIMESTAMP, identifier_problem
 from guardrail.domain.model import ChangeType, DeployState, Histogram, Sample, Step, Strategy, Track
 from guardrail.domain.records import AdapterRef, AnalysisSettings, Deploy, Marker, TimelineEvent
 from guardrail.domain.rollout import Rollout
@@ -59,11 +60,27 @@ def parse_timestamp(value: Any) -> float:
                 raise PydanticCustomError(
                     "timestamp", "timestamp has no UTC offset: expected " + TIMESTAMP_HELP
                 ) from None
-            return dt.timestamp()
-    value = float(value)
+            try:
+                value = dt.timestamp()
+            except (OverflowError, ValueError):  # out of the platform's range
+                value = -1.0
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond a double
+        value = math.inf
     if not math.isfinite(value) or value < 0:
         raise PydanticCustomError(
             "timestamp", "timestamp must be finite unix seconds >= 0 or " + TIMESTAMP_HELP
+        )
+    return _in_range(value)
+
+
+def _in_range(value: float) -> float:
+    if value > MAX_TIMESTAMP:
+        raise PydanticCustomError(
+            "timestamp",
+            f"timestamp must be before the year 10000 (unix seconds <= {MAX_TIMESTAMP:.0f}): "
+            "expected " + TIMESTAMP_HELP,
         )
     return value
 
@@ -73,7 +90,10 @@ Timestamp = Annotated[
     BeforeValidator(parse_timestamp),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}],
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP},
+            ],
             "description": TIMESTAMP_HELP,
         },
         mode="validation",
@@ -81,6 +101,40 @@ Timestamp = Annotated[
 ]
 UnixTime = Annotated[float, Field(description="unix seconds")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _identifier(value: Any) -> Any:
+    """Before stripping: a trailing newline is refused, not quietly removed."""
+    if isinstance(value, str):
+        problem = identifier_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("identifier", problem)
+    return value
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        problem = identifier_problem(value, dash=False)
+        if problem is not None:
+            raise PydanticCustomError("printable", problem)
+    return value
+
+
+def _printable_keys(value: Any) -> Any:
+    """Every key of a mapping printable (checked on the whole mapping: the key is not echoed in the
+    error's field path)."""
+    if isinstance(value, dict) and any(
+        isinstance(k, str) and identifier_problem(k, dash=False) for k in value
+    ):
+        raise PydanticCustomError("printable", "keys " + CONTROL_HELP)
+    return value
+
+
+# service, environment, version, commit ...: printable, no leading '-' (they reach log lines, label
+# values, pages and a deploy command's arguments)
+Identifier = Annotated[Name, BeforeValidator(_identifier)]
+PrintableName = Annotated[str, StringConstraints(max_length=200), BeforeValidator(_printable)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # what a BIGINT holds
 Text = Annotated[str, StringConstraints(max_length=10_000)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -119,7 +173,9 @@ class StepIn(_In):
     ``servers`` (cumulative servers on the new version, or "all"; rolling), not both."""
 
     weight: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
-    servers: Annotated[Annotated[int, Field(ge=1)] | Literal["all"] | None, BeforeValidator(_servers)] = None
+    servers: Annotated[
+        Annotated[int, Field(ge=1, le=INT64_MAX)] | Literal["all"] | None, BeforeValidator(_servers)
+    ] = None
     min_duration_s: Seconds = 0.0
 
     @model_validator(mode="after")
@@ -160,7 +216,7 @@ class MetricsIn(_In):
 
 
 class AdapterIn(_In):
-    name: Name = "noop"
+    name: Identifier = "noop"
     config: dict[str, Any] = Field(
         default_factory=dict, description="the adapter's settings; may hold secrets, never returned"
     )
@@ -193,13 +249,13 @@ _WEIGHT_STRATEGIES = (Strategy.CANARY, Strategy.BLUE_GREEN)
 class MarkerIn(_In):
     """The deploy marker CI posts when it starts a deploy."""
 
-    service: Name
-    environment: Name
-    version: Name
-    previous_version: Name
-    commit: Name
+    service: Identifier
+    environment: Identifier
+    version: Identifier
+    previous_version: Identifier
+    commit: Identifier
     commit_time: Timestamp | None = None
-    author: Annotated[str, StringConstraints(max_length=200)] = ""
+    author: PrintableName = ""
     change_type: ChangeType
     strategy: Strategy
     description: Text = ""
@@ -216,18 +272,27 @@ class MarkerIn(_In):
     started_at: Timestamp | None = Field(
         None, description="data time of the deploy (default: when it is recorded). " + TIMESTAMP_HELP
     )
-    checklist: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], bool], Field(max_length=50)] = Field(
+    checklist: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=100)], bool],
+        Field(max_length=50),
+        BeforeValidator(_printable_keys),
+    ] = Field(
         default_factory=dict,
         description="the pre-deployment checklist as CI answers it: tests_passed, review_approved, "
         "migrations_tested_on_staging, rollback_plan_documented, monitoring_configured, oncall_available",
     )
     fast_track: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = Field(
-        "", description="a reason to fast-track a security patch or emergency bug fix past blocking policy "
-        "checks; recorded in the timeline"
+        "",
+        description="a reason to fast-track a security patch or emergency bug fix past blocking policy "
+        "checks; recorded in the timeline",
     )
     links: Annotated[
-        dict[Annotated[str, StringConstraints(max_length=50)], Annotated[str, StringConstraints(max_length=2000)]],
+        dict[
+            Annotated[str, StringConstraints(max_length=50)],
+            Annotated[str, StringConstraints(max_length=2000)],
+        ],
         Field(max_length=20),
+        BeforeValidator(_printable_keys),
     ] = Field(default_factory=dict, description='e.g. {"pr": url, "ci_run": url, "issue": url}')
 
     def check_steps(self) -> None:
@@ -292,7 +357,7 @@ class HistogramIn(_In):
     bounds: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
         description="finite bucket upper bounds in seconds, increasing"
     )
-    counts: list[Annotated[int, Field(ge=0)]] = Field(
+    counts: list[Count] = Field(
         description="per-bucket counts (not cumulative), len(bounds) + 1 entries, +Inf bucket last"
     )
 
@@ -303,8 +368,8 @@ class SampleIn(_In):
     track: Track
     start: Timestamp
     end: Timestamp
-    requests: Annotated[int, Field(ge=0)]
-    errors: Annotated[int, Field(ge=0)] = 0
+    requests: Count
+    errors: Count = 0
     latency_histogram: HistogramIn | None = None
     latencies: Annotated[
         list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(max_length=100_000)
@@ -342,7 +407,7 @@ class ListQuery(_Query):
 
 
 class EventsQuery(_Query):
-    after: int = Field(0, ge=0, description="only events with a larger seq (for polling)")
+    after: int = Field(0, ge=0, le=INT64_MAX, description="only events with a larger seq (for polling)")
 
 
 class WaitQuery(_Query):
@@ -447,7 +512,9 @@ class OutlookOut(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    basis: str = Field(description="where the traffic figures come from (the last deploy, or this one so far)")
+    basis: str = Field(
+        description="where the traffic figures come from (the last deploy, or this one so far)"
+    )
     total_rps: float
     canary_share: float
     error_rate: float | None
