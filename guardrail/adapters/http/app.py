@@ -18,6 +18,7 @@ from guardrail.adapters.http.alertmanager_hook import AlertSink, install_alert_h
 from guardrail.adapters.http.auth import Authenticator
 from guardrail.adapters.http.dora_api import DORA_ROUTES
 from guardrail.adapters.http.drafts_api import DRAFT_ROUTES, DRAFTS
+from guardrail.adapters.http.drafts_api import document as document_drafts
 from guardrail.adapters.http.errors import (
     from_guardrail_error,
     from_http_exception,
@@ -135,6 +136,8 @@ def create_app(
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[error_middleware, auth_middleware],
+        # bodies are inflated by parsing.read_body: bounded, and a truncated gzip body is an error
+        handler_args={"auto_decompress": False},
     )
     app[ENGINE] = engine
     app[SETTINGS] = settings
@@ -146,6 +149,7 @@ def create_app(
     install_alert_hook(app, alert_sink)  # POST /hooks/alertmanager hands alerts to alert_sink
     app[OPENAPI] = build_openapi(ALL_ROUTES, version=_version(), server_url=settings.server.public_url)
     document_otlp(app[OPENAPI])
+    document_drafts(app[OPENAPI])
     app[OTLP] = otlp or OtlpIngest(engine, telemetry=telemetry)
     for r in ALL_ROUTES:
         app.router.add_route(

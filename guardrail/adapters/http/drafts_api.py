@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardrail.adapters.http.errors import NotReady
-from guardrail.adapters.http.parsing import read_json, read_query
+from guardrail.adapters.http.parsing import read_body, read_json, read_query
 from guardrail.adapters.http.routes import API, Route
 from guardrail.domain.drafts import Draft, DraftKind
 from guardrail.domain.limits import INT64_MAX
@@ -97,7 +97,7 @@ def _respond(request: web.Request, draft: Draft, status: int, fmt: str = "json")
 
 
 async def create_draft(request: web.Request) -> web.Response:
-    body = DraftIn() if not (await request.read()).strip() else await read_json(request, DraftIn)
+    body = DraftIn() if not (await read_body(request)).strip() else await read_json(request, DraftIn)
     draft = await _service(request).draft(
         request.match_info["id"], request.match_info["kind"], use_llm=body.llm, trigger="request"
     )
@@ -115,6 +115,17 @@ async def list_drafts(request: web.Request) -> web.Response:
     drafts = await svc.list(request.match_info["id"])
     out = DraftList(drafts=[DraftOut.of(d, svc.url(d), with_text=False) for d in drafts])
     return web.Response(body=out.model_dump_json().encode(), content_type="application/json")
+
+
+def document(openapi: dict[str, Any]) -> None:
+    """``getDraft`` answers the Markdown itself (``text/markdown``) with ``?format=markdown`` or
+    ``Accept: text/markdown``: say so in the OpenAPI document built from the route table."""
+    op = openapi["paths"][f"{API}/deploys/{{id}}/drafts/{{kind}}"]["get"]
+    ok = op["responses"]["200"]
+    ok["description"] = (
+        "The draft as JSON; the Markdown itself (text/markdown) with ?format=markdown or Accept: text/markdown"
+    )
+    ok["content"]["text/markdown"] = {"schema": {"type": "string", "description": "the draft's Markdown"}}
 
 
 DRAFT_ROUTES: tuple[Route, ...] = (

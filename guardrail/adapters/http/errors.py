@@ -70,6 +70,13 @@ class InvalidJson(ApiError):
     code = "invalid_json"
 
 
+class BadEncoding(ApiError):
+    """The body does not decode with its Content-Encoding (corrupt or truncated)."""
+
+    status = 400
+    code = "bad_encoding"
+
+
 class UnsupportedMediaType(ApiError):
     status = 415
     code = "unsupported_media_type"

@@ -3,7 +3,8 @@ case, answers with an ``ExportMetricsServiceResponse`` in the request's encoding
 
 - ``application/x-protobuf`` (what the OpenTelemetry SDKs and the Collector send) or
   ``application/json`` (OTLP/JSON); a gzip (or deflate) ``Content-Encoding`` is decompressed by
-  aiohttp, and the body size limit applies to the decompressed body.
+  :func:`~guardrail.adapters.http.parsing.read_body`, and the body size limit applies to the
+  compressed and to the decompressed body (a corrupt or truncated one is a 400, another encoding 415).
 - 200 with an empty response, or with ``partialSuccess`` counting the rejected points and why.
 - Every 4xx and 5xx (a body that cannot be decoded, auth, size, an internal error) carries a
   ``google.rpc.Status`` in the request's encoding, as the OTLP specification requires: protobuf for
@@ -19,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from guardrail.adapters.http.errors import PayloadTooLarge, UnsupportedMediaType
+from guardrail.adapters.http.parsing import read_body
 from guardrail.adapters.otlp import (
     JSON,
     PROTOBUF,
@@ -74,12 +76,9 @@ async def export_metrics(request: web.Request) -> web.Response:
             f"send OTLP metrics as application/x-protobuf or application/json, not {request.content_type}"
         )
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body too large: at most {request.client_max_size} bytes are accepted (after "
-            "decompression); lower the exporter's batch size"
-        ) from None
+        body = await read_body(request)
+    except PayloadTooLarge as e:
+        raise PayloadTooLarge(f"{e.detail}; lower the exporter's batch size") from None
     try:
         resources = decode_protobuf(body) if fmt == PROTOBUF else decode_json(body)
     except ValidationError as e:

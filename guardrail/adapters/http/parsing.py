@@ -6,6 +6,7 @@ secrets), except the short text given for an enumerated field."""
 from __future__ import annotations
 
 import types
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -13,7 +14,13 @@ import pydantic
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
-from guardrail.adapters.http.errors import InvalidFields, InvalidJson, PayloadTooLarge, UnsupportedMediaType
+from guardrail.adapters.http.errors import (
+    BadEncoding,
+    InvalidFields,
+    InvalidJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -117,19 +124,81 @@ def validation_error(
     return InvalidFields(problems)
 
 
+# Content-Encoding -> zlib's wbits (gzip: the gzip container; deflate: the zlib container, as RFC 9110
+# says, or a raw stream as some clients send)
+ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+ACCEPTED_ENCODINGS = "gzip, deflate or identity (none)"
+MAX_GZIP_MEMBERS = 64
+
+
+def _too_large(limit: int, after: str = "") -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body too large: at most {limit} bytes are accepted{after}")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, decoded: ``Content-Encoding`` gzip or deflate is inflated here (the app turns off
+    aiohttp's own decompression, which let a truncated gzip body through), and the size limit
+    (``client_max_size``) applies to the compressed body and to the inflated one, inflating no more
+    than the limit: a decompression bomb costs at most the limit in memory. 415 for an encoding
+    other than gzip, deflate or identity; 400 for a corrupt or truncated body; 413 over the limit."""
+    limit = request.client_max_size
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding not in ("", "identity") and encoding not in ENCODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not supported: send {ACCEPTED_ENCODINGS}",
+            field="Content-Encoding",
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    if encoding in ("", "identity") or not raw:
+        return raw
+    return inflate(raw, encoding, limit)
+
+
+def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """``raw`` decoded from ``encoding`` (gzip or deflate), at most ``limit`` bytes of it."""
+    wbits = ENCODINGS[encoding]
+    name = "gzip" if wbits == 31 else "deflate"
+    out = bytearray()
+    data = raw
+    for _ in range(MAX_GZIP_MEMBERS):  # gzip allows several members, one after the other
+        d = zlib.decompressobj(wbits)
+        try:
+            try:
+                chunk = d.decompress(data, limit + 1 - len(out))
+            except zlib.error:
+                if wbits != 15:
+                    raise
+                d = zlib.decompressobj(-15)  # a raw deflate stream without the zlib header
+                chunk = d.decompress(data, limit + 1 - len(out))
+            out += chunk
+            if len(out) > limit:
+                raise _too_large(limit, " after decompression")
+            if not d.eof:
+                raise BadEncoding(
+                    f"the body is truncated: its {name} stream ends early", field="Content-Encoding"
+                )
+        except zlib.error as e:
+            raise BadEncoding(f"the body is not valid {name} data ({e})", field="Content-Encoding") from None
+        data = d.unused_data
+        if wbits != 31 or not data:
+            if data:
+                raise BadEncoding(f"unexpected bytes after the {name} stream", field="Content-Encoding")
+            return bytes(out)
+    raise BadEncoding(f"more than {MAX_GZIP_MEMBERS} gzip members in one body", field="Content-Encoding")
+
+
 async def read_json(request: web.Request, model: type[M]) -> M:
-    """The body, validated strictly against ``model``. 415 for a non-JSON media type, 413 over the
-    size limit, 400 for invalid JSON or a body that does not fit the schema."""
+    """The body, validated strictly against ``model``. 415 for a non-JSON media type or an unknown
+    encoding, 413 over the size limit, 400 for a body that does not decode, invalid JSON or a body that
+    does not fit the schema."""
     if hdrs.CONTENT_TYPE in request.headers:
         ct = request.content_type
         if ct != "application/json" and not ct.endswith("+json"):
             raise UnsupportedMediaType(f"send the body as application/json, not {ct}")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body too large: at most {request.client_max_size} bytes are accepted"
-        ) from None
+    raw = await read_body(request)
     if not raw.strip():
         raise InvalidJson("a JSON body is required")
     try:

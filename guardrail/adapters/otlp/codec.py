@@ -40,19 +40,34 @@ _EMPTY_POINT = OtlpPoint((), 0, 0)
 # --- requests --------------------------------------------------------------------------------------
 
 
+TOO_DEEP = (
+    "the body nests too deeply (attribute values in arrays or key-value lists within arrays ...): "
+    "send flat attribute values"
+)
+
+
 def decode_protobuf(body: bytes) -> list[OtlpResource]:
     """A binary protobuf ``ExportMetricsServiceRequest``."""
     try:
         request = ExportMetricsServiceRequest.FromString(body)
+        return _resources(request)
     except DecodeError as e:
         raise ValidationError(
             f"the body is not a protobuf ExportMetricsServiceRequest ({e})", field="body"
         ) from None
-    return _resources(request)
+    except RecursionError:
+        raise ValidationError(TOO_DEEP, field="body") from None
 
 
 def decode_json(body: bytes) -> list[OtlpResource]:
     """An OTLP/JSON ``ExportMetricsServiceRequest``."""
+    try:
+        return _decode_json(body)
+    except RecursionError:  # json.loads, ParseDict and _value recurse on nested arrays and lists
+        raise ValidationError(TOO_DEEP, field="body") from None
+
+
+def _decode_json(body: bytes) -> list[OtlpResource]:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
