@@ -2,8 +2,7 @@
 with each single-scope token: no server error, and every answer's status, content type, headers and
 body as the document says.
 
-The app as ``guardrail.main.build_app`` wires it (SQLite store) runs on a loopback port in a thread
-of its own; each
+``guardrail serve`` (SQLite store) runs on a loopback port in a process of its own; each
 operation gets a bounded number of positive and negative examples (``FUZZ_EXAMPLES`` each), the
 deploy-scoped paths on a real deploy as well as on random ids. Every failing request is collected
 and the test fails listing them all (operation, check, status), not at the first one.
@@ -11,10 +10,12 @@ and the test fails listing them all (operation, check, status), not at the first
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
-import shutil
-import threading
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -36,11 +36,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from guardrail.config import Settings
-from guardrail.main import build_app
 from tests.api.helpers import marker
 
-FUZZ_EXAMPLES = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES", "6"))  # per operation, mode and token
+# examples per operation and generation mode (positive, negative), and per deploy id (a random one,
+# the real deploy's): more with the all-scopes token, fewer with each single scope (whose requests to
+# the other scopes' operations are all 403s)
+FUZZ_EXAMPLES = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES", "6"))
+FUZZ_EXAMPLES_SINGLE_SCOPE = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES_SINGLE_SCOPE", "3"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -65,6 +67,16 @@ class Served:
     base_url: str
     deploy_id: str
     openapi: dict[str, Any]
+    log: Path
+    pid: int
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -75,57 +87,70 @@ class Tally:
     failures: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (operation, check, status)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[Served]:
-    """The app on a loopback port, in a thread with its own event loop (schemathesis calls it with
-    blocking ``requests``)."""
-    path = tmp_path_factory.mktemp("fuzz") / "guardrail.db"
-    shutil.copyfile(migrated_db, path)
-    settings = Settings.model_validate(
-        {
-            "tokens": [{"name": f"fuzz-{n}", "token": token(n), "scopes": s} for n, s in TOKENS.items()],
-            "server": {"public_url": "http://127.0.0.1", "max_body_bytes": 64 * 1024, "wait_max_s": 0.05},
-            "database_url": f"sqlite+aiosqlite:///{path}",
-        }
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``guardrail serve`` in a process of its own on a loopback port (a thread of this process would
+    share its GIL with the example generation), on a fresh SQLite file."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    port = _free_port()
+    config = {
+        "database_url": f"sqlite+aiosqlite:///{tmp / 'guardrail.db'}",
+        "tokens": [{"name": f"fuzz-{n}", "token": token(n), "scopes": s} for n, s in TOKENS.items()],
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "max_body_bytes": 64 * 1024,
+            "wait_max_s": 0.05,  # the long-poll answers at once: the probe is about answers, not waiting
+        },
+    }
+    (tmp / "guardrail.yaml").write_text(json.dumps(config))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAIL_")}
+    log = (tmp / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardrail.cli", "serve", "--config", str(tmp / "guardrail.yaml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def start() -> None:
-        app = await build_app(settings)  # the composition root: everything wired as in production
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        state.update(runner=runner, port=runner.addresses[0][1])
-        ready.set()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30), "the app did not start"
-    base = f"http://127.0.0.1:{state['port']}"
-    doc = requests.get(f"{base}/api/v1/openapi.json", timeout=10).json()
-    created = requests.post(
-        f"{base}/api/v1/deploys", json=marker(), headers={"Authorization": f"Bearer {token('all')}"}, timeout=10
-    )
-    assert created.status_code == 201, created.text
-    yield Served(base, created.json()["id"], doc)
-
-    async def stop() -> None:
-        await state["runner"].cleanup()
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "guardrail serve did not become ready in 60 s"
+            time.sleep(0.2)
+        doc = requests.get(f"{base}/api/v1/openapi.json", timeout=10).json()
+        created = requests.post(
+            f"{base}/api/v1/deploys",
+            json=marker(),
+            headers={"Authorization": f"Bearer {token('all')}"},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        yield Served(base, created.json()["id"], doc, tmp / "server.log", proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
 
 
-def fuzz(served: Served, scope: str) -> Tally:
+def fuzz(served: Served, scope: str, examples: int) -> Tally:
     doc = {**served.openapi, "servers": [{"url": served.base_url}]}
     schema = schemathesis.openapi.from_dict(doc)
     headers = {"Authorization": f"Bearer {token(scope)}"}
@@ -140,18 +165,24 @@ def fuzz(served: Served, scope: str) -> Tally:
             for path_parameters in pinned:
                 strategy = op.as_strategy(generation_mode=mode, path_parameters=path_parameters)
                 try:
-                    _examples(strategy, op.label, served.base_url, session, headers, tally)()
+                    _examples(strategy, op.label, served.base_url, session, headers, tally, examples)()
                 except Unsatisfiable:  # no negative example exists (an operation without inputs)
                     tally.unsatisfiable += 1
     return tally
 
 
 def _examples(
-    strategy: Any, label: str, base_url: str, session: requests.Session, headers: dict[str, str], tally: Tally
+    strategy: Any,
+    label: str,
+    base_url: str,
+    session: requests.Session,
+    headers: dict[str, str],
+    tally: Tally,
+    examples: int,
 ) -> Any:
     @given(case=strategy)
     @settings(
-        max_examples=FUZZ_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=True,
@@ -180,12 +211,17 @@ def _examples(
 
 @pytest.mark.parametrize("scope", list(TOKENS))
 def test_schemathesis_finds_no_server_error_and_no_violation(served: Served, scope: str) -> None:
-    tally = fuzz(served, scope)
+    cpu, server_cpu = time.process_time(), served.cpu_s()
+    tally = fuzz(served, scope, FUZZ_EXAMPLES if scope == "all" else FUZZ_EXAMPLES_SINGLE_SCOPE)
+    cpu, server_cpu = time.process_time() - cpu, served.cpu_s() - server_cpu
     print(
         f"\nschemathesis, token with scope(s) {','.join(TOKENS[scope])}: {tally.requests} requests, "
-        f"{tally.server_errors} server error(s), {sum(tally.failures.values())} failed check(s)"
+        f"{tally.server_errors} server error(s), {sum(tally.failures.values())} failed check(s); "
+        f"CPU {cpu:.1f} s here, {server_cpu:.1f} s in the server"
     )
     assert tally.requests >= 100
-    problems = "\n".join(f"{n} x {op}: {check} (status {status})" for (op, check, status), n in tally.failures.items())
-    assert not tally.failures, problems
+    problems = "\n".join(
+        f"{n} x {op}: {check} (status {status})" for (op, check, status), n in tally.failures.items()
+    )
+    assert not tally.failures, f"{problems}\n--- server log (tail) ---\n{served.log.read_text()[-4000:]}"
     assert tally.server_errors == 0
