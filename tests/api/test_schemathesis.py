@@ -41,8 +41,8 @@ from tests.api.helpers import marker
 # examples per operation and generation mode (positive, negative), and per deploy id (a random one,
 # the real deploy's): more with the all-scopes token, fewer with each single scope (whose requests to
 # the other scopes' operations are all 403s)
-FUZZ_EXAMPLES = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES", "6"))
-FUZZ_EXAMPLES_SINGLE_SCOPE = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES_SINGLE_SCOPE", "3"))
+FUZZ_EXAMPLES = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES", "4"))
+FUZZ_EXAMPLES_SINGLE_SCOPE = int(os.environ.get("GUARDRAIL_FUZZ_EXAMPLES_SINGLE_SCOPE", "2"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -225,3 +225,54 @@ def test_schemathesis_finds_no_server_error_and_no_violation(served: Served, sco
     )
     assert not tally.failures, f"{problems}\n--- server log (tail) ---\n{served.log.read_text()[-4000:]}"
     assert tally.server_errors == 0
+
+
+def test_schemathesis_coverage_phase_finds_no_server_error_and_no_violation(
+    served: Served, tmp_path: Path
+) -> None:
+    """``st run`` itself, with its deterministic coverage phase (boundary values, values just outside
+    each constraint, wrong types, missing required fields) and the documented examples, with the
+    all-scopes token; the figures come from schemathesis' own JSON report."""
+    report = tmp_path / "schemathesis.json"
+    st = Path(sys.executable).with_name("st")
+    cmd = [
+        str(st),
+        "run",
+        f"{served.base_url}/api/v1/openapi.json",
+        "--url",
+        served.base_url,
+        "-H",
+        f"Authorization: Bearer {token('all')}",
+        "--checks",
+        ",".join(c.__name__ for c in CHECKS),
+        "--phases",
+        "examples,coverage",
+        "--generation-deterministic",
+        "--continue-on-failure",
+        "--request-timeout",
+        "10",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        "--no-color",
+    ]
+    server_cpu = served.cpu_s()
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}
+    )
+    server_cpu = served.cpu_s() - server_cpu
+    out = json.loads(report.read_text())
+    cases = out["test_cases"]
+    print(
+        f"\nschemathesis run (examples, coverage), token with every scope: {cases['generated']} test cases, "
+        f"{cases['with_failures']} with failures, {cases['unique_failures']} unique failure(s) "
+        f"({', '.join(f['code'] + ' ' + f['title'] for f in out['failures']) or 'none'}); "
+        f"{out['operations']['tested']} operations; {out['running_time']:.0f} s, {server_cpu:.1f} s CPU in the server"
+    )
+    assert out["operations"]["tested"] == out["operations"]["total"] >= 20
+    assert cases["generated"] >= 500
+    assert not out["failures"] and not out["errors"], (
+        f"{run.stdout[-6000:]}\n{served.log.read_text()[-3000:]}"
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
