@@ -23,7 +23,7 @@ ERROR_HELP = {
     404: "No such deploy",
     409: "The deploy's state forbids this (or the Idempotency-Key was used for another deploy)",
     413: "Request body over the configured limit",
-    415: "The body is not application/json",
+    415: "The body is not application/json, or its Content-Encoding is not gzip, deflate or identity",
     500: "Internal error (details in the server log only)",
     502: "A deploy adapter failed",
     503: "Not ready: the database is unreachable",

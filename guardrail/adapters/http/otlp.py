@@ -144,5 +144,6 @@ def document(openapi: dict[str, Any]) -> None:
     }
     if "415" in op["responses"]:
         op["responses"]["415"]["description"] = (
-            "The body is neither application/x-protobuf nor application/json"
+            "The body is neither application/x-protobuf nor application/json, or its Content-Encoding is "
+            "not gzip, deflate or identity"
         )
