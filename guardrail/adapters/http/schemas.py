@@ -132,7 +132,11 @@ def _printable_keys(value: Any) -> Any:
 
 # service, environment, version, commit ...: printable, no leading '-' (they reach log lines, label
 # values, pages and a deploy command's arguments)
-Identifier = Annotated[Name, BeforeValidator(_identifier)]
+Identifier = Annotated[
+    Name,
+    BeforeValidator(_identifier),
+    Field(description="1-200 printable characters (no control characters), not starting with '-'"),
+]
 PrintableName = Annotated[str, StringConstraints(max_length=200), BeforeValidator(_printable)]
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # what a BIGINT holds
 Text = Annotated[str, StringConstraints(max_length=10_000)]
