@@ -121,15 +121,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine is slow to import it all
         while True:
             assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
             try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
-            assert time.monotonic() < deadline, "guardrail serve did not become ready in 60 s"
+            assert time.monotonic() < deadline, "guardrail serve did not become ready in 180 s"
             time.sleep(0.2)
         doc = requests.get(f"{base}/api/v1/openapi.json", timeout=10).json()
         created = requests.post(
