@@ -258,8 +258,8 @@ def test_schemathesis_coverage_phase_finds_no_server_error_and_no_violation(
         "--no-color",
     ]
     server_cpu = served.cpu_s()
-    run = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}
+    run = subprocess.run(  # in tmp_path: st keeps a cache directory (.schemathesis/) where it runs
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path
     )
     server_cpu = served.cpu_s() - server_cpu
     out = json.loads(report.read_text())
