@@ -27,14 +27,17 @@ if [ -f "$(dirname "$0")/hang-on-$1-$2" ]; then rm "$(dirname "$0")/hang-on-$1-$
 class Server(GuardrailProcess):
     """One guardrail on SQLite in ``tmp``, its target adapter the logging ``deploy.sh``."""
 
-    def __init__(self, tmp: Path, port: int) -> None:
+    def __init__(
+        self, tmp: Path, port: int, *, database_url: str | None = None, engine: str = "{tick_s: 0.5}",
+        script_text: str = SCRIPT,
+    ) -> None:
         super().__init__(tmp / "guardrail.yaml", tmp / "server.log", port)
         script = tmp / "deploy.sh"
-        script.write_text(SCRIPT)
+        script.write_text(script_text)
         script.chmod(0o755)
         self.config.write_text(command_target_config(
-            database_url=f"sqlite+aiosqlite:///{tmp / 'guardrail.db'}", port=port, token=TOKEN,
-            engine="{tick_s: 0.5}", script=script,
+            database_url=database_url or f"sqlite+aiosqlite:///{tmp / 'guardrail.db'}", port=port, token=TOKEN,
+            engine=engine, script=script,
         ))
 
     async def start(self) -> None:
@@ -44,6 +47,8 @@ class Server(GuardrailProcess):
 
 
 def _calls(tmp: Path) -> list[tuple[str, str, str]]:
+    if not (tmp / "calls.log").exists():
+        return []
     return [tuple(line.split()) for line in (tmp / "calls.log").read_text().splitlines()]  # type: ignore[misc]
 
 
@@ -114,3 +119,142 @@ async def test_kill_9_mid_rollout_then_restart_finishes_with_each_action_once(tm
     assert repeated == ([("apply", "3")] if crash == "during_an_action" else [])
     if crash == "during_an_action":
         assert any("carrying it out again with the same action key" in e["message"] for e in events)
+
+
+# --- many trials, pushes back to back, on SQLite and PostgreSQL ------------------------------------
+#
+# A trial is one deploy rolled out by pushes sent back to back (each the moment the last is answered)
+# through a kill -9 of the server and an immediate restart. Five trials share a server (a round), so
+# 20 trials start it only 8 times: three of a round hang in an adapter call (apply 2, apply 3 or the
+# finalize) when the kill lands, two are between steps with their pushes in flight.
+
+ROUNDS, PER_ROUND = 4, 5
+HANGS = ("apply 2", "apply 3", "finalize 0", None, None)
+WEIGHTS = {"apply 1": 0.1, "apply 2": 0.5, "apply 3": 1.0}
+ROUND_SCRIPT = """#!/bin/sh
+# usage: deploy.sh KIND STEP  -- logs every call with its action key; hangs where a file says so
+echo "$GUARDRAIL_ACTION_KEY $1 $2" >> "$(dirname "$0")/calls.log"
+f="$(dirname "$0")/hang-on-$GUARDRAIL_DEPLOY_ID-$1-$2"
+if [ -f "$f" ]; then rm "$f"; sleep 30; fi
+"""
+FINAL = ("promoted", "rolled_back", "rollback_failed")
+
+
+def _deploy_calls(tmp: Path, deploy_id: str) -> list[str]:
+    """``kind step`` of each call made for the deploy, in order (the action key starts with its id)."""
+    return [f"{kind} {step}" for key, kind, step in _calls(tmp) if key.startswith(f"{deploy_id}:")]
+
+
+def _judge_trial(tmp: Path, deploy_id: str, state: str, hang: str | None) -> str:
+    """Why the trial failed, or '' when it passed."""
+    if state != "promoted":
+        return f"ended {state}"
+    calls = [(key, kind, step) for key, kind, step in _calls(tmp) if key.startswith(f"{deploy_id}:")]
+    distinct = list(dict.fromkeys(f"{kind} {step}" for _, kind, step in calls))
+    if distinct != ["apply 1", "apply 2", "apply 3", "finalize 0"]:
+        return f"calls {distinct}"
+    for what in distinct:
+        keys = [key for key, kind, step in calls if f"{kind} {step}" == what]
+        if len(set(keys)) != 1 or len(keys) > 2 or (what == hang and len(keys) != 2):
+            return f"{what} called {len(keys)} time(s) with keys {sorted(set(keys))}"
+    return ""
+
+
+async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float]:
+    """One round of PER_ROUND trials. Returns each trial's failure ('' when it passed), and seconds."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    port = free_port()
+    # short leases, so a dead process's lease runs out within the trial (the default is 15 s)
+    server = Server(tmp, port, database_url=database_url, script_text=ROUND_SCRIPT,
+                    engine="{tick_s: 0.5, lease_s: 2, lease_wait_s: 10}")
+    base = f"http://127.0.0.1:{port}/api/v1"
+    traffic = SyntheticTraffic(rate=400)
+    await server.start()
+    killed = asyncio.Event()
+    up = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"},
+                                         timeout=aiohttp.ClientTimeout(total=60)) as http:
+            ids = []
+            for j in range(PER_ROUND):
+                rng = np.random.default_rng(1000 * r + j)
+                marker = {"service": f"checkout-{r}-{j}", "environment": "production", "version": "2.0.0",
+                          "previous_version": "1.9.9", "commit": "f00ba47", "change_type": "feature",
+                          "strategy": "canary", "started_at": T0, "adapter": {"name": "target"},
+                          # the trials between steps have long steps: mid-rollout when the kill lands
+                          "steps": [{"weight": 10, "min_duration_s": 30 if HANGS[j] else 200},
+                                    {"weight": 50, "min_duration_s": 30 if HANGS[j] else 200}, {"weight": 100}]}
+                async with http.post(f"{base}/deploys", json=marker) as resp:
+                    assert resp.status == 201, await resp.text()
+                    deploy_id = (await resp.json())["id"]
+                ids.append(deploy_id)
+                if HANGS[j]:
+                    (tmp / f"hang-on-{deploy_id}-{HANGS[j].replace(' ', '-')}").touch()
+                async with http.post(f"{base}/deploys/{deploy_id}/samples",
+                                     json={"samples": [sample_json(s) for s in traffic.history(rng)]}) as resp:
+                    assert resp.status == 202, await resp.text()
+            up.set()
+
+            async def push(j: int) -> str:
+                rng = np.random.default_rng(1000 * r + 100 + j)
+                state, k = "analyzing", 0
+                while state not in FINAL and loop.time() < t0 + 60:
+                    if not up.is_set():
+                        await up.wait()
+                    applied = _deploy_calls(tmp, ids[j])
+                    c, b = traffic.window(rng, T0 + 10 * k, weight=WEIGHTS.get(applied[-1], 1.0) if applied else 0.1)
+                    try:
+                        async with http.post(f"{base}/deploys/{ids[j]}/samples",
+                                             json={"samples": [sample_json(c), sample_json(b)]},
+                                             timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                            if resp.status != 202:  # e.g. 503 while a dead replica's lease runs out
+                                await asyncio.sleep(0.05)
+                                continue
+                            state = (await resp.json())["deploy"]["state"]
+                    except (aiohttp.ClientError, TimeoutError):  # the server is down: the window again
+                        await asyncio.sleep(0.05)
+                        continue
+                    k += 1
+                if state in FINAL:  # adapter actions may still be settling after the last push
+                    async with http.get(f"{base}/deploys/{ids[j]}/wait", params={"timeout": "15"}) as resp:
+                        state = (await resp.json())["state"]
+                return state if state in FINAL else f"{state} after {k} windows (stuck)"
+
+            async def killer() -> None:
+                hangs = [(i, h) for i, h in zip(ids, HANGS, strict=True) if h]
+                while not all(_deploy_calls(tmp, i)[-1:] == [h] for i, h in hangs):
+                    await asyncio.sleep(0.01)
+                up.clear()
+                server.kill()
+                killed.set()
+                await server.start()
+                up.set()
+
+            kill_task = asyncio.ensure_future(killer())
+            states = await asyncio.gather(*(push(j) for j in range(PER_ROUND)))
+            if not killed.is_set():
+                kill_task.cancel()
+            await asyncio.gather(kill_task, return_exceptions=True)
+    finally:
+        server.stop()
+    if not killed.is_set():
+        return [f"ended {s} before the kill" for s in states], loop.time() - t0
+    return [_judge_trial(tmp, i, s, h) for i, s, h in zip(ids, states, HANGS, strict=True)], loop.time() - t0
+
+
+async def test_kill_9_trials_with_pushes_back_to_back_each_reach_the_final_state(
+    tmp_path: Path, store_url: str
+) -> None:
+    """20 trials on each database: each deploy is promoted and each action carried out once (the one
+    a kill cut short repeated once, with the same key), however the pushes keep coming."""
+    failures, seconds = [], 0.0
+    for r in range(ROUNDS):
+        trial = tmp_path / f"round-{r}"
+        trial.mkdir()
+        whys, secs = await _round(trial, store_url, r)
+        seconds += secs
+        failures += [(f"{r}.{j}", why) for j, why in enumerate(whys) if why]
+    n = ROUNDS * PER_ROUND
+    print(f"kill -9 trials: {n - len(failures)}/{n} passed in {seconds:.0f} s")
+    assert not failures, f"{len(failures)}/{n} trials failed: {failures}"
