@@ -124,12 +124,16 @@ async def test_kill_9_mid_rollout_then_restart_finishes_with_each_action_once(tm
 # --- many trials, pushes back to back, on SQLite and PostgreSQL ------------------------------------
 #
 # A trial is one deploy rolled out by pushes sent back to back (each the moment the last is answered)
-# through a kill -9 of the server and an immediate restart. Five trials share a server (a round), so
-# 20 trials start it only 8 times: three of a round hang in an adapter call (apply 2, apply 3 or the
-# finalize) when the kill lands, two are between steps with their pushes in flight.
+# through a kill -9 of the server and an immediate restart. It passes when a push answered during the
+# replay reports the deploy promoted, with each action carried out once (the one the kill cut short
+# repeated once, with the same key). Ten trials share a server (a round), so 20 trials start it only
+# 4 times: six of a round hang in an adapter call (apply 2, apply 3 or the finalize) when the kill
+# lands, four are between steps with their pushes in flight.
 
-ROUNDS, PER_ROUND = 4, 5
-HANGS = ("apply 2", "apply 3", "finalize 0", None, None)
+ROUNDS, PER_ROUND = 2, 10
+HANGS = ("apply 2", "apply 3", "finalize 0", None, None) * 2
+PUSHERS = 2  # per deploy, so the next push arrives while the last is being handled
+REPLAY = 150  # windows per deploy (25 minutes of data): an uninterrupted rollout needs about 20-60
 WEIGHTS = {"apply 1": 0.1, "apply 2": 0.5, "apply 3": 1.0}
 ROUND_SCRIPT = """#!/bin/sh
 # usage: deploy.sh KIND STEP  -- logs every call with its action key; hangs where a file says so
@@ -165,9 +169,9 @@ async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     port = free_port()
-    # short leases, so a dead process's lease runs out within the trial (the default is 15 s)
+    # leases longer than a restart takes on a loaded machine: the dead process still holds its deploys
     server = Server(tmp, port, database_url=database_url, script_text=ROUND_SCRIPT,
-                    engine="{tick_s: 0.5, lease_s: 2, lease_wait_s: 10}")
+                    engine="{tick_s: 0.5, lease_s: 20, lease_wait_s: 40}")
     base = f"http://127.0.0.1:{port}/api/v1"
     traffic = SyntheticTraffic(rate=400)
     await server.start()
@@ -183,8 +187,8 @@ async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float
                           "previous_version": "1.9.9", "commit": "f00ba47", "change_type": "feature",
                           "strategy": "canary", "started_at": T0, "adapter": {"name": "target"},
                           # the trials between steps have long steps: mid-rollout when the kill lands
-                          "steps": [{"weight": 10, "min_duration_s": 30 if HANGS[j] else 200},
-                                    {"weight": 50, "min_duration_s": 30 if HANGS[j] else 200}, {"weight": 100}]}
+                          "steps": [{"weight": 10, "min_duration_s": 30 if HANGS[j] else 100},
+                                    {"weight": 50, "min_duration_s": 30 if HANGS[j] else 100}, {"weight": 100}]}
                 async with http.post(f"{base}/deploys", json=marker) as resp:
                     assert resp.status == 201, await resp.text()
                     deploy_id = (await resp.json())["id"]
@@ -196,43 +200,55 @@ async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float
                     assert resp.status == 202, await resp.text()
             up.set()
 
-            async def push(j: int) -> str:
-                rng = np.random.default_rng(1000 * r + 100 + j)
-                state, k = "analyzing", 0
-                while state not in FINAL and loop.time() < t0 + 60:
+            windows = [0] * PER_ROUND
+            states = ["analyzing"] * PER_ROUND
+
+            async def push(j: int, rng: np.random.Generator) -> None:
+                while states[j] not in FINAL and windows[j] < REPLAY:
                     if not up.is_set():
                         await up.wait()
                     applied = _deploy_calls(tmp, ids[j])
+                    k = windows[j]
+                    windows[j] += 1
                     c, b = traffic.window(rng, T0 + 10 * k, weight=WEIGHTS.get(applied[-1], 1.0) if applied else 0.1)
-                    try:
-                        async with http.post(f"{base}/deploys/{ids[j]}/samples",
-                                             json={"samples": [sample_json(c), sample_json(b)]},
-                                             timeout=aiohttp.ClientTimeout(total=15)) as resp:
-                            if resp.status != 202:  # e.g. 503 while a dead replica's lease runs out
-                                await asyncio.sleep(0.05)
-                                continue
-                            state = (await resp.json())["deploy"]["state"]
-                    except (aiohttp.ClientError, TimeoutError):  # the server is down: the window again
-                        await asyncio.sleep(0.05)
-                        continue
-                    k += 1
-                if state in FINAL:  # adapter actions may still be settling after the last push
-                    async with http.get(f"{base}/deploys/{ids[j]}/wait", params={"timeout": "15"}) as resp:
-                        state = (await resp.json())["state"]
-                return state if state in FINAL else f"{state} after {k} windows (stuck)"
+                    body = {"samples": [sample_json(c), sample_json(b)]}
+                    while True:
+                        try:
+                            async with http.post(f"{base}/deploys/{ids[j]}/samples", json=body,
+                                                 timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                                if resp.status == 202:
+                                    state = (await resp.json())["deploy"]["state"]
+                                    if states[j] not in FINAL:
+                                        states[j] = state
+                                    break
+                        except (aiohttp.ClientError, TimeoutError):  # the server is down
+                            pass
+                        await asyncio.sleep(0.05)  # the same window again (or a 503 while a lease runs out)
+                        if not up.is_set():
+                            await up.wait()
 
             async def killer() -> None:
                 hangs = [(i, h) for i, h in zip(ids, HANGS, strict=True) if h]
                 while not all(_deploy_calls(tmp, i)[-1:] == [h] for i, h in hangs):
                     await asyncio.sleep(0.01)
                 up.clear()
+                print(f"round {r}: kill at {loop.time() - t0:.1f} s")
                 server.kill()
                 killed.set()
                 await server.start()
+                print(f"round {r}: up at {loop.time() - t0:.1f} s")
                 up.set()
 
             kill_task = asyncio.ensure_future(killer())
-            states = await asyncio.gather(*(push(j) for j in range(PER_ROUND)))
+            await asyncio.gather(*(push(j, np.random.default_rng(1000 * r + 100 * p + j))
+                                   for j in range(PER_ROUND) for p in range(PUSHERS)))
+            for j in range(PER_ROUND):
+                print(f"round {r} deploy {j} hang {HANGS[j]}: {states[j]} after {windows[j]} windows")
+                if states[j] in FINAL:  # actions may still be settling after the push that ended it
+                    async with http.get(f"{base}/deploys/{ids[j]}/wait", params={"timeout": "15"}) as resp:
+                        states[j] = (await resp.json())["state"]
+                else:
+                    states[j] = f"{states[j]} at the end of the replay ({REPLAY} windows)"
             if not killed.is_set():
                 kill_task.cancel()
             await asyncio.gather(kill_task, return_exceptions=True)
@@ -240,6 +256,7 @@ async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float
         server.stop()
     if not killed.is_set():
         return [f"ended {s} before the kill" for s in states], loop.time() - t0
+    print(f"round {r}: {loop.time() - t0:.1f} s")
     return [_judge_trial(tmp, i, s, h) for i, s, h in zip(ids, states, HANGS, strict=True)], loop.time() - t0
 
 
