@@ -11,7 +11,7 @@ import pytest
 from guardrail.domain.model import DeployState
 from guardrail.domain.records import ActionStatus, EventKind
 from guardrail.ports import ActionResult, DeployTarget
-from guardrail.testing import ManualClock, RecordingDeployAdapter
+from guardrail.testing import T0, ManualClock, RecordingDeployAdapter
 from tests.integration.test_engine import make_engine, marker
 
 pytestmark = pytest.mark.integration
@@ -86,3 +86,70 @@ async def test_another_replica_carries_out_an_action_a_stopped_replica_left_runn
         hanging.release.set()
         await a.close()
         await b.close()
+
+
+async def test_a_replica_whose_clock_runs_an_hour_ahead_leaves_a_live_replicas_deploy_alone(store) -> None:
+    """Lease expiry is reckoned on the database's clock, not on each replica's."""
+    hanging, survivor = HangingRollback(), RecordingDeployAdapter()
+    a = make_engine(store, hanging, ManualClock(), engine={"leases": "on", "replica_id": "a", "lease_s": 30})
+    b = make_engine(store, survivor, ManualClock(T0 + 3600), engine={"leases": "on", "replica_id": "b", "lease_s": 30})
+    try:
+        d, _ = await a.record_deploy(marker())
+        busy = asyncio.ensure_future(a.override(d.id, "rollback", who="oncall", why="bad"))
+        for _ in range(300):
+            if hanging.methods()[-1:] == ["rollback"]:
+                break
+            await asyncio.sleep(0.01)
+        assert hanging.methods()[-1:] == ["rollback"]
+        await b.tick()
+        assert survivor.methods() == []  # a is alive, its lease renewed: b's fast clock changes nothing
+    finally:
+        hanging.release.set()
+        await asyncio.gather(busy, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+class CancellableRollback(HangingRollback):
+    """A rollback that hangs, and notes whether it was cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = False
+
+    async def rollback(self, target: DeployTarget, reason: str) -> ActionResult:
+        try:
+            return await super().rollback(target, reason)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_a_replica_that_loses_its_lease_stops_and_writes_nothing_more(store, store_url) -> None:
+    from guardrail.adapters.db.engine import execute_autocommit
+
+    hanging = CancellableRollback()
+    a = make_engine(store, hanging, ManualClock(), engine={"leases": "on", "replica_id": "a", "lease_s": 0.6})
+    try:
+        d, _ = await a.record_deploy(marker())
+        busy = asyncio.ensure_future(a.override(d.id, "rollback", who="oncall", why="bad"))
+        for _ in range(300):
+            if hanging.methods()[-1:] == ["rollback"]:
+                break
+            await asyncio.sleep(0.01)
+        before = len(await store.events(d.id))
+        # another replica takes the deploy over (a's database link was cut long enough, say)
+        await execute_autocommit(store_url, f"UPDATE deploys SET lease_owner = 'b' WHERE id = '{d.id}'")
+        for _ in range(200):  # a notices at its next renewal (every lease_s / 3) and stops the call
+            if hanging.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert hanging.cancelled
+        hanging.release.set()
+        await asyncio.gather(busy, return_exceptions=True)
+        await asyncio.sleep(0.3)
+        assert [a.status for a in await store.actions(d.id)][-1] is ActionStatus.RUNNING  # left for b
+        assert not [e for e in (await store.events(d.id))[before:] if e.kind is EventKind.ACTION_DONE]
+    finally:
+        hanging.release.set()
+        await a.close()
