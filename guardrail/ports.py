@@ -13,7 +13,7 @@ from guardrail.domain.drafts import Draft, DraftKind, DraftText
 from guardrail.domain.model import DeployState, Sample, Step
 from guardrail.domain.notifications import Notice
 from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
-from guardrail.domain.records import Action, ActionStatus, Deploy, Marker, TimelineEvent
+from guardrail.domain.records import Action, ActionStatus, Deploy, Lease, Marker, TimelineEvent
 from guardrail.domain.rollout import Rollout
 
 
@@ -163,24 +163,29 @@ class Store(Protocol):
         verdict: dict[str, Any] | None = None,
         events: Sequence[TimelineEvent] = (),
         new_actions: Sequence[Action] = (),
+        lease: Lease | None = None,
     ) -> list[Action]:
         """Atomically update the deploy, append timeline events and record new actions (intent log).
-        Returns the new actions with their ids."""
+        Returns the new actions with their ids. With ``lease``: only while that lease is held (else
+        ``LeaseLostError`` and nothing written)."""
         ...
 
     # --- leases: several replicas share one database (guardrail.service.engine) ---
 
-    async def acquire_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> tuple[bool, str | None]:
-        """Take the deploy's lease if free, expired or already ``owner``'s: (acquired, last holder)."""
+    async def acquire_lease(self, deploy_id: str, owner: str, *, ttl_s: float) -> Lease | None:
+        """Take the deploy's lease for ``ttl_s`` seconds of the database's clock if free, expired or
+        already ``owner``'s (a new token when it changes hands); None when another replica holds it."""
         ...
 
-    async def renew_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> bool: ...
+    async def renew_lease(self, lease: Lease, *, ttl_s: float) -> bool:
+        """Extend a lease still held (same owner and token); False once another replica took it."""
+        ...
 
-    async def release_lease(self, deploy_id: str, owner: str) -> None: ...
+    async def release_lease(self, lease: Lease) -> None: ...
 
     async def claim_deploys(
-        self, owner: str, *, now: float, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
-    ) -> list[tuple[str, str | None]]:
+        self, owner: str, *, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
+    ) -> list[Lease]:
         """Lease active deploys (optionally only ``ids``) that are free or expired (skipping rows
         other replicas lock)."""
         ...
@@ -218,6 +223,7 @@ class Store(Protocol):
         attempts: int,
         result: dict[str, Any],
         event: TimelineEvent | None = None,
+        lease: Lease | None = None,
     ) -> None: ...
 
     # --- drafted documents (guardrail.service.drafts) ---

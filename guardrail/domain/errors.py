@@ -64,3 +64,9 @@ class BusyError(StoreError):
 
 class ConfigError(GuardrailError):
     code = "config_invalid"
+
+
+class LeaseLostError(BusyError):
+    """This replica's lease on the deploy was taken over by another replica: nothing was written."""
+
+    code = "lease_lost"

@@ -112,3 +112,15 @@ class Action:
     result: dict[str, Any] = field(default_factory=dict)
     id: int = 0  # assigned by the store
     updated_at: float = field(default=0.0, compare=False)  # wall time of the last change (set by the store)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A replica's hold on a deploy (several replicas on one database). ``token`` grows by one each
+    time the deploy changes hands; writes made under the lease carry it and are refused once another
+    replica took over (fencing). Expiry is kept by the database, on its own clock."""
+
+    deploy_id: str
+    owner: str
+    token: int
+    last_owner: str | None = None  # the replica that held it before this acquisition

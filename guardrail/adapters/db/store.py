@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Double, Row, case, cast, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,10 +30,10 @@ from guardrail.adapters.db.engine import (
 )
 from guardrail.adapters.db.migrate import current_revision_engine, head_revision, upgrade_engine
 from guardrail.domain.drafts import Draft, DraftKind
-from guardrail.domain.errors import ConfigError, ConflictError, NotFoundError, ValidationError
+from guardrail.domain.errors import ConfigError, ConflictError, LeaseLostError, NotFoundError, ValidationError
 from guardrail.domain.model import DeployState, Sample
 from guardrail.domain.outbox import Delivery, DeliveryStatus, Incident, IncidentState, OutboxSummary
-from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, TimelineEvent
+from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Lease, TimelineEvent
 from guardrail.domain.rollout import Command, CommandKind, Rollout
 
 TERMINAL_STATES = tuple(s.value for s in DeployState if s.terminal)
@@ -219,9 +219,11 @@ class SqlStore:
         verdict: dict[str, Any] | None = None,
         events: Sequence[TimelineEvent] = (),
         new_actions: Sequence[Action] = (),
+        lease: Lease | None = None,
     ) -> list[Action]:
         """One transaction: update what is given (and ``updated_at`` from the clock), append the
-        events, record the actions. Returns the actions with their ids, in the order given."""
+        events, record the actions. Returns the actions with their ids, in the order given. With
+        ``lease``, nothing is written (``LeaseLostError``) unless the lease is still held."""
         for a in new_actions:
             if a.deploy_id != deploy_id:
                 raise ValidationError(
@@ -239,8 +241,11 @@ class SqlStore:
             values["verdict"] = verdict
         stored: list[Action] = []
         async with self._write(f"saving deploy {deploy_id}") as conn:
-            res = await conn.execute(update(t.deploys).where(t.deploys.c.id == deploy_id).values(values))
+            fence = self._fence(lease) if lease is not None else ()
+            res = await conn.execute(update(t.deploys).where(t.deploys.c.id == deploy_id, *fence).values(values))
             if res.rowcount == 0:
+                if lease is not None and await self._exists(conn, deploy_id):
+                    raise self._lost(lease)
                 raise NotFoundError(f"deploy {deploy_id!r} not found", field="deploy_id")
             await self._insert_events(conn, deploy_id, events)
             for a in new_actions:
@@ -249,53 +254,89 @@ class SqlStore:
         return stored
 
     # --- leases: several replicas on one database ----------------------------------------------
+    #
+    # Expiry is computed in SQL from the database's clock (``_db_now``), never from a replica's, so a
+    # replica whose clock runs fast or slow neither steals a live lease nor keeps a dead one. Each
+    # change of hands adds one to ``lease_token``; writes under a lease (``save``, ``update_action``
+    # with ``lease=``) check owner and token in the same statement and raise ``LeaseLostError`` when
+    # another replica took over meanwhile.
 
-    async def acquire_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> tuple[bool, str | None]:
-        """Take the deploy's lease for ``owner`` until ``now + ttl_s`` if it is free, expired or
-        already ``owner``'s. Returns (acquired, the replica that held it last before)."""
+    def _db_now(self) -> Any:
+        """The database's clock now, in unix seconds (double precision)."""
+        if self._dialect == "postgresql":
+            return cast(func.extract("epoch", func.clock_timestamp()), Double())
+        return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
+
+    def _free(self, owner: str) -> Any:
         d = t.deploys
-        free = (d.c.lease_owner.is_(None)) | (d.c.lease_owner == owner) | (d.c.lease_until < now)
+        return (d.c.lease_owner.is_(None)) | (d.c.lease_owner == owner) | (d.c.lease_until < self._db_now())
+
+    def _takeover(self, owner: str, ttl_s: float) -> dict[str, Any]:
+        """The values that give a free deploy's lease to ``owner`` (a new token if it changes hands)."""
+        d = t.deploys
+        return {
+            "lease_owner": owner,
+            "lease_until": self._db_now() + literal(float(ttl_s)),
+            "lease_token": case((d.c.lease_owner == owner, d.c.lease_token), else_=d.c.lease_token + 1),
+            "last_owner": owner,
+        }
+
+    async def acquire_lease(self, deploy_id: str, owner: str, *, ttl_s: float) -> Lease | None:
+        """Take the deploy's lease for ``owner`` for ``ttl_s`` seconds (database clock) if it is free,
+        expired or already ``owner``'s. None when another replica holds it."""
+        d = t.deploys
         async with self._write(f"leasing deploy {deploy_id}") as conn:
-            res = await conn.execute(
-                update(d).where(d.c.id == deploy_id, free).values(lease_owner=owner, lease_until=now + ttl_s)
-            )
-            if res.rowcount == 0:
-                if (await conn.execute(select(d.c.id).where(d.c.id == deploy_id))).first() is None:
-                    raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
-                return False, None
-            last = (await conn.execute(select(d.c.last_owner).where(d.c.id == deploy_id))).scalar()
-            if last != owner:
-                await conn.execute(update(d).where(d.c.id == deploy_id).values(last_owner=owner))
-        return True, last
+            q = select(d.c.last_owner).where(d.c.id == deploy_id)
+            if self._dialect == "postgresql":
+                q = q.with_for_update()  # the last owner read is the one this update replaces
+            before = (await conn.execute(q)).first()
+            if before is None:
+                raise NotFoundError(f"no deploy with id {deploy_id!r}", field="id")
+            row = (
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id == deploy_id, self._free(owner))
+                    .values(self._takeover(owner, ttl_s))
+                    .returning(d.c.lease_token)
+                )
+            ).first()
+        if row is None:
+            return None
+        return Lease(deploy_id, owner, int(row.lease_token), before.last_owner)
 
-    async def renew_lease(self, deploy_id: str, owner: str, *, now: float, ttl_s: float) -> bool:
+    async def renew_lease(self, lease: Lease, *, ttl_s: float) -> bool:
+        """Extend a lease still held; False when another replica took it over."""
         d = t.deploys
-        async with self._write(f"renewing the lease of deploy {deploy_id}") as conn:
+        async with self._write(f"renewing the lease of deploy {lease.deploy_id}") as conn:
             res = await conn.execute(
-                update(d).where(d.c.id == deploy_id, d.c.lease_owner == owner).values(lease_until=now + ttl_s)
+                update(d)
+                .where(d.c.id == lease.deploy_id, *self._fence(lease))
+                .values(lease_until=self._db_now() + literal(float(ttl_s)))
             )
         return res.rowcount == 1
 
-    async def release_lease(self, deploy_id: str, owner: str) -> None:
+    async def release_lease(self, lease: Lease) -> None:
         d = t.deploys
-        async with self._write(f"releasing the lease of deploy {deploy_id}") as conn:
+        async with self._write(f"releasing the lease of deploy {lease.deploy_id}") as conn:
             await conn.execute(
-                update(d).where(d.c.id == deploy_id, d.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
+                update(d).where(d.c.id == lease.deploy_id, *self._fence(lease)).values(lease_owner=None, lease_until=None)
             )
 
+    @staticmethod
+    def _fence(lease: Lease) -> tuple[Any, ...]:
+        d = t.deploys
+        return (d.c.lease_owner == lease.owner, d.c.lease_token == lease.token)
+
     async def claim_deploys(
-        self, owner: str, *, now: float, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
-    ) -> list[tuple[str, str | None]]:
+        self, owner: str, *, ttl_s: float, limit: int = 100, ids: Sequence[str] | None = None
+    ) -> list[Lease]:
         """Active deploys (optionally only ``ids``) whose lease is free or expired, leased to ``owner``
         (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas sweeping at once split the work instead of
-        queueing). Returns (deploy id, the replica that held it last)."""
+        queueing)."""
         d = t.deploys
         q = (
             select(d.c.id, d.c.last_owner)
-            .where(
-                d.c.state.not_in(TERMINAL_STATES),
-                (d.c.lease_owner.is_(None)) | (d.c.lease_until < now) | (d.c.lease_owner == owner),
-            )
+            .where(d.c.state.not_in(TERMINAL_STATES), self._free(owner))
             .order_by(d.c.updated_at)
             .limit(limit)
         )
@@ -307,13 +348,18 @@ class SqlStore:
             q = q.with_for_update(skip_locked=True, of=d)
         async with self._write("claiming deploys") as conn:
             rows = (await conn.execute(q)).all()
-            if rows:
+            if not rows:
+                return []
+            last = {r.id: r.last_owner for r in rows}
+            got = (
                 await conn.execute(
                     update(d)
-                    .where(d.c.id.in_([r.id for r in rows]))
-                    .values(lease_owner=owner, lease_until=now + ttl_s, last_owner=owner)
+                    .where(d.c.id.in_(list(last)), self._free(owner))
+                    .values(self._takeover(owner, ttl_s))
+                    .returning(d.c.id, d.c.lease_token)
                 )
-        return [(r.id, r.last_owner) for r in rows]
+            ).all()
+        return [Lease(r.id, owner, int(r.lease_token), last[r.id]) for r in sorted(got, key=lambda r: r.id)]
 
     async def data_arrivals(self) -> dict[str, float]:
         """For each analysing deploy: when data last arrived (wall time), or its creation before any."""
@@ -485,17 +531,24 @@ class SqlStore:
         attempts: int,
         result: dict[str, Any],
         event: TimelineEvent | None = None,
+        lease: Lease | None = None,
     ) -> None:
-        """Record an action's outcome and, in the same transaction, its timeline event."""
+        """Record an action's outcome and, in the same transaction, its timeline event. With
+        ``lease``, nothing is written (``LeaseLostError``) unless the deploy's lease is still held."""
         async with self._write(f"updating action {action_id}") as conn:
             deploy_id = (
                 await conn.execute(select(t.actions.c.deploy_id).where(t.actions.c.id == action_id))
             ).scalar_one_or_none()
             if deploy_id is None:
                 raise NotFoundError(f"action {action_id} not found", field="action_id")
-            await conn.execute(
+            where = [t.actions.c.id == action_id]
+            if lease is not None:
+                d = t.deploys
+                held = select(d.c.id).where(d.c.id == t.actions.c.deploy_id, *self._fence(lease)).exists()
+                where.append(held)
+            res = await conn.execute(
                 update(t.actions)
-                .where(t.actions.c.id == action_id)
+                .where(*where)
                 .values(
                     status=ActionStatus(status).value,
                     attempts=attempts,
@@ -503,6 +556,8 @@ class SqlStore:
                     updated_at=self._clock(),
                 )
             )
+            if res.rowcount == 0 and lease is not None:
+                raise self._lost(lease)
             if event is not None:
                 await self._insert_events(conn, deploy_id, (event,))
 
@@ -702,6 +757,17 @@ class SqlStore:
         return stored
 
     # --- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _exists(conn: AsyncConnection, deploy_id: str) -> bool:
+        return (await conn.execute(select(t.deploys.c.id).where(t.deploys.c.id == deploy_id))).first() is not None
+
+    @staticmethod
+    def _lost(lease: Lease) -> LeaseLostError:
+        return LeaseLostError(
+            f"the lease of deploy {lease.deploy_id} was taken over by another replica; nothing was written",
+            field="id",
+        )
 
     @staticmethod
     async def _deploy_by_key(conn: AsyncConnection, key: str) -> Deploy | None:

@@ -56,7 +56,9 @@ deploys = Table(
     Column("verdict", JSON(none_as_null=True), nullable=True),
     # several replicas: the replica analysing this deploy, and until when (wall time)
     Column("lease_owner", String(), nullable=True),
-    Column("lease_until", Double(), nullable=True),
+    Column("lease_until", Double(), nullable=True),  # unix seconds on the database's clock
+    # fencing: +1 each time the lease changes hands; writes under a lease check it in the same statement
+    Column("lease_token", BigInteger(), nullable=False, server_default="0"),
     Column("last_owner", String(), nullable=True),  # the replica that held the lease last
     Column("last_data_at", Double(), nullable=True),  # wall time new samples last arrived (any replica)
     Index(None, "service", "environment", "created_at"),
