@@ -1,15 +1,20 @@
 """The rollout engine: applies events to deploys, persists every transition before its side effect,
 carries out adapter actions, and re-derives verdicts from stored samples.
 
-Concurrency: one asyncio lock per deploy serialises everything that touches it (pushes, overrides,
-adapter results, timers). Pushed samples are analysed as they arrive, on data time, and the adapter
-actions a verdict triggers are carried out before the push is answered, so replaying 30 minutes of
-data in 2 seconds walks through exactly the same steps as real time.
+Concurrency: one asyncio lock per deploy serialises everything that touches its record (pushes,
+overrides, adapter results, timers). Pushed samples are analysed as they arrive, on data time.
 
-Durability: commands become rows of the intent log (``actions``) in the same transaction as the new
-state. An action is marked running before the adapter is called and done/failed after. On start-up,
-``resume`` carries out every action still pending or running (a crash in the middle of a call
-repeats that call with the same ``action_key``, so a target can recognise it).
+Actions run in the background: commands become rows of the intent log (``actions``) in the same
+transaction as the new state, the request is answered, and the deploy's action runner (one task per
+deploy and process) carries them out in order. An action is marked running before the adapter is
+called and done/failed after; the deploy's lock is not held during the call, so pushes and
+overrides are answered while a deploy command or webhook runs. ``settle`` (and ``GET .../wait
+?until=settled``) waits for the runner. A crash in the middle of a call repeats that call with the
+same ``action_key``, so a target can recognise it.
+
+Several replicas (leases on): work on a deploy needs its row lease (``service.leases``), fenced by
+its token. Whoever takes a deploy over from another replica (a push, an override, the timer sweep,
+start-up) also takes over its unfinished actions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from typing import Any
 
 from guardrail.config import Settings
 from guardrail.domain.errors import (
-    BusyError,
     ConflictError,
     NotFoundError,
     PolicyBlockedError,
@@ -37,7 +41,7 @@ from guardrail.domain.judge import Judge
 from guardrail.domain.judge.planning import Outlook, plan, previous_traffic
 from guardrail.domain.model import Decision, DeployState, RuleCheck, Sample, Strategy, Verdict, default_steps
 from guardrail.domain.policy import derive_facts, evaluate_policy
-from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Marker, TimelineEvent
+from guardrail.domain.records import Action, ActionStatus, Deploy, EventKind, Lease, Marker, TimelineEvent
 from guardrail.domain.rollout import (
     ActionDone,
     Command,
@@ -53,6 +57,7 @@ from guardrail.ports import ActionResult, DeployAdapter, DeployTarget, Store
 from guardrail.retry import Backoff
 from guardrail.service.alerting import DeployAlerts
 from guardrail.service.analysis import analysis_spec, apply_weight, build_judge
+from guardrail.service.leases import DeployLeases
 from guardrail.service.notify import NotificationService
 from guardrail.telemetry import Telemetry
 
@@ -113,6 +118,11 @@ class Engine:
         self.leases = cfg.leases == "on" or (
             cfg.leases == "auto" and settings.database_url.startswith("postgresql")
         )
+        self._leases = DeployLeases(
+            store, self.replica, lease_s=cfg.lease_s, wait_s=cfg.lease_wait_s, on_lost=self._forget
+        )
+        self._runners: dict[str, asyncio.Task[None]] = {}  # deploy -> its action runner
+        self._backed_off: set[int] = set()  # rollback retries whose backoff this process waited
 
     def _observe(self, hooks: Sequence[Callable[[Deploy], None]], deploy: Deploy) -> None:
         for hook in hooks:
@@ -128,60 +138,35 @@ class Engine:
     @contextlib.asynccontextmanager
     async def _hold(self, deploy_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
         """Exclusive work on a deploy: this process's lock and, with several replicas, the deploy's
-        row lease (renewed while held, released after). Yields False when ``wait`` is False and
-        another replica holds it; raises ``BusyError`` when waiting took longer than lease_wait_s."""
+        row lease. Yields False when ``wait`` is False and it is busy (locked here, or leased by another
+        replica); raises ``BusyError`` when waiting took longer than lease_wait_s."""
         lock = self._lock(deploy_id)
         if not wait and lock.locked():
             yield False
             return
-        async with lock:
-            if not self.leases:
-                yield True
-                return
-            cfg = self.settings.engine
-            deadline = time.monotonic() + cfg.lease_wait_s
-            delay = 0.02
-            while True:
-                got, last = await self.store.acquire_lease(
-                    deploy_id, self.replica, now=self.clock(), ttl_s=cfg.lease_s
-                )
-                if got:
-                    break
-                if not wait:
-                    yield False
-                    return
-                if time.monotonic() >= deadline:
-                    raise BusyError(
-                        f"deploy {deploy_id} is busy on another guardrail replica; retry in a few seconds",
-                        field="id",
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-            if last is not None and last != self.replica:
-                self._forget(deploy_id)  # another replica worked on it since: rebuild from the store
-            beat = asyncio.get_running_loop().create_task(self._renew(deploy_id))
-            try:
-                yield True
-            finally:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
-                try:
-                    await self.store.release_lease(deploy_id, self.replica)
-                except Exception:  # it expires by itself after lease_s
-                    log.warning("could not release the lease of deploy %s", deploy_id, exc_info=True)
+        async with lock, self._lease(deploy_id, wait=wait) as held:
+            yield held
 
-    async def _renew(self, deploy_id: str) -> None:
-        cfg = self.settings.engine
-        while True:
-            await asyncio.sleep(cfg.lease_s / 3)
-            try:
-                ok = await self.store.renew_lease(deploy_id, self.replica, now=self.clock(), ttl_s=cfg.lease_s)
-                if not ok:
-                    log.error("lost the lease of deploy %s (another replica took over)", deploy_id)
-                    return
-            except Exception:
-                log.warning("could not renew the lease of deploy %s", deploy_id, exc_info=True)
+    @contextlib.asynccontextmanager
+    async def _lease(self, deploy_id: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        """The deploy's lease (always True without leases). Taking a deploy over from another replica
+        (or a dead process) drops what this process cached about it and takes over its actions."""
+        if not self.leases:
+            yield True
+            return
+        async with self._leases.hold(deploy_id, wait=wait) as lease:
+            if lease is None:
+                yield False
+                return
+            if lease.last_owner != self.replica:
+                if lease.last_owner is not None:
+                    self._forget(deploy_id)  # another replica worked on it since: rebuild from the store
+                await self._take_over_actions(deploy_id)
+            yield True
+
+    def _fence(self, deploy_id: str) -> Lease | None:
+        """The lease writes about the deploy are fenced with (None without leases)."""
+        return self._leases.current(deploy_id) if self.leases else None
 
     def _forget(self, deploy_id: str) -> None:
         """Drop what this process cached about a deploy; the next use rebuilds it from the store."""
@@ -317,7 +302,7 @@ class Engine:
             self._adapters.pop(deploy.id, None)
             return self._replayed(stored, marker, idempotency_key), False
         if first_events:
-            await self.store.save(stored.id, events=first_events)
+            await self.store.save(stored.id, events=first_events)  # nobody else knows the deploy yet
         self.telemetry.deploys_created.labels(marker.service, marker.environment, marker.strategy.value).inc()
         self._last_data_wall[stored.id] = now
         await self.alerts.created(stored, now)
@@ -390,7 +375,7 @@ class Engine:
             deploy = replace(deploy, data_time=data_time)
             alert_events = await self._rules(deploy, new)
             if deploy.state.terminal or deploy.state is DeployState.ROLLING_BACK:
-                await self.store.save(deploy_id, data_time=data_time, events=alert_events)
+                await self.store.save(deploy_id, data_time=data_time, events=alert_events, lease=self._fence(deploy_id))
                 return IngestResult(len(new), len(samples) - len(new), deploy)
             judge = self._judges.get(deploy_id)
             if judge is not None:
@@ -487,7 +472,7 @@ class Engine:
                             extra_events=[ev],
                         )
                     else:
-                        await self.store.save(deploy.id, events=[ev])
+                        await self.store.save(deploy.id, events=[ev], lease=self._fence(deploy.id))
         return matched
 
     async def override(self, deploy_id: str, action: str, *, who: str, why: str) -> Deploy:
@@ -569,7 +554,9 @@ class Engine:
         if verdict is None:
             blamed = [c for c in checks if c.attributable]
             if not blamed:
-                await self.store.save(deploy.id, data_time=deploy.data_time, events=events)
+                await self.store.save(
+                    deploy.id, data_time=deploy.data_time, events=events, lease=self._fence(deploy.id)
+                )
                 return deploy
             verdict = Verdict(Decision.CONTINUE, None, deploy.data_time, (), "CONTINUE: no judge yet")
         verdict = with_rules(verdict, checks, deploy.data_time)
@@ -632,6 +619,7 @@ class Engine:
             verdict=verdict,
             events=events,
             new_actions=actions,
+            lease=self._fence(deploy.id),
         )
         deploy = replace(
             deploy,
@@ -642,11 +630,8 @@ class Engine:
         if after.state is not before.state:
             self._on_state_change(deploy, before.state)
             await self.alerts.state_changed(deploy, before.state, self.clock())
-        for action in saved:
-            if action.command.kind is CommandKind.ROLLBACK and after.rollback_attempts > 0:
-                self._schedule_retry(deploy.id, action, after.rollback_attempts)
-            else:
-                deploy = await self._execute(deploy, action)
+        if saved:
+            self._kick(deploy.id)  # carried out in the background, in order
         return deploy
 
     def _on_state_change(self, deploy: Deploy, before: DeployState) -> None:
@@ -710,9 +695,109 @@ class Engine:
             log.exception("adapter %s failed on %s", deploy.marker.adapter.name, cmd.kind.value)
             return ActionResult(False, f"adapter error: {type(e).__name__}: {e}")
 
-    async def _execute(self, deploy: Deploy, action: Action) -> Deploy:
+    # --- the action runner: carries out a deploy's actions in the background, in order -------------
+    def _kick(self, deploy_id: str) -> None:
+        """Make sure the deploy's action runner is going (it picks up every pending action)."""
+        if deploy_id in self._runners:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_actions(deploy_id))
+        self._runners[deploy_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._runners.get(deploy_id) is t:
+                del self._runners[deploy_id]
+            if not t.cancelled() and t.exception() is not None:  # the timer sweep starts it again
+                log.error("action runner of deploy %s failed", deploy_id, exc_info=t.exception())
+            self._notify(deploy_id)
+
+        task.add_done_callback(done)
+
+    async def _run_actions(self, deploy_id: str) -> None:
+        """Carry out the deploy's pending (and stranded running) actions one by one, oldest first,
+        until none is left. The deploy's lock is held while reading and recording, not during the
+        adapter call; the lease (with several replicas) is held throughout, and losing it cancels
+        this task."""
+        async with self._lease(deploy_id, wait=False) as held:
+            if not held:  # another replica holds it: its runner (or its sweep, later) carries them out
+                return
+            task = asyncio.current_task()
+            if self.leases and task is not None:
+                self._leases.guard(deploy_id, task)
+            while True:
+                wait = 0.0
+                async with self._lock(deploy_id):
+                    todo = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+                    if not todo:
+                        if self._runners.get(deploy_id) is task:
+                            del self._runners[deploy_id]  # under the lock: a new action starts a new runner
+                        return
+                    action, deploy = todo[0], await self._get(deploy_id)
+                    if self._moot(deploy, action):
+                        await self._skip(deploy, action)
+                        continue
+                    wait = self._backoff_left(deploy, action)
+                    if wait <= 0:
+                        action = await self._begin(deploy, action)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                t0 = time.perf_counter()
+                result = await self._call_adapter(deploy, action)
+                seconds = time.perf_counter() - t0
+                async with self._lock(deploy_id):
+                    await self._finish(await self._get(deploy_id), action, result, seconds)
+
+    @staticmethod
+    def _moot(deploy: Deploy, action: Action) -> bool:
+        """A forward action not started yet when the deploy began rolling back is not carried out."""
+        return (
+            action.status is ActionStatus.PENDING
+            and action.command.kind is not CommandKind.ROLLBACK
+            and deploy.state in (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK, DeployState.ROLLBACK_FAILED)
+        )
+
+    async def _skip(self, deploy: Deploy, action: Action) -> None:
+        what = self._describe(deploy, action.command)
+        await self.store.update_action(
+            action.id,
+            status=ActionStatus.FAILED,
+            attempts=action.attempts,
+            result={"ok": False, "detail": "not carried out: the deploy is rolling back"},
+            event=self._event(
+                EventKind.NOTE, f"{what}: not carried out, the deploy is rolling back", deploy.data_time,
+                action_id=action.id, kind=action.command.kind.value, step=action.command.step,
+            ),
+            lease=self._fence(deploy.id),
+        )
+
+    def _backoff_left(self, deploy: Deploy, action: Action) -> float:
+        """Seconds still to wait before a rollback retry (waited once per retry by this process)."""
+        attempts = deploy.rollout.rollback_attempts
+        if action.command.kind is not CommandKind.ROLLBACK or attempts == 0 or action.id in self._backed_off:
+            return 0.0
+        self._backed_off.add(action.id)
+        return _rollback_backoff(self.settings.engine).ceiling(attempts)
+
+    async def _begin(self, deploy: Deploy, action: Action) -> Action:
+        """Mark the action running (a running one left by a stopped process is noted and repeated)."""
         cmd = action.command
-        what = self._describe(deploy, cmd)
+        lease = self._fence(deploy.id)
+        if action.status is ActionStatus.RUNNING:  # nobody runs it: this runner is the deploy's only one
+            await self.store.update_action(
+                action.id,
+                status=ActionStatus.PENDING,
+                attempts=action.attempts,
+                result={},
+                event=self._event(
+                    EventKind.NOTE,
+                    "the guardrail process carrying out this action stopped (restart, or a replica died): "
+                    "carrying it out again with the same action key",
+                    deploy.data_time,
+                    action_id=action.id,
+                    replica=self.replica,
+                ),
+                lease=lease,
+            )
         attempts = action.attempts + 1
         # each rollback retry is a new action: count the deploy's rollback attempts for the timeline
         shown = deploy.rollout.rollback_attempts + attempts if cmd.kind is CommandKind.ROLLBACK else attempts
@@ -723,16 +808,19 @@ class Engine:
             result={},
             event=self._event(
                 EventKind.ACTION_STARTED,
-                f"{what}: started (attempt {shown})",
+                f"{self._describe(deploy, cmd)}: started (attempt {shown})",
                 deploy.data_time,
                 action_id=action.id,
                 kind=cmd.kind.value,
                 step=cmd.step,
             ),
+            lease=lease,
         )
-        t0 = time.perf_counter()
-        result = await self._call_adapter(deploy, action)
-        seconds = time.perf_counter() - t0
+        return replace(action, status=ActionStatus.RUNNING, attempts=attempts)
+
+    async def _finish(self, deploy: Deploy, action: Action, result: ActionResult, seconds: float) -> Deploy:
+        """Record the adapter's answer and feed it to the state machine (at the deploy's data time now)."""
+        cmd = action.command
         status = ActionStatus.DONE if result.ok else ActionStatus.FAILED
         self.telemetry.adapter_actions.labels(
             deploy.marker.adapter.name, cmd.kind.value, "ok" if result.ok else "failed"
@@ -740,7 +828,7 @@ class Engine:
         await self.store.update_action(
             action.id,
             status=status,
-            attempts=attempts,
+            attempts=action.attempts,
             result={
                 "ok": result.ok,
                 "detail": result.detail,
@@ -749,7 +837,7 @@ class Engine:
             },
             event=self._event(
                 EventKind.ACTION_DONE if result.ok else EventKind.ACTION_FAILED,
-                f"{what}: {'done' if result.ok else 'FAILED'}: {result.detail}",
+                f"{self._describe(deploy, cmd)}: {'done' if result.ok else 'FAILED'}: {result.detail}",
                 deploy.data_time,
                 action_id=action.id,
                 kind=cmd.kind.value,
@@ -757,6 +845,7 @@ class Engine:
                 output=result.output,
                 seconds=round(seconds, 3),
             ),
+            lease=self._fence(deploy.id),
         )
         at = deploy.data_time
         if result.ok and cmd.kind is CommandKind.APPLY_STEP and cmd.step is not None:
@@ -768,6 +857,37 @@ class Engine:
         if result.ok and cmd.kind is CommandKind.APPLY_STEP and deploy.state is DeployState.ANALYZING:
             deploy = await self._analyse_if_ready(deploy)
         return deploy
+
+    async def _take_over_actions(self, deploy_id: str) -> None:
+        """After taking a deploy's lease over: its unfinished actions are this process's to carry out."""
+        if deploy_id in self._runners:
+            return
+        if await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)):
+            self._kick(deploy_id)
+
+    async def settle(self, deploy_id: str, timeout: float = 600.0) -> Deploy:
+        """Until none of the deploy's actions is pending or running (or ``timeout`` seconds of wall
+        time pass): what a client that needs an action's outcome waits for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            runner = self._runners.get(deploy_id)
+            if runner is not None and left > 0:
+                await asyncio.wait({runner}, timeout=left)
+                continue
+            todo = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+            if not todo or left <= 0:
+                return await self._get(deploy_id)
+            if deploy_id not in self._runners and not self.leases:
+                self._kick(deploy_id)  # e.g. a runner that failed on a database error
+                continue
+            ev = self._changed.setdefault(deploy_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):  # another replica's progress is only seen by reading
+                await asyncio.wait_for(ev.wait(), timeout=min(left, 0.5))
+
+    async def pending_actions(self, deploy_id: str) -> int:
+        """How many of the deploy's actions are pending or running."""
+        return len(await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)))
 
     async def _analyse_if_ready(self, deploy: Deploy) -> Deploy:
         """After a step change, the data already stored may decide at once (e.g. replays)."""
@@ -786,108 +906,52 @@ class Engine:
             return f"promote {m.version} fully"
         return f"roll back to {m.previous_version}"
 
-    def _schedule_retry(self, deploy_id: str, action: Action, attempt: int) -> None:
-        cfg = self.settings.engine
-        delay = _rollback_backoff(cfg).ceiling(attempt)
-
-        async def later() -> None:
-            await asyncio.sleep(delay)
-            async with self._hold(deploy_id):
-                deploy = await self._get(deploy_id)
-                pending = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING,))
-                for a in pending:
-                    if a.id == action.id:
-                        await self._execute(deploy, a)
-
-        task = asyncio.get_running_loop().create_task(later())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # --- start-up, timers, shutdown ------------------------------------------------------------------
     async def resume(self) -> int:
-        """Carry out every action left pending or running by a previous process (with several
-        replicas: of the deploys no live replica holds; the rest are swept up by ``tick`` once their
-        holder's lease expires). Returns how many."""
+        """Start the action runners of deploys with actions left pending or running by a previous
+        process (with several replicas: those no live replica holds; the rest are taken over by
+        whoever next gets their lease, a push or the timer sweep). Returns how many actions."""
         leftover = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
-        n = await self._resume(leftover, due_only=False)
+        for deploy_id in dict.fromkeys(a.deploy_id for a in leftover):
+            self._kick(deploy_id)
         await self._refresh_state_gauges()
-        return n
-
-    def _due(self, action: Action) -> bool:
-        """A pending action is due now unless it is a rollback retry still in its backoff."""
-        if action.status is not ActionStatus.PENDING or action.attempts == 0:
-            return True
-        cfg = self.settings.engine
-        delay = _rollback_backoff(cfg).ceiling(action.attempts)
-        return self.clock() - action.updated_at >= delay
-
-    async def _resume(self, actions: Sequence[Action], *, due_only: bool) -> int:
-        by_deploy: dict[str, list[Action]] = {}
-        for a in actions:
-            by_deploy.setdefault(a.deploy_id, []).append(a)
-        done = 0
-        for deploy_id, mine in by_deploy.items():
-            async with self._hold(deploy_id, wait=False) as held:
-                if not held:  # this process or a live replica is working on it
-                    continue
-                # read again under the lease: another replica may have finished them meanwhile
-                current = {
-                    a.id: a
-                    for a in await self.store.actions(
-                        deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)
-                    )
-                }
-                for stale in mine:
-                    action = current.get(stale.id)
-                    if action is None or (due_only and not self._due(action)):
-                        continue
-                    deploy = await self._get(deploy_id)
-                    if action.status is ActionStatus.RUNNING:
-                        await self.store.update_action(
-                            action.id,
-                            status=ActionStatus.PENDING,
-                            attempts=action.attempts,
-                            result={},
-                            event=self._event(
-                                EventKind.NOTE,
-                                "the guardrail process carrying out this action stopped (restart, or a "
-                                "replica died): carrying it out again with the same action key",
-                                deploy.data_time,
-                                action_id=action.id,
-                                replica=self.replica,
-                            ),
-                        )
-                    await self._execute(deploy, action)
-                    done += 1
-        return done
+        return len(leftover)
 
     async def tick(self) -> None:
-        """Wall-clock timers: a deploy that receives no data at all cannot advance on data time.
-        With several replicas, each sweep looks at the database for the little work there is (actions
-        a dead replica left behind, deploys that went quiet) and leases just those deploys with ``FOR
-        UPDATE SKIP LOCKED``, so replicas sweeping at once split them; stalls are judged on the
-        database's record of when data last arrived, whichever replica received it."""
+        """Wall-clock timers: a deploy that receives no data at all cannot advance on data time, and
+        actions nobody carries out (a dead replica's, a runner stopped by a database error) are taken
+        over. With several replicas, each sweep leases just the deploys that need it with ``FOR UPDATE
+        SKIP LOCKED``, so replicas sweeping at once split them; stalls are judged on the database's
+        record of when data last arrived, whichever replica received it."""
         now = self.clock()
+        stranded = {
+            a.deploy_id
+            for a in await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+            if a.deploy_id not in self._runners
+        }
         if self.leases:
             cfg = self.settings.engine
-            stranded = await self.store.actions(statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
             arrivals = await self.store.data_arrivals()  # any replica's data counts
             quiet = {d: last for d, last in arrivals.items() if self._quiet_due(now - last)}
-            wanted = {a.deploy_id for a in stranded} | set(quiet)
-            claimed = {
-                deploy_id
-                for deploy_id, _ in await self.store.claim_deploys(
-                    self.replica, now=now, ttl_s=cfg.lease_s, ids=sorted(wanted)
+            claimed = [
+                lease.deploy_id
+                for lease in await self.store.claim_deploys(
+                    self.replica, ttl_s=cfg.lease_s, ids=sorted(stranded | set(quiet))
                 )
-            }
-            await self._resume([a for a in stranded if a.deploy_id in claimed], due_only=True)
+            ]
             for deploy_id in claimed:
                 async with self._hold(deploy_id, wait=False) as held:  # released at the end of its turn
-                    if held and deploy_id in quiet:
+                    if not held:
+                        continue
+                    if deploy_id in stranded:
+                        self._kick(deploy_id)
+                    if deploy_id in quiet:
                         deploy = await self._get(deploy_id)
                         if deploy.state is DeployState.ANALYZING:
                             await self._check_quiet(deploy, now, quiet[deploy_id])
         else:
+            for deploy_id in stranded:
+                self._kick(deploy_id)
             for deploy in await self.store.active_deploys():
                 last = self._last_data_wall.setdefault(deploy.id, now)
                 if deploy.state is not DeployState.ANALYZING or not self._quiet_due(now - last):
@@ -913,6 +977,7 @@ class Engine:
             self.telemetry.stalled.labels(deploy.id, deploy.marker.service).set(1)
             await self.store.save(
                 deploy.id,
+                lease=self._fence(deploy.id),
                 events=[
                     self._event(
                         EventKind.NOTE,
@@ -944,8 +1009,11 @@ class Engine:
         self.telemetry.set_states(await self.store.state_counts())
 
     async def close(self) -> None:
-        for t in list(self._tasks):
+        running = [*self._tasks, *self._runners.values()]
+        for t in running:
             t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)  # their leases are released on the way out
+        await self._leases.close()
         for a in self._adapters.values():
             closer = getattr(a, "close", None)
             if closer is not None:
