@@ -123,6 +123,7 @@ class Engine:
         )
         self._runners: dict[str, asyncio.Task[None]] = {}  # deploy -> its action runner
         self._backed_off: set[int] = set()  # rollback retries whose backoff this process waited
+        self._backing_off: set[str] = set()  # deploys whose runner waits out a rollback retry's backoff
 
     def _observe(self, hooks: Sequence[Callable[[Deploy], None]], deploy: Deploy) -> None:
         for hook in hooks:
@@ -739,7 +740,12 @@ class Engine:
                     if wait <= 0:
                         action = await self._begin(deploy, action)
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    self._backing_off.add(deploy_id)
+                    self._notify(deploy_id)
+                    try:
+                        await asyncio.sleep(wait)
+                    finally:
+                        self._backing_off.discard(deploy_id)
                     continue
                 t0 = time.perf_counter()
                 result = await self._call_adapter(deploy, action)
@@ -865,15 +871,21 @@ class Engine:
         if await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)):
             self._kick(deploy_id)
 
-    async def settle(self, deploy_id: str, timeout: float = 600.0) -> Deploy:
+    async def settle(self, deploy_id: str, timeout: float = 600.0, *, through_backoff: bool = True) -> Deploy:
         """Until none of the deploy's actions is pending or running (or ``timeout`` seconds of wall
-        time pass): what a client that needs an action's outcome waits for."""
+        time pass): what a client that needs an action's outcome waits for. With ``through_backoff``
+        False, a rollback retry waiting out its backoff counts as settled for now."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             runner = self._runners.get(deploy_id)
             if runner is not None and left > 0:
-                await asyncio.wait({runner}, timeout=left)
+                if not through_backoff and deploy_id in self._backing_off:
+                    return await self._get(deploy_id)
+                ev = self._changed.setdefault(deploy_id, asyncio.Event())
+                waiter = asyncio.ensure_future(ev.wait())
+                await asyncio.wait({runner, waiter}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
                 continue
             todo = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
             if not todo or left <= 0:

@@ -51,16 +51,24 @@ class Api:
         return resp.status, body
 
     async def mark(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        """Post a marker, then wait for the actions it started (they run in the background)."""
         status, out = await self.call("POST", "/api/v1/deploys", as_="ci", json=body, **kw)
         assert status == 201, out
-        return out
+        return {**out, **await self.settled(out["id"])}
 
     async def push(self, deploy_id: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Push samples, then wait for the actions they started: ``deploy`` is the settled deploy."""
         status, out = await self.call(
             "POST", f"/api/v1/deploys/{deploy_id}/samples", as_="ci", json={"samples": samples}
         )
         assert status == 202, out
-        return out
+        return {**out, "deploy": {**out["deploy"], **await self.settled(deploy_id)}}
+
+    async def settled(self, deploy_id: str) -> dict[str, Any]:
+        """The deploy once none of its adapter actions is pending or running (``?until=settled``)."""
+        status, out = await self.call("GET", f"/api/v1/deploys/{deploy_id}/wait?until=settled&timeout=20")
+        assert status == 200 and out["actions_pending"] == 0, out
+        return {k: v for k, v in out.items() if k not in ("terminal", "actions_pending")}
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -160,6 +160,7 @@ async def test_only_http_links_from_the_marker_become_links(api: Api) -> None:
     body = MarkerIn.model_validate_json(json.dumps(marker())).to_domain(api.settings.analysis)
     body = replace(body, links={"pr": "https://git.example.test/pr/9", "ci_run": "javascript:alert(1)"})
     deploy, _ = await api.engine.record_deploy(body)
+    deploy = await api.engine.settle(deploy.id)  # its first step is applied in the background
     _, page, _ = await get_page(api, f"/deploys/{deploy.id}")
     hrefs = [a.attrs["href"] for a in page.one("ul", id="links").find_all("a")]
     assert "https://git.example.test/pr/9" in hrefs

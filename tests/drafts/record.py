@@ -101,21 +101,26 @@ async def _drive(
     wall clock moves 10 s per window."""
     rng = np.random.default_rng(seed)
     await engine.ingest(deploy_id, traffic.history(rng))
+    await engine.settle(deploy_id)
     for k in range(windows):
         if pause_at is not None and k == pause_at:
             await engine.override(deploy_id, "pause", who="alice", why="checking the payments dashboard")
+            await engine.settle(deploy_id)
         if pause_at is not None and k == pause_at + 6:
             await engine.override(deploy_id, "resume", who="alice", why="payments dashboard looks normal")
+            await engine.settle(deploy_id)
         if rollback_at is not None and k == rollback_at:
             await engine.override(deploy_id, "rollback", who="bob", why="customer reports of double charges")
+            await engine.settle(deploy_id)
             return
         w = adapter.weight / 100
         c, b = traffic.window(rng, T0 + 10 * k, weight=w if 0 < w < 1 else None)
-        r = await engine.ingest(deploy_id, [c, b])
+        await engine.ingest(deploy_id, [c, b])
+        d = await engine.settle(deploy_id, through_backoff=False)  # a retry happens after the clock moved
         clock.advance(10)
-        if r.deploy.state.terminal:
+        if d.state.terminal:
             return
-        if r.deploy.state.value == "rolling_back":  # a retried rollback: wait for it (wall time)
+        if d.state.value == "rolling_back":  # a retried rollback: wait for it (wall time)
             await engine.wait(deploy_id, 10)
             return
 
@@ -180,6 +185,7 @@ async def record_one(name: str, store: SqlStore) -> dict[str, Any]:
     engine = Engine(store=store, settings=_settings(), adapter_factory=lambda _n, _c: adapter, clock=clock)
     try:
         d, _ = await engine.record_deploy(marker)
+        d = await engine.settle(d.id)  # its first step is applied in the background
         if not d.state.terminal:
             await _drive(
                 engine,

@@ -43,7 +43,7 @@ class Server(GuardrailProcess):
     async def start(self) -> None:
         self.spawn()
         async with aiohttp.ClientSession() as s:
-            await self.ready(s, tries=150)
+            await self.ready(s, tries=600)  # a loaded machine can take a while to import everything
 
 
 def _calls(tmp: Path) -> list[tuple[str, str, str]]:

@@ -37,6 +37,7 @@ async def test_a_regressed_canary_pages_once_and_resolves_once(store, fake):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, err_ratio=4), adapter)
     await deliver(svc)
     assert d.state is DeployState.ROLLED_BACK
@@ -54,6 +55,7 @@ async def test_a_healthy_deploy_announces_and_pages_nobody(store, fake):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter)
     await deliver(svc)
     assert d.state is DeployState.PROMOTED
@@ -66,6 +68,7 @@ async def test_a_rollback_that_keeps_failing_pages(store, fake):
     adapter = RecordingDeployAdapter(fail_rollbacks=100)
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, err_ratio=5), adapter, windows=40)
     d = await engine.wait(d.id, timeout=10)
     await deliver(svc)
@@ -80,6 +83,7 @@ async def test_an_in_service_rule_firing_on_the_canary_rolls_it_back(store, fake
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighErrorRate": {"for_s": 60}}})
     d, _ = await engine.record_deploy(marker(metrics_overrides={"overrides": {"error_rate": {"enabled": False}}}))
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, err_ratio=6), adapter)
     await deliver(svc)
     assert d.state is DeployState.ROLLED_BACK
@@ -95,6 +99,7 @@ async def test_an_alertmanager_page_during_the_canary_is_a_failure_signal(store,
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, windows=3)
 
     def alert(service: str) -> ExternalAlert:
@@ -106,7 +111,7 @@ async def test_an_alertmanager_page_during_the_canary_is_a_failure_signal(store,
 
     assert await engine.external_alerts([alert("search")]) == 0  # another service: not this deploy's
     assert await engine.external_alerts([alert("checkout")]) == 1
-    d = await store.get_deploy(d.id)
+    d = await engine.settle(d.id)
     assert d.state is DeployState.ROLLED_BACK
     assert "DBConnectionPoolExhausted" in d.rollout.reason
     assert any(e.kind is EventKind.ALERT for e in await store.events(d.id))
@@ -117,6 +122,7 @@ async def test_rules_keep_watching_after_promotion_and_page_without_rolling_back
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighErrorRate": {"for_s": 60}}})
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter)
     assert d.state is DeployState.PROMOTED
     rng = np.random.default_rng(3)
@@ -125,6 +131,7 @@ async def test_rules_keep_watching_after_promotion_and_page_without_rolling_back
     for k in range(20):  # all traffic on the new version now: the canary track
         c, _ = bad.window(rng, start + 10 * k)
         await engine.ingest(d.id, [c])
+        await engine.settle(d.id)
     await deliver(svc)
     d = await store.get_deploy(d.id)
     assert d.state is DeployState.PROMOTED  # a human decides after promotion
@@ -139,6 +146,7 @@ async def test_a_tail_slow_on_both_tracks_pages_but_does_not_roll_the_canary_bac
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, median_s=0.3, sigma=0.6), adapter, seed=21)
     await deliver(svc)
     assert d.state is DeployState.PROMOTED, d.rollout.reason
@@ -162,6 +170,7 @@ async def test_a_tail_slow_on_the_canary_only_is_blamed_on_it_by_the_rule(store,
     engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighLatencyP99": {"for_s": 60}}})
     off = {"latency_p99": {"enabled": False}, "latency_p95": {"enabled": False}}
     d, _ = await engine.record_deploy(marker(metrics_overrides={"overrides": off}))
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, canary_latency_factor=4.0), adapter, seed=22)
     assert d.state is DeployState.ROLLED_BACK
     assert d.rollout.reason.startswith("canary analysis failed: alert HighLatencyP99 firing on the canary")
@@ -177,8 +186,10 @@ async def test_old_version_windows_pushed_for_the_canary_track_cannot_fail_the_d
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc, rules={"overrides": {"HighErrorRate": {"for_s": 60}}})
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     old = [Sample(Track.CANARY, T0 - 600 + 60 * i, T0 - 540 + 60 * i, 2000, 100) for i in range(10)]
     r = await engine.ingest(d.id, old)
+    await engine.settle(d.id)
     assert r.deploy.state is DeployState.ANALYZING
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, seed=23)
     assert d.state is DeployState.PROMOTED, d.rollout.reason
@@ -193,6 +204,7 @@ async def test_alertmanager_pages_about_the_old_version_or_both_tracks_do_not_fa
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter, notifications=svc)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, windows=3)
 
     def alert(track: str, status: AlertState = AlertState.FIRING) -> ExternalAlert:
@@ -209,5 +221,5 @@ async def test_alertmanager_pages_about_the_old_version_or_both_tracks_do_not_fa
     assert any("does not fail the deploy: the same alert fires on the baseline" in m for m in notes)
     await engine.external_alerts([alert("baseline", AlertState.RESOLVED)])
     await engine.external_alerts([alert("canary")])  # now the canary's alone
-    d = await store.get_deploy(d.id)
+    d = await engine.settle(d.id)
     assert d.state is DeployState.ROLLED_BACK and "HighLatencyP99" in d.rollout.reason

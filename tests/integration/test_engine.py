@@ -75,12 +75,13 @@ async def drive(
     rng = np.random.default_rng(seed)
     if history:
         await engine.ingest(deploy_id, traffic.history(rng))
+        await engine.settle(deploy_id)
     d = None
     for k in range(windows):
         w = adapter.weight / 100
         c, b = traffic.window(rng, T0 + 10 * k, weight=w if 0 < w < 1 else None)
-        r = await engine.ingest(deploy_id, [c] if pre_post else [c, b])
-        d = r.deploy
+        await engine.ingest(deploy_id, [c] if pre_post else [c, b])
+        d = await engine.settle(deploy_id)  # the actions the push started, as a client would wait
         if clock is not None:
             clock.advance(10)
             await engine.tick()
@@ -93,6 +94,7 @@ async def test_healthy_canary_is_promoted_step_by_step(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, created = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     assert created and adapter.methods() == ["apply_step"]
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter)
     assert d.state is DeployState.PROMOTED
@@ -118,6 +120,7 @@ async def test_regressed_canary_is_rolled_back_once(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400, err_ratio=4), adapter)
     assert d.state is DeployState.ROLLED_BACK
     assert adapter.methods() == ["apply_step", "rollback"]
@@ -127,6 +130,7 @@ async def test_regressed_canary_is_rolled_back_once(store):
     rng = np.random.default_rng(9)
     c, b = SyntheticTraffic(err_ratio=10).window(rng, T0 + 5000)
     await engine.ingest(d.id, [c, b])
+    await engine.settle(d.id)
     assert adapter.methods() == ["apply_step", "rollback"]
 
 
@@ -139,6 +143,7 @@ async def test_replay_speed_does_not_change_the_outcome(store):
         clock = ManualClock()
         engine = make_engine(store, adapter, clock)
         d, _ = await engine.record_deploy(marker(version=f"2.0.{i}"))
+        d = await engine.settle(d.id)  # its first step is applied in the background
         d = await drive(
             engine,
             d.id,
@@ -163,10 +168,13 @@ async def test_duplicate_windows_are_not_counted_twice(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     rng = np.random.default_rng(1)
     c, b = SyntheticTraffic().window(rng, T0)
     first = await engine.ingest(d.id, [c, b])
+    await engine.settle(d.id)
     again = await engine.ingest(d.id, [c, b])
+    await engine.settle(d.id)
     assert (first.accepted, first.duplicates) == (2, 0)
     assert (again.accepted, again.duplicates) == (0, 2)
     assert len(await store.samples(d.id)) == 2
@@ -176,7 +184,9 @@ async def test_idempotent_marker_starts_one_rollout(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     a, created_a = await engine.record_deploy(marker(), idempotency_key="ci-run-77")
+    a = await engine.settle(a.id)  # its first step is applied in the background
     b, created_b = await engine.record_deploy(marker(), idempotency_key="ci-run-77")
+    b = await engine.settle(b.id)  # its first step is applied in the background
     assert created_a and not created_b and a.id == b.id
     assert adapter.methods() == ["apply_step"]
 
@@ -185,16 +195,21 @@ async def test_manual_pause_resume_and_rollback_are_audited(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await engine.override(d.id, "pause", who="alice", why="checking a dashboard")
+    d = await engine.settle(d.id)
     assert d.state is DeployState.PAUSED
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter, windows=90)
     assert d.state is DeployState.PAUSED and adapter.methods() == ["apply_step"]  # no promotion while paused
     d = await engine.override(d.id, "resume", who="alice", why="looks fine")
+    d = await engine.settle(d.id)
     assert d.state is DeployState.ANALYZING
     d = await engine.override(d.id, "rollback", who="bob", why="customer reports")
+    d = await engine.settle(d.id)
     assert d.state is DeployState.ROLLED_BACK
     with pytest.raises(ConflictError):
         await engine.override(d.id, "rollback", who="bob", why="twice")
+        await engine.settle(d.id)
     overrides = [e for e in await store.events(d.id) if e.kind is EventKind.OVERRIDE]
     assert [(e.details["who"], e.details["action"]) for e in overrides] == [
         ("alice", "pause"),
@@ -203,14 +218,16 @@ async def test_manual_pause_resume_and_rollback_are_audited(store):
     ]
     with pytest.raises(ValidationError):
         await engine.override(d.id, "pause", who="bob", why="  ")
+        await engine.settle(d.id)
 
 
 async def test_failed_rollback_is_retried_with_backoff(store):
     adapter = RecordingDeployAdapter(fail_rollbacks=2)
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await engine.override(d.id, "rollback", who="bob", why="drill")
-    assert d.state is DeployState.ROLLING_BACK
+    assert d.state is DeployState.ROLLING_BACK  # answered at once; the attempts run in the background
     d = await engine.wait(d.id, timeout=5)
     assert d.state is DeployState.ROLLED_BACK
     assert adapter.methods().count("rollback") == 3
@@ -222,7 +239,9 @@ async def test_rollback_that_keeps_failing_is_reported(store):
     adapter = RecordingDeployAdapter(fail_rollbacks=100)
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     await engine.override(d.id, "rollback", who="bob", why="drill")
+    await engine.settle(d.id)
     d = await engine.wait(d.id, timeout=10)
     assert d.state is DeployState.ROLLBACK_FAILED
     assert engine.telemetry.rollback_failed.labels(d.id, "checkout")._value.get() == 1
@@ -232,6 +251,7 @@ async def test_a_failed_step_rolls_back(store):
     adapter = RecordingDeployAdapter(fail_steps={1})
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     d = await drive(engine, d.id, SyntheticTraffic(rate=400), adapter)
     assert d.state is DeployState.ROLLED_BACK
     assert adapter.methods() == ["apply_step", "apply_step", "rollback"]
@@ -261,6 +281,7 @@ async def test_pre_post_strategies_promote_healthy_and_roll_back_regressed(store
         adapter = RecordingDeployAdapter()
         engine = make_engine(store, adapter)
         d, _ = await engine.record_deploy(marker(strategy, steps, version=version))
+        d = await engine.settle(d.id)  # its first step is applied in the background
         # the new version takes all traffic: pushed as the canary track, the history as baseline
         traffic = SyntheticTraffic(rate=400, weight=0.999, err_ratio=err_ratio)
         d = await drive(engine, d.id, traffic, adapter, pre_post=True)
@@ -274,12 +295,14 @@ async def test_restart_resumes_an_action_left_running(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     running = [a for a in await store.actions(d.id) if a.status is ActionStatus.DONE]
     # simulate the crash: the step-0 action is put back to running as if its result was never recorded
     await store.update_action(running[0].id, status=ActionStatus.RUNNING, attempts=1, result={})
     adapter2 = RecordingDeployAdapter()
     engine2 = make_engine(store, adapter2)
     assert await engine2.resume() == 1
+    await engine2.settle(d.id)
     assert adapter2.calls[0][1] == adapter.calls[0][1]  # same action key both times
     d = await drive(engine2, d.id, SyntheticTraffic(rate=400), adapter2)
     assert d.state is DeployState.PROMOTED
@@ -309,11 +332,13 @@ async def test_step_start_gauge_follows_an_active_deploy(store):
     clock = ManualClock(T0 + 5)
     engine = make_engine(store, adapter, clock)
     d, _ = await engine.record_deploy(marker())
+    d = await engine.settle(d.id)  # its first step is applied in the background
     value = engine.telemetry.registry.get_sample_value(
         "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}
     )
     assert value == T0 + 5
     await engine.override(d.id, "rollback", who="bob", why="drill")
+    await engine.settle(d.id)
     assert (
         engine.telemetry.registry.get_sample_value(
             "guardrail_deploy_step_started_timestamp_seconds", {"deploy": d.id, "service": "checkout"}
@@ -330,19 +355,24 @@ async def test_a_step_that_starts_late_gets_its_full_analysis_window(store):
     adapter = RecordingDeployAdapter()
     engine = make_engine(store, adapter)
     d, _ = await engine.record_deploy(marker(analysis=AnalysisSettings(max_duration_s=600)))
+    d = await engine.settle(d.id)  # its first step is applied in the background
     rng = np.random.default_rng(5)
     traffic = SyntheticTraffic(rate=20)  # far too little to decide within minutes
     for k in range(54):
         c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
         d = (await engine.ingest(d.id, [c, b])).deploy
+        d = await engine.settle(d.id)
     assert d.state is DeployState.ANALYZING and d.rollout.step == 0
     d = await engine.override(d.id, "promote", who="alice", why="payments dashboard looks fine")
+    d = await engine.settle(d.id)
     assert d.rollout.step == 1
     for k in range(54, 110):
         c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
         d = (await engine.ingest(d.id, [c, b])).deploy
+        d = await engine.settle(d.id)
         assert d.state is DeployState.ANALYZING, (c.end - T0, d.rollout.reason)
     for k in range(110, 120):
         c, b = traffic.window(rng, T0 + 10 * k, weight=adapter.weight / 100)
         d = (await engine.ingest(d.id, [c, b])).deploy
+        d = await engine.settle(d.id)
     assert d.state is DeployState.PAUSED and "inconclusive" in d.rollout.reason  # 10 min after the step

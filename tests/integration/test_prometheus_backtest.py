@@ -111,14 +111,16 @@ async def test_backtest_decides_what_the_engine_decides_on_the_same_windows(
         steps = (Step(weight=10, min_duration_s=min_duration_s), Step(weight=100))
         d, _ = await engine.record_deploy(replace(live.marker, adapter=AdapterRef("recording"),
                                                   metrics_source="push", steps=steps))
+        d = await engine.settle(d.id)  # its first step is applied in the background
         samples = await source.fetch(SourceQuery(deploy["service"], "production", deploy["version"],
                                                  deploy["baseline_version"], T0, END, 60))
         decisions = []
         for end in sorted({s.end for s in samples}):
             r = await engine.ingest(d.id, [s for s in samples if s.end == end])
+            now = await engine.settle(d.id)
             if end > DEPLOY_AT:
                 decisions.append((end, r.deploy.verdict["decision"]))
-            if r.deploy.state.terminal or r.deploy.rollout.step > 0:
+            if now.state.terminal or now.rollout.step > 0:
                 break
     finally:
         await engine.close()

@@ -139,6 +139,7 @@ async def test_a_healthy_canary_is_promoted_from_prometheus_data(pair: ScrapedPa
     async with rig(pair, store) as r:
         await asyncio.sleep(HISTORY_S)  # baseline history before the deploy
         d, _ = await r.engine.record_deploy(marker())
+        d = await r.engine.settle(d.id)  # its first step is applied in the background
         t0 = time.monotonic()
         final = await r.engine.wait(d.id, timeout=75)
         took = time.monotonic() - t0
@@ -156,6 +157,7 @@ async def test_a_regressed_canary_is_rolled_back(pair: ScrapedPair, store: SqlSt
     async with rig(pair, store) as r:
         await asyncio.sleep(HISTORY_S)
         d, _ = await r.engine.record_deploy(marker())
+        d = await r.engine.settle(d.id)  # its first step is applied in the background
         await asyncio.sleep(2)
         await asyncio.to_thread(pair.canary.regress, error_rate=5 * ERROR_RATE)
         final = await r.engine.wait(d.id, timeout=45)
@@ -171,6 +173,7 @@ async def test_prometheus_down_mid_analysis_holds_then_the_deploy_finishes(pair:
     async with rig(pair, store) as r:
         await asyncio.sleep(HISTORY_S)
         d, _ = await r.engine.record_deploy(marker())
+        d = await r.engine.settle(d.id)  # its first step is applied in the background
         await asyncio.sleep(5)
         await asyncio.to_thread(pair.prometheus.stop)
         stop_wall = time.time()

@@ -178,8 +178,15 @@ async def wait_deploy(request: web.Request) -> web.Response:
     q = read_query(request, WaitQuery)
     timeout = min(q.timeout, request.app[SETTINGS].server.wait_max_s)
     # checked first: Engine.wait keeps a wake-up event per id asked for, even an unknown one
-    deploy = await _engine(request).wait((await _existing(request)).id, timeout)
-    return _json(WaitOut.of(deploy, _public_url(request), terminal=deploy.state.terminal))
+    engine = _engine(request)
+    deploy_id = (await _existing(request)).id
+    if q.until == "settled":
+        deploy = await engine.settle(deploy_id, timeout)
+    else:
+        deploy = await engine.wait(deploy_id, timeout)
+    pending = await engine.pending_actions(deploy_id)
+    out = WaitOut.of(deploy, _public_url(request), terminal=deploy.state.terminal)
+    return _json(out.model_copy(update={"actions_pending": pending}))
 
 
 def _override(action: str) -> Handler:
@@ -317,7 +324,8 @@ ROUTES: tuple[Route, ...] = (
         f"{API}/deploys/{{id}}/wait",
         wait_deploy,
         "waitDeploy",
-        "Long-poll until the deploy reaches a terminal state or the timeout passes",
+        "Long-poll until the deploy reaches a terminal state (or, with until=settled, until its adapter "
+        "actions are done) or the timeout passes",
         "read",
         query=WaitQuery,
         response=WaitOut,

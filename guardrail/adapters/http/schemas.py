@@ -418,6 +418,11 @@ class WaitQuery(_Query):
     timeout: float = Field(
         600, ge=0, allow_inf_nan=False, description="seconds; capped at the server's wait_max_s"
     )
+    until: Literal["terminal", "settled"] = Field(
+        "terminal",
+        description="terminal: until promoted, rolled_back or rollback_failed; settled: until no adapter "
+        "action of the deploy is pending or running (actions run in the background)",
+    )
 
 
 # --- responses -------------------------------------------------------------------------------------
@@ -647,6 +652,9 @@ def _outlook(d: Deploy) -> OutlookOut | None:
 class WaitOut(DeployOut):
     terminal: bool = Field(
         description="true when the deploy reached promoted, rolled_back or rollback_failed"
+    )
+    actions_pending: int = Field(
+        0, description="adapter actions of the deploy still pending or running (0: settled)"
     )
 
 
