@@ -476,12 +476,16 @@ class Engine:
                         await self.store.save(deploy.id, events=[ev], lease=self._fence(deploy.id))
         return matched
 
-    async def override(self, deploy_id: str, action: str, *, who: str, why: str) -> Deploy:
-        """Manual promote / promote_full / rollback / pause / resume, audited with who and why."""
+    async def override(self, deploy_id: str, action: str, *, who: str, why: str, force: bool = False) -> Deploy:
+        """Manual promote / promote_full / rollback / pause / resume, audited with who and why. Rolling
+        back a promoted deploy when a newer deploy of the service (same environment) exists is refused
+        unless ``force``: it would put the previous version back over the newer one."""
         if not why.strip():
             raise ValidationError("say why: the reason is recorded in the timeline", field="reason")
         async with self._hold(deploy_id):
             deploy = await self._get(deploy_id)
+            if action == "rollback" and deploy.state is DeployState.PROMOTED and not force:
+                await self._refuse_if_superseded(deploy)
             ev = self._event(
                 EventKind.OVERRIDE,
                 f"{action} by {who}: {why}",
@@ -495,6 +499,25 @@ class Engine:
             )
         await self._refresh_state_gauges()
         return deploy
+
+    async def _refuse_if_superseded(self, deploy: Deploy) -> None:
+        m = deploy.marker
+        later = [
+            d
+            for d in await self.store.list_deploys(
+                service=m.service, environment=m.environment, since=deploy.created_at, limit=10
+            )
+            if d.id != deploy.id
+        ]
+        if later:
+            newest = later[0]  # newest first
+            raise ConflictError(
+                f"deploy {newest.id} ({m.service} {newest.marker.version}, {newest.state.value}) is newer than "
+                f"this one ({m.version}) in {m.environment}: rolling this one back would put "
+                f"{m.previous_version} back over it. Roll back {newest.id} instead, or force it "
+                '("force": true, or guardrail rollback --force)',
+                field="force",
+            )
 
     async def get_deploy(self, deploy_id: str) -> Deploy:
         return await self._get(deploy_id)

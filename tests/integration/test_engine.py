@@ -376,3 +376,31 @@ async def test_a_step_that_starts_late_gets_its_full_analysis_window(store):
         d = (await engine.ingest(d.id, [c, b])).deploy
         d = await engine.settle(d.id)
     assert d.state is DeployState.PAUSED and "inconclusive" in d.rollout.reason  # 10 min after the step
+
+
+async def test_rolling_back_a_promoted_deploy_with_a_newer_one_live_is_refused_unless_forced(store):
+    """Rolling back 1.4.2 after 1.4.3 went out would put 1.4.1 back over 1.4.3: refused (409, naming
+    the newer deploy) unless forced."""
+    adapter, clock = RecordingDeployAdapter(), ManualClock()
+    engine = make_engine(store, adapter, clock)
+    old, _ = await engine.record_deploy(marker())
+    await engine.settle(old.id)
+    await engine.override(old.id, "promote_full", who="alice", why="ship it")
+    old = await engine.settle(old.id)
+    assert old.state is DeployState.PROMOTED
+    clock.advance(3600)
+    newer, _ = await engine.record_deploy(marker(version="1.4.3", previous_version="1.4.2"))
+    with pytest.raises(ConflictError, match=newer.id) as refused:
+        await engine.override(old.id, "rollback", who="bob", why="regret")
+    assert "force" in refused.value.detail
+    assert (await engine.settle(old.id)).state is DeployState.PROMOTED
+    assert "rollback" not in adapter.methods()
+    await engine.override(old.id, "rollback", who="bob", why="1.4.2 and 1.4.3 both bad", force=True)
+    assert (await engine.settle(old.id)).state is DeployState.ROLLED_BACK
+    # with no newer deploy, a promoted deploy rolls back without force, as before
+    alone, _ = await engine.record_deploy(marker(service="search"))
+    await engine.settle(alone.id)
+    await engine.override(alone.id, "promote_full", who="alice", why="ship it")
+    assert (await engine.settle(alone.id)).state is DeployState.PROMOTED
+    await engine.override(alone.id, "rollback", who="bob", why="regret")
+    assert (await engine.settle(alone.id)).state is DeployState.ROLLED_BACK
