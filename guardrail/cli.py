@@ -281,6 +281,8 @@ async def cmd_override(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {"reason": args.reason}
     if args.command == "promote" and args.full:
         body["full"] = True
+    if args.command == "rollback" and args.force:
+        body["force"] = True
     d = await client.call("POST", f"/deploys/{args.id}/{args.command}", json_body=body)
     print(_line(d))
     return 0
@@ -611,6 +613,12 @@ def parser() -> argparse.ArgumentParser:
         o.add_argument("--reason", required=True, help="recorded in the timeline with your token's name")
         if name == "promote":
             o.add_argument("--full", action="store_true")
+        if name == "rollback":
+            o.add_argument(
+                "--force",
+                action="store_true",
+                help="roll back a promoted deploy even though a newer deploy of the service exists",
+            )
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

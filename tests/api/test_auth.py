@@ -142,6 +142,7 @@ class TestSecrets:
             await call("POST", f"/api/v1/deploys/{d.id}/rollback", "operator", json={"reason": "drill"})
             == 200
         )
+        await api.settled(d.id)  # the rollback runs in the background
         assert [r["metadata"]["guardrail_hook"] for r in received] == ["rollout", "rollback"]  # it really ran
         misspelt = {"name": "hook", "config": {"secrett": MISSPELT_SECRET}}
         assert await call("POST", "/api/v1/deploys", "ci", json=marker(adapter=misspelt)) == 400

@@ -178,3 +178,18 @@ async def test_the_marker_says_up_front_when_the_traffic_is_too_low_for_a_verdic
     )
     _, out = await api.call("GET", f"/api/v1/deploys/{second['id']}/events")
     assert any(e["kind"] == "note" and e["message"].startswith("Outlook: ") for e in out["events"])
+
+
+async def test_rolling_back_a_promoted_deploy_with_a_newer_one_is_409_unless_forced(api: Api) -> None:
+    old = await api.mark(marker(steps=STEPS))
+    path = f"/api/v1/deploys/{old['id']}"
+    status, _ = await api.call("POST", f"{path}/promote", as_="operator", json={"reason": "ship", "full": True})
+    assert status == 200 and (await api.settled(old["id"]))["state"] == "promoted"
+    newer = await api.mark(marker(steps=STEPS, version="9.9.9"))
+    status, err = await api.call("POST", f"{path}/rollback", as_="operator", json={"reason": "regret"})
+    assert status == 409 and err["error"] == "conflict" and newer["id"] in err["detail"], err
+    status, out = await api.call(
+        "POST", f"{path}/rollback", as_="operator", json={"reason": "both bad", "force": True}
+    )
+    assert status == 200, out
+    assert (await api.settled(old["id"]))["state"] == "rolled_back"

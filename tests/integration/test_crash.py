@@ -139,7 +139,7 @@ ROUND_SCRIPT = """#!/bin/sh
 # usage: deploy.sh KIND STEP  -- logs every call with its action key; hangs where a file says so
 echo "$GUARDRAIL_ACTION_KEY $1 $2" >> "$(dirname "$0")/calls.log"
 f="$(dirname "$0")/hang-on-$GUARDRAIL_DEPLOY_ID-$1-$2"
-if [ -f "$f" ]; then rm "$f"; sleep 30; fi
+if [ -f "$f" ]; then rm "$f"; sleep 600; fi
 """
 FINAL = ("promoted", "rolled_back", "rollback_failed")
 
@@ -229,7 +229,7 @@ async def _round(tmp: Path, database_url: str, r: int) -> tuple[list[str], float
 
             async def killer() -> None:
                 hangs = [(i, h) for i, h in zip(ids, HANGS, strict=True) if h]
-                while not all(_deploy_calls(tmp, i)[-1:] == [h] for i, h in hangs):
+                while not all(h in _deploy_calls(tmp, i) for i, h in hangs):  # each hangs until killed
                     await asyncio.sleep(0.01)
                 up.clear()
                 print(f"round {r}: kill at {loop.time() - t0:.1f} s")

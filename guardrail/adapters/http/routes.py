@@ -33,6 +33,7 @@ from guardrail.adapters.http.schemas import (
     MarkerIn,
     OverrideIn,
     PromoteIn,
+    RollbackIn,
     SamplesIn,
     WaitOut,
     WaitQuery,
@@ -194,11 +195,18 @@ def _override(action: str) -> Handler:
         if action == "promote":
             body: OverrideIn = await read_json(request, PromoteIn)
             what = "promote_full" if isinstance(body, PromoteIn) and body.full else "promote"
+        elif action == "rollback":
+            body = await read_json(request, RollbackIn)
+            what = action
         else:
             body = await read_json(request, OverrideIn)
             what = action
         deploy = await _engine(request).override(
-            request.match_info["id"], what, who=_who(request), why=body.reason
+            request.match_info["id"],
+            what,
+            who=_who(request),
+            why=body.reason,
+            force=isinstance(body, RollbackIn) and body.force
         )
         return _json(_deploy_out(request, deploy))
 
@@ -339,7 +347,7 @@ ROUTES: tuple[Route, ...] = (
             f"{action}Deploy",
             _OVERRIDE_HELP[action],
             "operator",
-            body=PromoteIn if action == "promote" else OverrideIn,
+            body={"promote": PromoteIn, "rollback": RollbackIn}.get(action, OverrideIn),
             response=DeployOut,
             errors=(*_BODY, *_AUTH_SCOPED, 404, 409, 502),
         )

@@ -354,6 +354,14 @@ class PromoteIn(OverrideIn):
     full: bool = Field(False, description="jump straight to the last step instead of the next one")
 
 
+class RollbackIn(OverrideIn):
+    force: bool = Field(
+        False,
+        description="roll back a promoted deploy even though a newer deploy of the service exists (else 409, "
+        "naming it: the previous version would go back over the newer one)",
+    )
+
+
 # --- samples ---------------------------------------------------------------------------------------
 
 
