@@ -129,10 +129,14 @@ async def run_one(store: Store, settings: Settings, sc: ServiceScenario, index: 
         )
     ).to_domain(settings.analysis)
     try:
+        # actions run in the background: each push is followed by waiting for the actions it started,
+        # so the next window is pushed at the weight of the step that was applied (as before)
         deploy, _ = await engine.record_deploy(marker)
+        deploy = await engine.settle(deploy.id)
         history = model.history()
         if history:
-            deploy = (await engine.ingest(deploy.id, history)).deploy
+            await engine.ingest(deploy.id, history)
+            deploy = await engine.settle(deploy.id)
         max_weight = _weight(deploy)
         windows = 0
         rolling_back = (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK)
@@ -147,7 +151,8 @@ async def run_one(store: Store, settings: Settings, sc: ServiceScenario, index: 
                 shares.append((k * LOOK_S, w))
             canary, baseline = model.window(k, w / 100.0)
             clock.now = canary.end  # the wall clock follows data time: a window is pushed at its end
-            deploy = (await engine.ingest(deploy.id, [canary, baseline])).deploy
+            await engine.ingest(deploy.id, [canary, baseline])
+            deploy = await engine.settle(deploy.id)
             windows += 1
             max_weight = max(max_weight, _weight(deploy))
             if rollback_at is None and deploy.state in rolling_back:
