@@ -4,6 +4,7 @@ contract tests)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from guardrail.config import Settings
 from guardrail.domain.errors import ConflictError, ValidationError
 from guardrail.domain.model import ChangeType, DeployState, Step, Strategy
 from guardrail.domain.records import ActionStatus, AdapterRef, AnalysisSettings, EventKind, Marker
+from guardrail.ports import ActionResult
 from guardrail.service.engine import Engine
 from guardrail.testing import T0, ManualClock, RecordingDeployAdapter, SyntheticTraffic
 
@@ -404,3 +406,42 @@ async def test_rolling_back_a_promoted_deploy_with_a_newer_one_live_is_refused_u
     assert (await engine.settle(alone.id)).state is DeployState.PROMOTED
     await engine.override(alone.id, "rollback", who="bob", why="regret")
     assert (await engine.settle(alone.id)).state is DeployState.ROLLED_BACK
+
+
+class HangingStep(RecordingDeployAdapter):
+    """Step ``hang_on`` hangs until released (a deploy command or webhook that takes minutes)."""
+
+    def __init__(self, hang_on: int) -> None:
+        super().__init__()
+        self.hang_on, self.release = hang_on, asyncio.Event()
+
+    async def apply_step(self, target, step, index, total):
+        if index != self.hang_on:
+            return await super().apply_step(target, step, index, total)
+        self.calls.append(("apply_step", target.action_key, index))
+        await self.release.wait()
+        return ActionResult(True, "applied, late")
+
+
+async def test_requests_are_answered_while_an_adapter_call_hangs_and_the_rollback_follows_it(store):
+    adapter = HangingStep(hang_on=0)
+    engine = make_engine(store, adapter)
+    try:
+        d, _ = await asyncio.wait_for(engine.record_deploy(marker()), 5)  # before: waited for the call
+        assert d.state is DeployState.PENDING
+        for _ in range(100):
+            if adapter.methods():
+                break
+            await asyncio.sleep(0.01)
+        assert adapter.methods() == ["apply_step"]  # the call is under way, hanging
+        c, b = SyntheticTraffic(rate=400).window(np.random.default_rng(3), T0)
+        assert (await asyncio.wait_for(engine.ingest(d.id, [c, b]), 5)).accepted == 2
+        d = await asyncio.wait_for(engine.override(d.id, "rollback", who="bob", why="pages"), 5)
+        assert d.state is DeployState.ROLLING_BACK
+        adapter.release.set()  # the step's call ends; the rollback is carried out after it, not skipped
+        d = await engine.settle(d.id, timeout=10)
+        assert d.state is DeployState.ROLLED_BACK
+        assert adapter.methods() == ["apply_step", "rollback"]
+    finally:
+        adapter.release.set()
+        await engine.close()
