@@ -69,6 +69,7 @@ def _rollback_backoff(cfg: Any) -> Backoff:
     computes it again and must agree)."""
     return Backoff(cfg.rollback_backoff_s, max(cfg.rollback_backoff_s, cfg.rollback_backoff_max_s))
 
+
 ADAPTER_GUARD_S = 900.0  # a last-resort timeout around any adapter call (adapters have their own)
 
 
@@ -260,7 +261,9 @@ class Engine:
             self._policy,
             at=deploy.data_time,
             facts=derive_facts(
-                marker, prometheus_configured=self.settings.prometheus.url is not None, adapter_type=adapter_type
+                marker,
+                prometheus_configured=self.settings.prometheus.url is not None,
+                adapter_type=adapter_type,
             ),
         )
         if policy.blocked:  # nothing is stored: CI gets the checks and the reason, and can fast-track
@@ -284,7 +287,12 @@ class Engine:
         first_events = []
         if outlook is not None:
             first_events.append(
-                self._event(EventKind.NOTE, f"Outlook: {outlook.sentence}", deploy.data_time, outlook=outlook.to_dict())
+                self._event(
+                    EventKind.NOTE,
+                    f"Outlook: {outlook.sentence}",
+                    deploy.data_time,
+                    outlook=outlook.to_dict(),
+                )
             )
         if policy.fast_tracked:
             first_events.append(
@@ -376,7 +384,9 @@ class Engine:
             deploy = replace(deploy, data_time=data_time)
             alert_events = await self._rules(deploy, new)
             if deploy.state.terminal or deploy.state is DeployState.ROLLING_BACK:
-                await self.store.save(deploy_id, data_time=data_time, events=alert_events, lease=self._fence(deploy_id))
+                await self.store.save(
+                    deploy_id, data_time=data_time, events=alert_events, lease=self._fence(deploy_id)
+                )
                 return IngestResult(len(new), len(samples) - len(new), deploy)
             judge = self._judges.get(deploy_id)
             if judge is not None:
@@ -402,7 +412,10 @@ class Engine:
 
     def _rule_checks(self, deploy: Deploy, judge: Judge | None, verdict: Verdict | None) -> list[RuleCheck]:
         """Deploy-failing rules firing on the canary during its steps, with their attribution."""
-        if not self.settings.rules.fails_deploy or deploy.state not in (DeployState.ANALYZING, DeployState.PAUSED):
+        if not self.settings.rules.fails_deploy or deploy.state not in (
+            DeployState.ANALYZING,
+            DeployState.PAUSED,
+        ):
             return []
         metrics = judge.spec.metrics if judge is not None else ()
         return self.alerts.attribute(deploy, metrics, verdict.evidence if verdict is not None else ())
@@ -427,7 +440,9 @@ class Engine:
         candidates = await self.store.list_deploys(limit=500, since=now - 7 * 86400)
         for alert in alerts:  # first what fires on the baseline now (Alertmanager resends what fires)
             if alert.labels.get("track") == "baseline":
-                firing = self._baseline_alerts.setdefault((alert.service or "", alert.environment or ""), set())
+                firing = self._baseline_alerts.setdefault(
+                    (alert.service or "", alert.environment or ""), set()
+                )
                 (firing.add if alert.status.value == "firing" else firing.discard)(alert.name)
         for alert in alerts:
             for deploy in candidates:
@@ -463,7 +478,9 @@ class Engine:
                     why_not = external_blame(alert, shared) if fails else None
                     if why_not is not None:
                         fails = False
-                        ev = replace(ev, message=f"{ev.message} (pages, but does not fail the deploy: {why_not})")
+                        ev = replace(
+                            ev, message=f"{ev.message} (pages, but does not fail the deploy: {why_not})"
+                        )
                     if fails:
                         await self._apply(
                             fresh,
@@ -476,7 +493,9 @@ class Engine:
                         await self.store.save(deploy.id, events=[ev], lease=self._fence(deploy.id))
         return matched
 
-    async def override(self, deploy_id: str, action: str, *, who: str, why: str, force: bool = False) -> Deploy:
+    async def override(
+        self, deploy_id: str, action: str, *, who: str, why: str, force: bool = False
+    ) -> Deploy:
         """Manual promote / promote_full / rollback / pause / resume, audited with who and why. Rolling
         back a promoted deploy when a newer deploy of the service (same environment) exists is refused
         unless ``force``: it would put the previous version back over the newer one."""
@@ -750,7 +769,9 @@ class Engine:
             while True:
                 wait = 0.0
                 async with self._lock(deploy_id):
-                    todo = await self.store.actions(deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING))
+                    todo = await self.store.actions(
+                        deploy_id, statuses=(ActionStatus.PENDING, ActionStatus.RUNNING)
+                    )
                     if not todo:
                         if self._runners.get(deploy_id) is task:
                             del self._runners[deploy_id]  # under the lock: a new action starts a new runner
@@ -782,7 +803,8 @@ class Engine:
         return (
             action.status is ActionStatus.PENDING
             and action.command.kind is not CommandKind.ROLLBACK
-            and deploy.state in (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK, DeployState.ROLLBACK_FAILED)
+            and deploy.state
+            in (DeployState.ROLLING_BACK, DeployState.ROLLED_BACK, DeployState.ROLLBACK_FAILED)
         )
 
     async def _skip(self, deploy: Deploy, action: Action) -> None:
@@ -793,8 +815,12 @@ class Engine:
             attempts=action.attempts,
             result={"ok": False, "detail": "not carried out: the deploy is rolling back"},
             event=self._event(
-                EventKind.NOTE, f"{what}: not carried out, the deploy is rolling back", deploy.data_time,
-                action_id=action.id, kind=action.command.kind.value, step=action.command.step,
+                EventKind.NOTE,
+                f"{what}: not carried out, the deploy is rolling back",
+                deploy.data_time,
+                action_id=action.id,
+                kind=action.command.kind.value,
+                step=action.command.step,
             ),
             lease=self._fence(deploy.id),
         )
@@ -968,13 +994,13 @@ class Engine:
             cfg = self.settings.engine
             arrivals = await self.store.data_arrivals()  # any replica's data counts
             quiet = {d: last for d, last in arrivals.items() if self._quiet_due(now - last)}
-            claimed = [
-                lease.deploy_id
-                for lease in await self.store.claim_deploys(
-                    self.replica, ttl_s=cfg.lease_s, ids=sorted(stranded | set(quiet))
-                )
-            ]
-            for deploy_id in claimed:
+            claimed = await self.store.claim_deploys(
+                self.replica, ttl_s=cfg.lease_s, ids=sorted(stranded | set(quiet))
+            )
+            for lease in claimed:
+                deploy_id = lease.deploy_id
+                if lease.last_owner not in (None, self.replica):
+                    self._forget(deploy_id)  # another replica worked on it since: rebuild from the store
                 async with self._hold(deploy_id, wait=False) as held:  # released at the end of its turn
                     if not held:
                         continue

@@ -104,7 +104,8 @@ class DeployLeases:
                 return lease
             if time.monotonic() >= deadline:
                 raise BusyError(
-                    f"deploy {deploy_id} is busy on another guardrail replica; retry in a few seconds", field="id"
+                    f"deploy {deploy_id} is busy on another guardrail replica; retry in a few seconds",
+                    field="id",
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
@@ -130,7 +131,9 @@ class DeployLeases:
                 log.warning("could not renew the lease of deploy %s", deploy_id, exc_info=True)
                 continue
             if not ok:
-                log.error("lost the lease of deploy %s (another replica took over): stopping work on it", deploy_id)
+                log.error(
+                    "lost the lease of deploy %s (another replica took over): stopping work on it", deploy_id
+                )
                 held.lost = True
                 for task in list(held.work):
                     task.cancel()

@@ -20,8 +20,13 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("leases", ["on", "off"])
 async def test_a_deploy_without_data_is_noted_stalled_then_judged_inconclusive(store, leases: str) -> None:
     clock, adapter = ManualClock(), RecordingDeployAdapter()
-    engine = make_engine(store, adapter, clock, engine={"leases": leases, "rollback_backoff_s": 0.01},
-                         analysis={"stall_after_s": 60, "max_duration_s": 1800})
+    engine = make_engine(
+        store,
+        adapter,
+        clock,
+        engine={"leases": leases, "rollback_backoff_s": 0.01},
+        analysis={"stall_after_s": 60, "max_duration_s": 1800},
+    )
     try:
         d, _ = await engine.record_deploy(marker())
         d = await engine.settle(d.id)  # the first step is applied in the background
@@ -80,7 +85,9 @@ async def test_another_replica_carries_out_an_action_a_stopped_replica_left_runn
         assert survivor.calls[0][1] == hanging.calls[-1][1]  # the same action key
         final = await store.get_deploy(d.id)
         assert final is not None and final.state is DeployState.ROLLED_BACK
-        notes = [e for e in await store.events(d.id) if e.kind is EventKind.NOTE and "same action key" in e.message]
+        notes = [
+            e for e in await store.events(d.id) if e.kind is EventKind.NOTE and "same action key" in e.message
+        ]
         assert len(notes) == 1 and notes[0].details["replica"] == "b"
     finally:
         hanging.release.set()
@@ -92,7 +99,9 @@ async def test_a_replica_whose_clock_runs_an_hour_ahead_leaves_a_live_replicas_d
     """Lease expiry is reckoned on the database's clock, not on each replica's."""
     hanging, survivor = HangingRollback(), RecordingDeployAdapter()
     a = make_engine(store, hanging, ManualClock(), engine={"leases": "on", "replica_id": "a", "lease_s": 30})
-    b = make_engine(store, survivor, ManualClock(T0 + 3600), engine={"leases": "on", "replica_id": "b", "lease_s": 30})
+    b = make_engine(
+        store, survivor, ManualClock(T0 + 3600), engine={"leases": "on", "replica_id": "b", "lease_s": 30}
+    )
     try:
         d, _ = await a.record_deploy(marker())
         busy = asyncio.ensure_future(a.override(d.id, "rollback", who="oncall", why="bad"))

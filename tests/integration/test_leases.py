@@ -56,11 +56,15 @@ async def test_expiry_is_reckoned_on_the_database_clock_whatever_the_stores_cloc
         await slow.close()
 
 
-async def test_writes_under_a_lease_another_replica_took_are_refused_and_leave_nothing(store: SqlStore) -> None:
+async def test_writes_under_a_lease_another_replica_took_are_refused_and_leave_nothing(
+    store: SqlStore,
+) -> None:
     (d,) = await _deploys(store, 1)
     a = await store.acquire_lease(d, "a", ttl_s=0.2)
     assert a is not None
-    (act,) = await store.save(d, events=[event()], new_actions=[Action(d, Command(CommandKind.FINALIZE))], lease=a)
+    (act,) = await store.save(
+        d, events=[event()], new_actions=[Action(d, Command(CommandKind.FINALIZE))], lease=a
+    )
     await asyncio.sleep(0.3)
     b = await store.acquire_lease(d, "b", ttl_s=30)
     assert b is not None
@@ -68,10 +72,14 @@ async def test_writes_under_a_lease_another_replica_took_are_refused_and_leave_n
     with pytest.raises(LeaseLostError, match=d):
         await store.save(d, events=[event()], lease=a)
     with pytest.raises(LeaseLostError):
-        await store.update_action(act.id, status=ActionStatus.DONE, attempts=1, result={}, event=event(), lease=a)
+        await store.update_action(
+            act.id, status=ActionStatus.DONE, attempts=1, result={}, event=event(), lease=a
+        )
     assert await store.events(d) == before
     assert [x.status for x in await store.actions(d)] == [ActionStatus.PENDING]
-    await store.update_action(act.id, status=ActionStatus.DONE, attempts=1, result={}, lease=b)  # the holder's go
+    await store.update_action(
+        act.id, status=ActionStatus.DONE, attempts=1, result={}, lease=b
+    )  # the holder's go
     await store.save(d, events=[event()], lease=b)
     assert len(await store.events(d)) == len(before) + 1
 
@@ -132,7 +140,9 @@ async def test_drafts_are_versioned_per_kind_newest_first(store: SqlStore) -> No
     (d,) = await _deploys(store, 1)
 
     def draft(kind: DraftKind, text: str) -> Draft:
-        return Draft(deploy_id=d, kind=kind, version=0, markdown=text, source="offline", note="", created_at=T0)
+        return Draft(
+            deploy_id=d, kind=kind, version=0, markdown=text, source="offline", note="", created_at=T0
+        )
 
     one = await store.add_draft(draft(DraftKind.POSTMORTEM, "# one"))
     two = await store.add_draft(draft(DraftKind.POSTMORTEM, "# two"))

@@ -242,7 +242,9 @@ class SqlStore:
         stored: list[Action] = []
         async with self._write(f"saving deploy {deploy_id}") as conn:
             fence = self._fence(lease) if lease is not None else ()
-            res = await conn.execute(update(t.deploys).where(t.deploys.c.id == deploy_id, *fence).values(values))
+            res = await conn.execute(
+                update(t.deploys).where(t.deploys.c.id == deploy_id, *fence).values(values)
+            )
             if res.rowcount == 0:
                 if lease is not None and await self._exists(conn, deploy_id):
                     raise self._lost(lease)
@@ -319,7 +321,9 @@ class SqlStore:
         d = t.deploys
         async with self._write(f"releasing the lease of deploy {lease.deploy_id}") as conn:
             await conn.execute(
-                update(d).where(d.c.id == lease.deploy_id, *self._fence(lease)).values(lease_owner=None, lease_until=None)
+                update(d)
+                .where(d.c.id == lease.deploy_id, *self._fence(lease))
+                .values(lease_owner=None, lease_until=None)
             )
 
     @staticmethod
@@ -568,7 +572,9 @@ class SqlStore:
             row = (await conn.execute(select(t.incidents).where(t.incidents.c.key == key))).first()
         return None if row is None else _incident(row)
 
-    async def incidents(self, *, state: IncidentState | None = None, deploy_id: str | None = None) -> list[Incident]:
+    async def incidents(
+        self, *, state: IncidentState | None = None, deploy_id: str | None = None
+    ) -> list[Incident]:
         """Incidents, oldest opened first, optionally only those in ``state`` or of one deploy."""
         q = select(t.incidents).order_by(t.incidents.c.opened_at, t.incidents.c.key)
         if state is not None:
@@ -760,7 +766,9 @@ class SqlStore:
 
     @staticmethod
     async def _exists(conn: AsyncConnection, deploy_id: str) -> bool:
-        return (await conn.execute(select(t.deploys.c.id).where(t.deploys.c.id == deploy_id))).first() is not None
+        return (
+            await conn.execute(select(t.deploys.c.id).where(t.deploys.c.id == deploy_id))
+        ).first() is not None
 
     @staticmethod
     def _lost(lease: Lease) -> LeaseLostError:
