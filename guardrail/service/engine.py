@@ -1001,12 +1001,12 @@ class Engine:
                 deploy_id = lease.deploy_id
                 if lease.last_owner not in (None, self.replica):
                     self._forget(deploy_id)  # another replica worked on it since: rebuild from the store
+                if deploy_id in stranded:  # whatever else holds the deploy's lock here (a push, say)
+                    self._kick(deploy_id)
+                if deploy_id not in quiet:
+                    continue
                 async with self._hold(deploy_id, wait=False) as held:  # released at the end of its turn
-                    if not held:
-                        continue
-                    if deploy_id in stranded:
-                        self._kick(deploy_id)
-                    if deploy_id in quiet:
+                    if held:
                         deploy = await self._get(deploy_id)
                         if deploy.state is DeployState.ANALYZING:
                             await self._check_quiet(deploy, now, quiet[deploy_id])
