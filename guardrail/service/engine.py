@@ -775,7 +775,7 @@ class Engine:
                     if not todo:
                         if self._runners.get(deploy_id) is task:
                             del self._runners[deploy_id]  # under the lock: a new action starts a new runner
-                        return
+                        break
                     action, deploy = todo[0], await self._get(deploy_id)
                     if self._moot(deploy, action):
                         await self._skip(deploy, action)
@@ -796,6 +796,7 @@ class Engine:
                 seconds = time.perf_counter() - t0
                 async with self._lock(deploy_id):
                     await self._finish(await self._get(deploy_id), action, result, seconds)
+        await self._refresh_state_gauges()
 
     @staticmethod
     def _moot(deploy: Deploy, action: Action) -> bool:

@@ -65,7 +65,8 @@ async def promote(api: Api, deploy_id: str) -> None:
         as_="operator",
         json={"reason": "ship it", "full": True},
     )
-    assert status == 200 and out["state"] == "promoted", out
+    assert status == 200, out
+    assert (await api.settled(deploy_id))["state"] == "promoted"
 
 
 def page(status: AlertState, at_: float) -> ExternalAlert:
@@ -93,7 +94,8 @@ async def scenario(api: Api, clock: Clock) -> None:
     status, out = await api.call(
         "POST", f"/api/v1/deploys/{b['id']}/rollback", as_="operator", json={"reason": "checkout looks off"}
     )
-    assert status == 200 and out["state"] == "rolled_back", out
+    assert status == 200, out
+    assert (await api.settled(b["id"]))["state"] == "rolled_back"
 
     clock.now = C + 10_000
     c = await api.mark(marker(steps=STEPS, version="v2.4.3"))

@@ -204,6 +204,7 @@ async def test_points_for_no_active_deploy_are_rejected_in_partial_success(
 async def test_a_finished_deploy_gets_no_more_points(api: Api) -> None:
     d = await mark(api)
     await api.call("POST", f"/api/v1/deploys/{d['id']}/rollback", as_="operator", json={"reason": "drill"})
+    await api.settled(d["id"])
     status, _, raw = await post(api, body(resource(histogram(hpoint(T0 + 1, counts(5))))))
     assert status == 200
     assert ExportMetricsServiceResponse.FromString(raw).partial_success.rejected_data_points == 1
@@ -321,7 +322,7 @@ async def _drive(
             ),
         )
         assert (status, raw) == (200, b"")
-        _, dep = await api.call("GET", f"/api/v1/deploys/{d['id']}")
+        dep = await api.settled(d["id"])
         if dep["state"] != "analyzing":
             return dep
     raise AssertionError("no decision")

@@ -119,6 +119,7 @@ async def test_list_page_filters_by_service_environment_and_state(api: Api) -> N
         "POST", f"/api/v1/deploys/{b['id']}/rollback", as_="operator", json={"reason": "wrong build"}
     )
     assert status == 200
+    await api.settled(b["id"])
 
     async def ids(query: str) -> list[str]:
         status, page, _ = await get_page(api, f"/deploys{query}")

@@ -122,6 +122,14 @@ class Guardrail:
         }
         async with self.http.post(f"{self.url}/api/v1/deploys", json=marker, headers=self.headers()) as r:
             assert r.status == 201, await r.text()
+            created = dict(await r.json())
+        return {**created, **await self.settled(created["id"])}  # the first step is applied in the background
+
+    async def settled(self, deploy_id: str) -> dict[str, Any]:
+        """The deploy once its adapter actions are done (``?until=settled``)."""
+        async with self.http.get(f"{self.url}/api/v1/deploys/{deploy_id}/wait", headers=self.headers("read"),
+                                 params={"until": "settled", "timeout": "30"}) as r:
+            assert r.status == 200, await r.text()
             return dict(await r.json())
 
     def weight(self, version: str) -> float:
@@ -142,9 +150,10 @@ class Guardrail:
             if w >= 1.0:
                 break
             c, b = traffic.window(rng, t, weight=w if w > 0 else None)
-            state = (await self._push(deploy_id, [sample_json(c), sample_json(b)]))["deploy"]["state"]
+            await self._push(deploy_id, [sample_json(c), sample_json(b)])
+            state = (await self.settled(deploy_id))["state"]  # the weight the actions it started set
             t += traffic.interval
-        return str((await self.get(deploy_id))["state"])
+        return str((await self.settled(deploy_id))["state"])
 
     async def _push(self, deploy_id: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
         async with self.http.post(f"{self.url}/api/v1/deploys/{deploy_id}/samples", json={"samples": samples},
@@ -382,7 +391,8 @@ async def test_pause_resume_and_rollback_with_the_operator_token(g: Guardrail):
     assert ": analyzing," in resumed.out
     rolled = await g.cli("rollback", d["id"], "--reason", "customer reports", token="operator")
     assert rolled.code == 0, rolled.err
-    assert ": rolled_back," in rolled.out
+    assert ": rolling_back," in rolled.out or ": rolled_back," in rolled.out  # answered before the call
+    assert (await g.settled(d["id"]))["state"] == "rolled_back"
     assert (g.tmp / "deploy.log").read_text().splitlines() == ["2.1.0 10", "2.0.0 100"]
     async with g.http.get(f"{g.url}/api/v1/deploys/{d['id']}/events", headers=g.headers("read")) as resp:
         overrides = [e["message"] for e in (await resp.json())["events"] if e["kind"] == "override"]

@@ -63,8 +63,8 @@ class GuardrailProcess:
             )
         self.alive = True
 
-    async def ready(self, http: aiohttp.ClientSession, *, tries: int = 200) -> None:
-        """Poll ``/readyz`` every 0.1 s until it answers 200 (at most ``tries`` times)."""
+    async def ready(self, http: aiohttp.ClientSession, *, tries: int = 600) -> None:
+        """Poll ``/readyz`` every 0.1 s until it answers 200 (at most ``tries`` times: a loaded machine is slow)."""
         for _ in range(tries):
             try:
                 async with http.get(f"http://127.0.0.1:{self.port}/readyz") as r:
