@@ -197,6 +197,8 @@ async def test_no_secret_reaches_a_log_page_answer_table_draft_or_prompt(
                 answers["POST /api/v1/deploys"] = text
                 deploy = json.loads(text)
             did = deploy["id"]
+            # the first step is applied in the background: its data starts once it is in effect
+            await get(f"/api/v1/deploys/{did}/wait", params={"until": "settled", "timeout": "30"})
             for i in range(60):  # a failing canary: rolled back
                 samples = window(i, 10, canary_error_rate=0.2)
                 async with http.post(f"{base}/api/v1/deploys/{did}/samples", json={"samples": samples}) as r:
@@ -205,7 +207,9 @@ async def test_no_secret_reaches_a_log_page_answer_table_draft_or_prompt(
                     assert r.status == 202, text
                     if json.loads(text)["deploy"]["state"] != "analyzing":
                         break
-            final = json.loads(await get(f"/api/v1/deploys/{did}/wait", params={"timeout": "30"}))
+            final = json.loads(
+                await get(f"/api/v1/deploys/{did}/wait", params={"until": "settled", "timeout": "30"})
+            )
             assert final["state"] == "rolled_back", final
             for _ in range(100):  # the automatic post-mortem, written by the (fake) model
                 async with http.get(f"{base}/api/v1/deploys/{did}/drafts/postmortem") as r:
