@@ -7,6 +7,7 @@ processes starting at once do not both try to create the tables.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from guardrail.adapters.db.engine import (
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_SQLITE_LOCKED_ATTEMPTS = 5
 _LOCK_ID = 0x6775617264  # "guard": pg_advisory_xact_lock key shared by every guardrail process
 
 
@@ -84,7 +86,17 @@ async def upgrade(url: str, revision: str = "head") -> list[str]:
     Returns the revisions applied, oldest first (empty: it was already there)."""
     engine = create_engine(url)
     try:
-        return await upgrade_engine(engine, revision)
+        for attempt in range(1, _SQLITE_LOCKED_ATTEMPTS + 1):
+            try:
+                return await upgrade_engine(engine, revision)
+            except StoreError as e:
+                # several processes upgrading one SQLite file at once (the service and `guardrail db
+                # upgrade`) can meet SQLite's "database is locked" instead of queueing; each attempt
+                # is one transaction that was rolled back, so the next one starts clean
+                if engine.dialect.name != "sqlite" or "locked" not in str(e) or attempt == _SQLITE_LOCKED_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
     finally:
         await engine.dispose()
 
