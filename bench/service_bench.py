@@ -439,18 +439,25 @@ def _fmt(v: object, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
+def _false_rollback_cell(r: dict) -> str:
+    if r["false_rollback_rate"] is None:
+        return "—"
+    return f"{100 * r['false_rollback_rate']:.2f} ({100 * r['false_rollback_wilson_hi']:.2f})"
+
+
+def _ttr_cell(r: dict) -> str:
+    ttr = _fmt(r["ttr_median_s"], ".0f")
+    if r["ttr_from"] != "first canary window" and r["ttr_median_s"] is not None:
+        ttr += " (from stop)"
+    return ttr
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        ff = (
-            "—"
-            if r["false_rollback_rate"] is None
-            else f"{100 * r['false_rollback_rate']:.2f} ({100 * r['false_rollback_wilson_hi']:.2f})"
-        )
+        ff = _false_rollback_cell(r)
         by = r["rollback_by"]
-        ttr = _fmt(r["ttr_median_s"], ".0f")
-        if r["ttr_from"] != "first canary window" and r["ttr_median_s"] is not None:
-            ttr += " (from stop)"
+        ttr = _ttr_cell(r)
         cells = (
             r["scenario"],
             str(r["runs"]),
@@ -489,14 +496,8 @@ def peer_table(rows: list[dict]) -> str:
     """One row per (peer, scenario); the same columns as guardrail's where they apply."""
     lines = ["| " + " | ".join(PEER_COLUMNS) + " |", "|" + "---|" * len(PEER_COLUMNS)]
     for r in rows:
-        ff = (
-            "—"
-            if r["false_rollback_rate"] is None
-            else f"{100 * r['false_rollback_rate']:.2f} ({100 * r['false_rollback_wilson_hi']:.2f})"
-        )
-        ttr = _fmt(r["ttr_median_s"], ".0f")
-        if r["ttr_from"] != "first canary window" and r["ttr_median_s"] is not None:
-            ttr += " (from stop)"
+        ff = _false_rollback_cell(r)
+        ttr = _ttr_cell(r)
         cells = (
             r["method"],
             r["scenario"],

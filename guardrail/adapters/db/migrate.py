@@ -86,17 +86,19 @@ async def upgrade(url: str, revision: str = "head") -> list[str]:
     Returns the revisions applied, oldest first (empty: it was already there)."""
     engine = create_engine(url)
     try:
-        for attempt in range(1, _SQLITE_LOCKED_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 return await upgrade_engine(engine, revision)
             except StoreError as e:
-                # several processes upgrading one SQLite file at once (the service and `guardrail db
-                # upgrade`) can meet SQLite's "database is locked" instead of queueing; each attempt
+                # several processes upgrading one new SQLite file at once (the service and `guardrail
+                # db upgrade`) can meet SQLite's "database is locked" instead of queueing; each attempt
                 # is one transaction that was rolled back, so the next one starts clean
-                if engine.dialect.name != "sqlite" or "locked" not in str(e) or attempt == _SQLITE_LOCKED_ATTEMPTS:
+                locked = engine.dialect.name == "sqlite" and "locked" in str(e)
+                if not locked or attempt == _SQLITE_LOCKED_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
+            await asyncio.sleep(0.2 * attempt)
+            attempt += 1
     finally:
         await engine.dispose()
 
